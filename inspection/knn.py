@@ -1,0 +1,44 @@
+"""Chunked nearest-neighbour search in torch: memory stays bounded whatever the bank size."""
+
+from __future__ import annotations
+
+import torch
+
+
+def squared_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """All squared Euclidean distances between rows of `queries` [q, D] and `bank` [b, D], clamped at 0."""
+    if bank_sq_norms is None:
+        bank_sq_norms = bank.pow(2).sum(1)
+    distances = queries.pow(2).sum(1, keepdim=True) - 2.0 * queries @ bank.T + bank_sq_norms[None, :]
+    return distances.clamp_min_(0.0)
+
+
+def nearest_neighbors(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *,
+                      max_elements: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances [q, k] (Euclidean, ascending) and indices [q, k] of each query's k nearest bank rows.
+
+    Work is split into query chunks × bank chunks so that no block holds more than `max_elements`
+    distances (64 MiB in float32 by default); a running top-k is merged across bank chunks.
+    """
+    if bank.shape[0] == 0:
+        raise ValueError("the memory bank is empty")
+    k = min(k, bank.shape[0])
+    bank_chunk = max(k, min(bank.shape[0], max_elements // 1024))
+    query_chunk = max(1, max_elements // bank_chunk)
+    bank_sq_norms = bank.pow(2).sum(1)
+    all_distances, all_indices = [], []
+    for q_start in range(0, queries.shape[0], query_chunk):
+        query = queries[q_start: q_start + query_chunk]
+        best_d = torch.full((query.shape[0], 0), float("inf"), device=queries.device, dtype=queries.dtype)
+        best_i = torch.empty((query.shape[0], 0), device=queries.device, dtype=torch.long)
+        for b_start in range(0, bank.shape[0], bank_chunk):
+            block = squared_distances(query, bank[b_start: b_start + bank_chunk],
+                                      bank_sq_norms[b_start: b_start + bank_chunk])
+            block_d, block_i = block.topk(min(k, block.shape[1]), dim=1, largest=False)
+            best_d = torch.cat([best_d, block_d], 1)
+            best_i = torch.cat([best_i, block_i + b_start], 1)
+            best_d, order = best_d.topk(min(k, best_d.shape[1]), dim=1, largest=False)
+            best_i = best_i.gather(1, order)
+        all_distances.append(best_d)
+        all_indices.append(best_i)
+    return torch.cat(all_distances).sqrt_(), torch.cat(all_indices)

@@ -1,0 +1,215 @@
+"""Evaluation metrics for anomaly detection: image AUROC, pixel AUROC and AUPRO.
+
+Conventions
+-----------
+* ``maps``: float array ``[N, H, W]`` (a single ``[H, W]`` map is also accepted), higher = more
+  anomalous. NaN is not allowed here (a ValueError is raised).
+* ``masks``: boolean ground truth of the same shape; all-False for good images. A defect image with
+  an all-False mask simply contributes no region and only negative pixels.
+* A pixel counts as "flagged at threshold t" when its score is ``>= t``; every distinct score is a
+  threshold, so ties are handled exactly like ``sklearn.metrics.roc_auc_score``.
+
+Undefined values: when there is no positive pixel (no defect region) or no negative pixel,
+``pixel_auroc``, ``aupro`` and ``pixel_metrics`` return ``float("nan")`` instead of raising;
+``image_auroc`` returns NaN when only one class is present. ``pro_curve`` raises ValueError in those
+cases because there is no curve to return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import ndimage
+
+__all__ = ["image_auroc", "pixel_auroc", "pro_curve", "aupro", "pixel_metrics"]
+
+# 8-connectivity inside each image, but no connection between consecutive images of the stack: this
+# labels all N masks with one vectorised call and is identical to labelling each mask separately
+# with ``structure=np.ones((3, 3))`` (Bergmann et al., MVTec AD, IJCV 2021).
+_PER_IMAGE_8_CONNECTIVITY = np.zeros((3, 3, 3), dtype=bool)
+_PER_IMAGE_8_CONNECTIVITY[1] = True
+
+
+@dataclass(frozen=True)
+class _ThresholdCurves:
+    """Rates at every distinct threshold (descending), each prefixed with the (0, 0) start point."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    pro: np.ndarray  # empty when not requested
+    n_positive: int
+    n_negative: int
+
+
+def _tie_group_ends(sorted_scores: np.ndarray) -> np.ndarray:
+    """Index of the last element of each run of equal values in a sorted 1-D array."""
+    changes = np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1])
+    return np.append(changes, sorted_scores.size - 1)
+
+
+def _validate_max_fpr(max_fpr: float) -> float:
+    max_fpr = float(max_fpr)
+    if not 0.0 < max_fpr <= 1.0:  # also rejects NaN
+        raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr!r}")
+    return max_fpr
+
+
+def _as_maps_and_masks(maps: ArrayLike, masks: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Check shapes/values and return (float maps [N, H, W], bool masks [N, H, W])."""
+    maps_array = np.asarray(maps)
+    masks_array = np.asarray(masks)
+    if maps_array.shape != masks_array.shape:
+        raise ValueError(
+            f"maps and masks must have the same shape, got maps {maps_array.shape} "
+            f"and masks {masks_array.shape}"
+        )
+    if maps_array.ndim == 2:
+        maps_array, masks_array = maps_array[None], masks_array[None]
+    if maps_array.ndim != 3:
+        raise ValueError(f"maps must have shape [N, H, W] or [H, W], got {maps_array.shape}")
+    if maps_array.size == 0:
+        raise ValueError(f"maps are empty (shape {maps_array.shape})")
+    if not np.issubdtype(maps_array.dtype, np.floating):
+        maps_array = maps_array.astype(np.float64)
+    if np.isnan(maps_array).any():
+        raise ValueError(f"maps contain {int(np.isnan(maps_array).sum())} NaN values")
+    return maps_array, masks_array.astype(bool, copy=False)
+
+
+def _pixel_curves(maps: np.ndarray, masks: np.ndarray, with_pro: bool) -> _ThresholdCurves:
+    """FPR, TPR and (optionally) PRO at every distinct threshold, from a single descending sort.
+
+    Each pixel carries a weight: 1 into the positive or negative count, and for region pixels
+    1 / (region size * number of regions) into the PRO sum. Cumulative sums in descending score
+    order, read at the last index of each tie group, give the exact rates at each threshold.
+    Memory is O(number of pixels).
+    """
+    if with_pro:
+        region_labels, n_regions = ndimage.label(masks, structure=_PER_IMAGE_8_CONNECTIVITY)
+        region_labels = region_labels.ravel()
+    else:
+        region_labels, n_regions = masks.ravel(), 0
+
+    scores = maps.ravel()
+    order = np.argsort(scores, kind="stable")[::-1]
+    sorted_scores = scores[order]
+    group_ends = _tie_group_ends(sorted_scores)
+    del sorted_scores
+
+    sorted_labels = region_labels[order]
+    del order
+    positive_counts = np.cumsum(sorted_labels > 0, dtype=np.int64)[group_ends]
+    negative_counts = (group_ends + 1) - positive_counts
+    n_positive = int(positive_counts[-1])
+    n_negative = int(negative_counts[-1])
+
+    start = np.zeros(1)
+    # Division by zero is avoided here; callers report NaN when a class is missing.
+    fpr = np.concatenate([start, negative_counts / max(n_negative, 1)])
+    tpr = np.concatenate([start, positive_counts / max(n_positive, 1)])
+
+    pro = np.empty(0)
+    if with_pro and n_regions > 0:
+        region_sizes = np.bincount(region_labels, minlength=n_regions + 1)
+        pixel_weight_of_label = np.zeros(n_regions + 1, dtype=np.float64)
+        pixel_weight_of_label[1:] = 1.0 / (region_sizes[1:].astype(np.float64) * n_regions)
+        pixel_weights = pixel_weight_of_label[sorted_labels]
+        np.cumsum(pixel_weights, out=pixel_weights)  # in place: one float64 buffer, not two
+        pro_sums = pixel_weights[group_ends]
+        pro = np.concatenate([start, pro_sums])
+    return _ThresholdCurves(fpr, tpr, pro, n_positive, n_negative)
+
+
+def _area_up_to(x: np.ndarray, y: np.ndarray, max_x: float) -> float:
+    """Trapezoid area under y(x) from x[0] to max_x, interpolating y linearly at max_x.
+
+    ``x`` must be non-decreasing with ``x[0] <= max_x``.
+    """
+    cut = int(np.searchsorted(x, max_x, side="right"))  # x[:cut] <= max_x < x[cut]
+    if cut < x.size:
+        x_left, x_right = x[cut - 1], x[cut]
+        y_left, y_right = y[cut - 1], y[cut]
+        y_at_max = y_left + (y_right - y_left) * (max_x - x_left) / (x_right - x_left)
+        x = np.append(x[:cut], max_x)
+        y = np.append(y[:cut], y_at_max)
+    return float(np.trapezoid(y, x))
+
+
+def _auroc_from_curves(curves: _ThresholdCurves) -> float:
+    if curves.n_positive == 0 or curves.n_negative == 0:
+        return float("nan")
+    return float(np.trapezoid(curves.tpr, curves.fpr))
+
+
+def _aupro_from_curves(curves: _ThresholdCurves, max_fpr: float) -> float:
+    if curves.pro.size == 0 or curves.n_negative == 0:
+        return float("nan")
+    return _area_up_to(curves.fpr, curves.pro, max_fpr) / max_fpr
+
+
+def image_auroc(image_scores: ArrayLike, labels: ArrayLike) -> float:
+    """Image-level ROC AUC (labels 0 = good, 1 = defect); equals sklearn's roc_auc_score.
+
+    Returns NaN when only one class is present.
+    """
+    scores_array = np.asarray(image_scores, dtype=np.float64).ravel()
+    labels_array = np.asarray(labels).ravel()
+    if scores_array.shape != labels_array.shape:
+        raise ValueError(
+            f"image_scores and labels must have the same length, got {scores_array.size} "
+            f"and {labels_array.size}"
+        )
+    if scores_array.size == 0:
+        raise ValueError("image_scores is empty")
+    if np.isnan(scores_array).any():
+        raise ValueError(f"image_scores contain {int(np.isnan(scores_array).sum())} NaN values")
+    bad_labels = np.setdiff1d(np.unique(labels_array), [0, 1])
+    if bad_labels.size:
+        raise ValueError(f"labels must be 0 (good) or 1 (defect), got values {bad_labels.tolist()}")
+    # Reuse the pixel machinery: one "image" of shape [1, n].
+    curves = _pixel_curves(scores_array[None, None], labels_array.astype(bool)[None, None], False)
+    return _auroc_from_curves(curves)
+
+
+def pixel_auroc(maps: ArrayLike, masks: ArrayLike) -> float:
+    """Pixel-level ROC AUC over all pixels of all images; NaN if a class is missing."""
+    maps_array, masks_array = _as_maps_and_masks(maps, masks)
+    return _auroc_from_curves(_pixel_curves(maps_array, masks_array, with_pro=False))
+
+
+def pro_curve(maps: ArrayLike, masks: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Per-region-overlap curve ``(fpr, pro)``; fpr is non-decreasing from 0 to 1.
+
+    One point per distinct score threshold plus the (0, 0) start. Raises ValueError when there is
+    no defect region or no negative pixel (the curve is undefined).
+    """
+    maps_array, masks_array = _as_maps_and_masks(maps, masks)
+    curves = _pixel_curves(maps_array, masks_array, with_pro=True)
+    if curves.pro.size == 0:
+        raise ValueError("PRO curve is undefined: the masks contain no defect pixel")
+    if curves.n_negative == 0:
+        raise ValueError("PRO curve is undefined: the masks contain no negative (good) pixel")
+    return curves.fpr, curves.pro
+
+
+def aupro(maps: ArrayLike, masks: ArrayLike, max_fpr: float = 0.3) -> float:
+    """Area under the PRO curve from FPR 0 to ``max_fpr``, divided by ``max_fpr`` (1.0 = perfect).
+
+    NaN when there is no defect region or no negative pixel.
+    """
+    max_fpr = _validate_max_fpr(max_fpr)
+    maps_array, masks_array = _as_maps_and_masks(maps, masks)
+    return _aupro_from_curves(_pixel_curves(maps_array, masks_array, with_pro=True), max_fpr)
+
+
+def pixel_metrics(maps: ArrayLike, masks: ArrayLike, max_fpr: float = 0.3) -> dict[str, float]:
+    """``{"pixel_auroc": ..., "aupro": ...}`` computed from one shared sort of the pixels."""
+    max_fpr = _validate_max_fpr(max_fpr)
+    maps_array, masks_array = _as_maps_and_masks(maps, masks)
+    curves = _pixel_curves(maps_array, masks_array, with_pro=True)
+    return {
+        "pixel_auroc": _auroc_from_curves(curves),
+        "aupro": _aupro_from_curves(curves, max_fpr),
+    }

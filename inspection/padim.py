@@ -1,0 +1,105 @@
+"""PaDiM (Defard et al., ICPR 2021): a Gaussian per patch position over pretrained features.
+
+Three backbone levels are brought to the finest level's grid and concatenated; a seeded random subset of
+d channels is kept. For every position, the mean and covariance (+ εI) of the good images' embeddings
+are estimated (streamed: sums in float64, never all embeddings at once); a test patch's score is its
+Mahalanobis distance, computed batched on the device. The map is upsampled and blurred (σ=4); the image
+score is the map's maximum.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .base import Progress, ProgressCallback
+from .features import BackboneModel
+from .modelfile import ModelFileError
+from .params import Param, params
+from .registry import register_method
+from .smoothing import gaussian_blur, upsample
+
+
+@register_method
+class PaDiM(BackboneModel):
+    name = "padim"
+    description = "A Gaussian per patch position over pretrained features; score = Mahalanobis distance."
+    method_params = params(
+        Param("n_features", int, 100, "d: number of randomly chosen feature channels kept.", minimum=1,
+              maximum=4096),
+        Param("epsilon", float, 0.01, "Added to the covariance's diagonal (εI) so it can be inverted.",
+              minimum=0.0, maximum=10.0),
+        Param("sigma", float, 4.0, "Gaussian blur of the anomaly map, in pixels (0: none).", minimum=0.0,
+              maximum=64.0),
+    )
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        total = sum(self.layer_channels())
+        generator = torch.Generator().manual_seed(self.params["seed"])
+        n_kept = min(self.params["n_features"], total)
+        self.channel_index = torch.randperm(total, generator=generator)[:n_kept].sort().values
+        self.mean: torch.Tensor | None = None
+        self.inverse_covariance: torch.Tensor | None = None
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Embeddings [B, d, h, w] on the finest chosen layer's grid."""
+        maps = self.features(images)
+        grid = maps[0].shape[-2:]
+        # Nearest upsampling: each coarse feature is copied onto the fine cells it covers, as in the paper.
+        maps = [feature if feature.shape[-2:] == grid else F.interpolate(feature, size=grid, mode="nearest")
+                for feature in maps]
+        return torch.cat(maps, dim=1)[:, self.channel_index.to(images.device)]
+
+    def _fit_batches(self, batches: Callable[[], Iterator[torch.Tensor]], n_images: int,
+                     progress: ProgressCallback) -> None:
+        total, sums, outer_sums = 0, None, None
+        for images in batches():
+            embedding = self.embed(images)
+            batch, channels = embedding.shape[:2]
+            per_position = embedding.double().reshape(batch, channels, -1).permute(2, 0, 1)  # [P, B, d]
+            if sums is None:
+                sums = torch.zeros(per_position.shape[0], channels, dtype=torch.float64, device=images.device)
+                outer_sums = torch.zeros(per_position.shape[0], channels, channels, dtype=torch.float64,
+                                         device=images.device)
+            sums += per_position.sum(1)
+            outer_sums.baddbmm_(per_position.transpose(1, 2), per_position)  # in place: no [P, d, d] temporary
+            total += batch
+            progress(Progress("features", total, n_images))
+        if total < 2:
+            raise ValueError("PaDiM needs at least 2 good images to estimate covariances")
+        mean = sums / total
+        # The covariance is built in the outer sums' memory, and inverted a block of positions at a time,
+        # so fitting holds one float64 [P, d, d] array, not three.
+        covariance = outer_sums.baddbmm_(mean[:, :, None], mean[:, None, :], alpha=-total).div_(total - 1)
+        covariance.diagonal(dim1=1, dim2=2).add_(self.params["epsilon"])
+        inverse = torch.empty(covariance.shape, dtype=torch.float32, device=covariance.device)
+        for start in range(0, covariance.shape[0], 256):
+            inverse[start: start + 256] = torch.linalg.inv(covariance[start: start + 256])
+        progress(Progress("covariance", 1, 1))
+        self.mean = mean.float()
+        self.inverse_covariance = inverse
+
+    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.embed(images)
+        batch, channels, height, width = embedding.shape
+        delta = embedding.reshape(batch, channels, -1).permute(2, 0, 1) - self.mean[:, None, :]  # [P, B, d]
+        squared = ((delta @ self.inverse_covariance) * delta).sum(-1)  # [P, B]
+        distances = squared.clamp_min(0).sqrt().T.reshape(batch, height, width)
+        maps = gaussian_blur(upsample(distances, self.preprocessing.size), self.params["sigma"])
+        return maps, maps.flatten(1).max(dim=1).values
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean, "inverse_covariance": self.inverse_covariance, "channel_index": self.channel_index}
+
+    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
+        try:
+            mean, inverse, index = state["mean"], state["inverse_covariance"], state["channel_index"]
+        except KeyError as missing:
+            raise ModelFileError(f"PaDiM model file lacks tensor {missing}") from None
+        if int(index.max()) >= sum(self.layer_channels()) or mean.shape[1] != index.numel():
+            raise ModelFileError(f"PaDiM statistics do not fit backbone {self.params['backbone']} "
+                                 f"layers {self.layers}")
+        self.mean, self.inverse_covariance, self.channel_index = mean.float(), inverse.float(), index.long().cpu()

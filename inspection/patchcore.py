@@ -1,0 +1,120 @@
+"""PatchCore (Roth et al., CVPR 2022): a memory bank of locally aware patch features of good images.
+
+Patch features of two backbone levels are averaged over their p×p neighbourhood, brought to the finer
+level's grid and concatenated; a greedy k-center coreset of all good patches (selected on a random
+projection) is the memory bank. A test patch's score is the distance to its nearest bank patch; the
+map is upsampled bilinearly and blurred (σ=4), and the image score is the largest patch score,
+optionally re-weighted as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .base import Progress, ProgressCallback
+from .coreset import greedy_coreset, random_projection
+from .features import BackboneModel
+from .knn import nearest_neighbors
+from .modelfile import ModelFileError
+from .params import Param, params
+from .registry import register_method
+from .smoothing import gaussian_blur, upsample
+
+
+@register_method
+class PatchCore(BackboneModel):
+    name = "patchcore"
+    description = "Memory bank of pretrained patch features (coreset); score = distance to the nearest good patch."
+    method_params = params(
+        Param("coreset_ratio", float, 0.01, "Share of all good patches kept in the memory bank (greedy k-center).",
+              minimum=1e-5, maximum=1.0),
+        Param("projection_dim", int, 128, "Dimension of the random projection the coreset is selected on "
+              "(0: select on the full features).", minimum=0, maximum=4096),
+        Param("embed_dim", int, 0, "Reduce each patch feature to this many channels by average pooling "
+              "(0: keep all; the paper uses 1024 with Wide-ResNet50).", minimum=0, maximum=8192),
+        Param("neighbourhood", int, 3, "Local aggregation: average each feature over its p×p neighbourhood (odd).",
+              minimum=1, maximum=9),
+        Param("reweight", bool, False, "Re-weight the image score by how dense the bank is around the match "
+              "(the paper's Eq. 7)."),
+        Param("reweight_neighbors", int, 9, "Bank neighbours used by the re-weighting.", minimum=1, maximum=100),
+        Param("sigma", float, 4.0, "Gaussian blur of the anomaly map, in pixels (0: none).", minimum=0.0,
+              maximum=64.0),
+    )
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        if self.params["neighbourhood"] % 2 == 0:
+            raise ValueError(f"parameter 'neighbourhood' must be odd, got {self.params['neighbourhood']}")
+        self.memory_bank: torch.Tensor | None = None
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.params["embed_dim"] or sum(self.layer_channels())
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch embeddings [B·h·w, C] on the finest chosen layer's grid (h, w)."""
+        size = self.params["neighbourhood"]
+        maps = self.features(images)
+        if size > 1:
+            maps = [F.avg_pool2d(feature, size, stride=1, padding=size // 2) for feature in maps]
+        grid = maps[0].shape[-2:]
+        maps = [feature if feature.shape[-2:] == grid else
+                F.interpolate(feature, size=grid, mode="bilinear", align_corners=False) for feature in maps]
+        patches = torch.cat(maps, dim=1).permute(0, 2, 3, 1).reshape(-1, sum(m.shape[1] for m in maps))
+        if self.params["embed_dim"]:
+            patches = F.adaptive_avg_pool1d(patches[:, None, :], self.params["embed_dim"])[:, 0]
+        return patches, (int(grid[0]), int(grid[1]))
+
+    def _fit_batches(self, batches: Callable[[], Iterator[torch.Tensor]], n_images: int,
+                     progress: ProgressCallback) -> None:
+        collected, seen = [], 0
+        for images in batches():
+            patches, _ = self.embed(images)
+            collected.append(patches)
+            seen += images.shape[0]
+            progress(Progress("features", seen, n_images))
+        patches = torch.cat(collected)
+        del collected
+        n_select = max(1, math.ceil(self.params["coreset_ratio"] * patches.shape[0]))
+        seed = self.params["seed"]
+        projected = random_projection(patches, self.params["projection_dim"], seed)
+        start = int(torch.randint(patches.shape[0], (1,), generator=torch.Generator().manual_seed(seed)))
+        selected = greedy_coreset(projected, n_select, start,
+                                  progress=lambda step, total: progress(Progress("coreset", step, total)))
+        self.memory_bank = patches[selected].contiguous()
+
+    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        patches, (height, width) = self.embed(images)
+        distances, indices = nearest_neighbors(patches, self.memory_bank, k=1)
+        patch_scores = distances[:, 0].view(images.shape[0], height, width)
+        image_scores, argmax = patch_scores.flatten(1).max(dim=1)
+        if self.params["reweight"]:
+            image_scores = image_scores * self._reweighting(patches.view(images.shape[0], height * width, -1),
+                                                            indices[:, 0].view(images.shape[0], -1), argmax)
+        maps = upsample(patch_scores, self.preprocessing.size)
+        return gaussian_blur(maps, self.params["sigma"]), image_scores
+
+    def _reweighting(self, patches: torch.Tensor, matches: torch.Tensor, argmax: torch.Tensor) -> torch.Tensor:
+        """1 − softmax weight of the match among its bank neighbours (the paper's Eq. 7), per image."""
+        rows = torch.arange(patches.shape[0], device=patches.device)
+        worst_patch = patches[rows, argmax]  # [B, C]
+        match = matches[rows, argmax]  # [B]
+        _, neighbours = nearest_neighbors(self.memory_bank[match], self.memory_bank,
+                                          k=self.params["reweight_neighbors"] + 1)  # includes the match itself
+        distances = (worst_patch[:, None, :] - self.memory_bank[neighbours]).norm(dim=2)
+        return 1.0 - torch.softmax(distances, dim=1)[:, 0]
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"memory_bank": self.memory_bank}
+
+    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
+        bank = state.get("memory_bank")
+        if bank is None or bank.ndim != 2 or bank.shape[1] != self.embedding_dim:
+            raise ModelFileError(f"memory bank of shape {None if bank is None else tuple(bank.shape)} does not fit "
+                                 f"backbone {self.params['backbone']} layers {self.layers} "
+                                 f"({self.embedding_dim} channels expected)")
+        self.memory_bank = bank.float()

@@ -1,0 +1,137 @@
+"""Preprocessing saved with every model: geometry (resize/crop) and the normalisation of the weights.
+
+Every geometric step is an axis-aligned scale plus shift, recorded per image as a `Geometry`, so that
+ground-truth masks go through exactly the same transform as the image (for metrics at the working
+resolution) and anomaly maps can be placed back onto the original image exactly (for display), with
+the border a crop never saw marked as not inspected (NaN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .backbones import NORMALIZATIONS
+
+#: "center_crop": resize the shorter side to `resize`, then cut the centre `crop`×`crop` (the field's default).
+#: "full": resize the whole frame to `crop`×`crop` (aspect ratio not kept, nothing cut off: for parts that
+#: fill the frame and defects near the edges, e.g. Magnetic-Tile).
+RESIZE_MODES = ("center_crop", "full")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How one original image maps onto the working grid: u = scale_x * (x + 0.5) - 0.5 - offset_x."""
+
+    original_height: int
+    original_width: int
+    resized_height: int
+    resized_width: int
+    offset_y: int
+    offset_x: int
+    height: int  # working size
+    width: int
+
+    @property
+    def scale_y(self) -> float:
+        return self.resized_height / self.original_height
+
+    @property
+    def scale_x(self) -> float:
+        return self.resized_width / self.original_width
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    mode: str = "center_crop"
+    resize: int = 256
+    crop: int = 224
+    normalization: str = "inception"
+
+    def __post_init__(self) -> None:
+        if self.mode not in RESIZE_MODES:
+            raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {self.mode!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {self.normalization!r}")
+        if not 16 <= self.crop <= 4096 or (self.mode == "center_crop" and self.resize < self.crop):
+            raise ValueError(f"need 16 <= crop <= 4096 and resize >= crop, got resize={self.resize}, crop={self.crop}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.crop, self.crop
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Preprocessing":
+        return cls(**values)
+
+    def geometry(self, height: int, width: int) -> Geometry:
+        if self.mode == "full":
+            return Geometry(height, width, self.crop, self.crop, 0, 0, self.crop, self.crop)
+        scale = self.resize / min(height, width)
+        resized_h = max(self.crop, round(height * scale))
+        resized_w = max(self.crop, round(width * scale))
+        return Geometry(height, width, resized_h, resized_w,
+                        (resized_h - self.crop) // 2, (resized_w - self.crop) // 2, self.crop, self.crop)
+
+    def apply_geometry(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """Resize and crop an H×W×C uint8 image to the working size (area interpolation when shrinking)."""
+        geometry = self.geometry(*image.shape[:2])
+        shrinking = geometry.resized_height * geometry.resized_width < image.shape[0] * image.shape[1]
+        resized = cv2.resize(image, (geometry.resized_width, geometry.resized_height),
+                             interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        return _crop(resized, geometry), geometry
+
+    def transform_mask(self, mask: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """A ground-truth mask through the same resize and crop as its image (nearest neighbour: stays binary)."""
+        if mask.shape != (geometry.original_height, geometry.original_width):
+            raise ValueError(f"mask of shape {mask.shape} does not match its image "
+                             f"({geometry.original_height}×{geometry.original_width})")
+        resized = cv2.resize(mask.astype(np.uint8), (geometry.resized_width, geometry.resized_height),
+                             interpolation=cv2.INTER_NEAREST)
+        return _crop(resized, geometry).astype(bool)
+
+    def normalize(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 N×H×W×3 → float32 N×3×H×W tensor with the weights' normalisation."""
+        mean, std = NORMALIZATIONS[self.normalization]
+        tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+        std_t = torch.tensor(std).view(1, 3, 1, 1)
+        return (tensor - mean_t) / std_t
+
+    def batch(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[Geometry]]:
+        """Preprocess decoded RGB images into one normalised batch tensor plus each image's geometry."""
+        cropped, geometries = zip(*(self.apply_geometry(image) for image in images))
+        return self.normalize(np.stack(cropped)), list(geometries)
+
+
+def _crop(image: np.ndarray, geometry: Geometry) -> np.ndarray:
+    return image[geometry.offset_y: geometry.offset_y + geometry.height,
+                 geometry.offset_x: geometry.offset_x + geometry.width]
+
+
+def map_to_original(anomaly_map: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Place a working-resolution map back onto the original image grid (exact inverse of resize and crop).
+
+    Pixels of the original that the crop never saw are NaN ("not inspected"). Bilinear sampling at the
+    original pixel centres; no stretching of the cropped map over the whole original.
+    """
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
+    # Working-grid coordinates of each original pixel centre, one axis at a time (the transform is separable).
+    u = ((np.arange(geometry.original_width) + 0.5) * geometry.scale_x - 0.5 - geometry.offset_x).astype(np.float32)
+    v = ((np.arange(geometry.original_height) + 0.5) * geometry.scale_y - 0.5 - geometry.offset_y).astype(np.float32)
+    map_x = np.broadcast_to(u[None, :], (geometry.original_height, geometry.original_width))
+    map_y = np.broadcast_to(v[:, None], (geometry.original_height, geometry.original_width))
+    placed = cv2.remap(anomaly_map, np.ascontiguousarray(map_x), np.ascontiguousarray(map_y),
+                       interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # A pixel is inspected when its centre falls inside the working grid's extent [-0.5, size - 0.5].
+    outside_x = (u < -0.5) | (u > geometry.width - 0.5)
+    outside_y = (v < -0.5) | (v > geometry.height - 0.5)
+    placed[outside_y[:, None] | outside_x[None, :]] = np.nan
+    return placed
