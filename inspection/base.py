@@ -33,7 +33,7 @@ from .modelfile import ModelFileError, read_header, read_model_file, update_head
 from .params import Param, ParamSet, params
 from .preprocess import RESIZE_MODES, Geometry, Preprocessing, map_to_original
 from .regions import Region, find_regions
-from .threshold import ScoreScale, pixel_threshold_at_fpr, threshold_at_fpr, validate_fpr
+from .threshold import ScoreScale, pixel_threshold_at_fpr, rate_above, score_quantiles, threshold_at_fpr, validate_fpr
 
 ImageInput = "str | os.PathLike | np.ndarray"
 
@@ -86,6 +86,7 @@ class Calibration:
     pixel_scale: ScoreScale
     heldout_scores: list[float] = field(default_factory=list)
     heldout_files: list[str] = field(default_factory=list)
+    heldout_pixel_quantiles: list[float] = field(default_factory=list)
     f1_image_threshold: float | None = None
     f1_pixel_threshold: float | None = None
 
@@ -98,7 +99,7 @@ class Calibration:
         image_scale = ScoreScale.from_reference(float(np.min(image_scores)), image_threshold)
         pixel_scale = ScoreScale.from_reference(float(np.nanmedian(maps)), pixel_threshold)
         return cls(image_threshold, pixel_threshold, image_fpr, pixel_fpr, image_scale, pixel_scale,
-                   [float(score) for score in image_scores], list(files))
+                   [float(score) for score in image_scores], list(files), score_quantiles(maps))
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -122,10 +123,15 @@ class Calibration:
         return float(self.pixel_scale.normalize(self.pixel_threshold))
 
     def heldout_fpr(self, image_threshold: float | None = None) -> float:
-        """FPR measured on the held-out good images at a threshold (the saved one by default)."""
+        """Image FPR measured on the held-out good images at a threshold (the saved one by default)."""
         threshold = self.image_threshold if image_threshold is None else image_threshold
         scores = np.asarray(self.heldout_scores)
         return float(np.mean(scores > threshold)) if scores.size else float("nan")
+
+    def heldout_pixel_fpr(self, pixel_threshold: float | None = None) -> float:
+        """Pixel FPR on the held-out good images at a threshold (from their saved score quantiles)."""
+        threshold = self.pixel_threshold if pixel_threshold is None else pixel_threshold
+        return rate_above(self.heldout_pixel_quantiles, threshold)
 
 
 @dataclass

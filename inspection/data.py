@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inspection.images import IMAGE_EXTENSIONS, list_images, load_mask, read_image_info
+from .images import IMAGE_EXTENSIONS, list_images, load_mask, read_image_info
 
 GOOD = "good"
 FOLDER_DEFECT_TYPE = "defect"

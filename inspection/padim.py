@@ -85,8 +85,9 @@ class PaDiM(BackboneModel):
     def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.embed(images)
         batch, channels, height, width = embedding.shape
-        delta = embedding.reshape(batch, channels, -1).permute(2, 0, 1) - self.mean[:, None, :]  # [P, B, d]
-        squared = ((delta @ self.inverse_covariance) * delta).sum(-1)  # [P, B]
+        # [P, B, d], contiguous: a strided operand sends bmm down a slow per-matrix path.
+        delta = (embedding.reshape(batch, channels, -1).permute(2, 0, 1) - self.mean[:, None, :]).contiguous()
+        squared = (torch.bmm(delta, self.inverse_covariance) * delta).sum(-1)  # [P, B]
         distances = squared.clamp_min(0).sqrt().T.reshape(batch, height, width)
         maps = gaussian_blur(upsample(distances, self.preprocessing.size), self.params["sigma"])
         return maps, maps.flatten(1).max(dim=1).values

@@ -283,3 +283,26 @@ class ScoreScale:
         if missing:
             raise ValueError(f"ScoreScale.from_dict: missing keys {missing} in {data!r}")
         return cls(offset=float(data["offset"]), scale=float(data["scale"]))
+
+
+QUANTILE_LEVELS = 1001  # pixel-score summaries saved with a model: enough for smooth pixel-level curves
+_MAX_QUANTILE_SAMPLES = 2_000_000
+
+
+def score_quantiles(values: np.ndarray, seed: int = 0) -> list[float]:
+    """QUANTILE_LEVELS evenly spaced quantiles of finite values (a seeded subsample when there are many)."""
+    values = np.asarray(values, dtype=np.float32).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return []
+    if values.size > _MAX_QUANTILE_SAMPLES:
+        values = np.random.default_rng(seed).choice(values, _MAX_QUANTILE_SAMPLES, replace=False)
+    return [float(q) for q in np.quantile(values, np.linspace(0.0, 1.0, QUANTILE_LEVELS))]
+
+
+def rate_above(quantiles: Sequence[float], threshold: float) -> float:
+    """Share of values above `threshold`, read off a quantile summary (linear between quantiles)."""
+    if not len(quantiles):
+        return float("nan")
+    levels = np.linspace(0.0, 1.0, len(quantiles))
+    return float(1.0 - np.interp(threshold, np.asarray(quantiles), levels, left=0.0, right=1.0))

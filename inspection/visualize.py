@@ -1,0 +1,92 @@
+"""Pictures of results: heatmap overlays on the original image, defect boxes, one colour scale everywhere.
+
+Maps are shown on the model's fixed normalised scale (0 = calm good surface, 0.5 = the saved threshold,
+1 = twice as far above it), clipped to [0, 1] for colour, so that heatmaps of different images and
+different models can be compared at a glance. Pixels the model never saw (outside the crop) are drawn
+greyed and hatched: "not inspected".
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+from matplotlib import colormaps
+
+from .preprocess import Geometry
+from .regions import Region
+
+COLORMAP = "jet"
+SCALE_MIN, SCALE_MAX = 0.0, 1.0  # the shared colour scale of normalised maps
+
+
+def colorize(anomaly_map: np.ndarray, vmin: float = SCALE_MIN, vmax: float = SCALE_MAX,
+             colormap: str = COLORMAP) -> np.ndarray:
+    """H×W float map → H×W×3 uint8 RGB on a fixed scale; NaN (not inspected) becomes mid grey."""
+    values = np.asarray(anomaly_map, dtype=np.float32)
+    unit = np.clip((values - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    lookup = (colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+    rgb = lookup[np.nan_to_num(unit * 255, nan=0).astype(np.uint8)]
+    rgb[np.isnan(values)] = 128
+    return rgb
+
+
+def overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.45, vmin: float = SCALE_MIN,
+            vmax: float = SCALE_MAX) -> np.ndarray:
+    """Heatmap blended over an RGB image of the same size; not-inspected pixels dimmed and hatched."""
+    if image.shape[:2] != anomaly_map.shape:
+        raise ValueError(f"map of shape {anomaly_map.shape} does not match image of shape {image.shape[:2]}")
+    heat = colorize(anomaly_map, vmin, vmax).astype(np.float32)
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * heat
+    outside = np.isnan(anomaly_map)
+    if outside.any():
+        rows, cols = np.indices(anomaly_map.shape)
+        hatch = ((rows + cols) // 6) % 2 == 0
+        dimmed = 0.35 * image.astype(np.float32) + 0.65 * 110
+        blended[outside] = dimmed[outside]
+        blended[outside & hatch] *= 0.8
+    return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def box_to_original(region: Region, geometry: Geometry) -> tuple[int, int, int, int]:
+    """A working-resolution box (x0, y0, x1, y1 exclusive) in original-image pixel coordinates."""
+    x0 = (region.x0 + geometry.offset_x) / geometry.scale_x
+    x1 = (region.x1 + geometry.offset_x) / geometry.scale_x
+    y0 = (region.y0 + geometry.offset_y) / geometry.scale_y
+    y1 = (region.y1 + geometry.offset_y) / geometry.scale_y
+    return (max(0, int(np.floor(x0))), max(0, int(np.floor(y0))),
+            min(geometry.original_width, int(np.ceil(x1))), min(geometry.original_height, int(np.ceil(y1))))
+
+
+def draw_boxes(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], labels: Sequence[str] = (),
+               color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Rectangles (and optional labels) drawn on a copy of an RGB image; line width follows image size."""
+    canvas = np.ascontiguousarray(image.copy())
+    thickness = max(1, round(max(image.shape[:2]) / 300))
+    for index, (x0, y0, x1, y1) in enumerate(boxes):
+        cv2.rectangle(canvas, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), (0, 0, 0), thickness + 2)
+        cv2.rectangle(canvas, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), color, thickness)
+        if index < len(labels):
+            scale = max(0.4, max(image.shape[:2]) / 900)
+            origin = (x0, max(12, y0 - 4))
+            cv2.putText(canvas, labels[index], origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2)
+            cv2.putText(canvas, labels[index], origin, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness)
+    return canvas
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 0),
+                 alpha: float = 0.5) -> np.ndarray:
+    """A binary mask tinted over an RGB image, with its outline drawn."""
+    canvas = image.astype(np.float32).copy()
+    canvas[mask] = (1 - alpha) * canvas[mask] + alpha * np.array(color, np.float32)
+    canvas = np.clip(canvas, 0, 255).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(canvas, contours, -1, color, max(1, round(max(image.shape[:2]) / 400)))
+    return canvas
+
+
+def colorbar(height: int = 256, width: int = 24) -> np.ndarray:
+    """A vertical colour bar of the shared scale (top = SCALE_MAX), as an RGB image."""
+    column = np.linspace(SCALE_MAX, SCALE_MIN, height, dtype=np.float32)[:, None]
+    return colorize(np.repeat(column, width, axis=1))
