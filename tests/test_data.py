@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +17,6 @@ from inspection.data import (
     open_dataset,
 )
 from inspection.images import ImageLoadError
-
-
-def _shared_dir() -> Path | None:
-    """The shared data folder, or None when absent (a failure instead when CI is "true")."""
-    shared = Path(os.environ.get("INSPECTION_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-    if (shared / "data").is_dir():
-        return shared
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"shared data not found at {shared} (set INSPECTION_SHARED)")
-    return None
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    shared = _shared_dir()
-    if shared is None:
-        pytest.skip("shared data not available (set INSPECTION_SHARED)")
-    return shared / "data"
 
 
 def _write_png(path: Path, height: int = 6, width: int = 8, value: int = 120) -> Path:

@@ -1,0 +1,58 @@
+"""Shared fixtures: the shared data folder (skip locally when absent, fail in CI), the demo dataset, small models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path | None:
+    """The shared folder (data, weights), or None when absent; absent under CI=true is a failure, not a skip."""
+    shared = Path(os.environ.get("INSPECTION_SHARED", REPO.parent / "shared"))
+    if (shared / "data").is_dir():
+        return shared
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"shared data not found at {shared} (set INSPECTION_SHARED); CI must not skip these tests")
+    return None
+
+
+def require_shared() -> Path:
+    shared = shared_dir()
+    if shared is None:
+        pytest.skip("shared data not available (set INSPECTION_SHARED)")
+    return shared
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return require_shared() / "data"
+
+
+@pytest.fixture
+def shared_weights() -> Path:
+    return require_shared() / "weights"
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in demo dataset (category folder), generated once per test session."""
+    from inspection.demo import generate_demo_dataset
+
+    return generate_demo_dataset(tmp_path_factory.mktemp("demo-data"))
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(demo_root: Path):
+    from inspection.data import open_dataset
+
+    return open_dataset(demo_root)
+
+
+def random_images(count: int, size: int = 64, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)]

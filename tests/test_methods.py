@@ -1,0 +1,308 @@
+"""Methods end to end on the demo data, the shared pieces they stand on, and the one-file model format."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_images
+from inspection.base import AnomalyModel, Progress, read_model_info, save_thresholds, split_holdout, update_info
+from inspection.coreset import greedy_coreset, random_projection
+from inspection.evaluate import evaluate, fit_on_dataset
+from inspection.knn import nearest_neighbors
+from inspection.modelfile import ModelFileError, write_model_file
+from inspection.registry import create_model, get_method, load_model, methods
+
+# ---------------------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def test_chunked_nearest_neighbours_match_brute_force():
+    generator = torch.Generator().manual_seed(0)
+    queries, bank = torch.randn(300, 16, generator=generator), torch.randn(1000, 16, generator=generator)
+    reference = torch.cdist(queries.double(), bank.double())
+    expected_d, expected_i = reference.topk(3, dim=1, largest=False)
+    # A tiny block limit forces many query and bank chunks.
+    distances, indices = nearest_neighbors(queries, bank, k=3, max_elements=4096)
+    assert torch.equal(indices, expected_i)
+    torch.testing.assert_close(distances.double(), expected_d, atol=1e-4, rtol=1e-4)
+
+
+def naive_greedy_coreset(points: np.ndarray, n_select: int, start: int) -> list[int]:
+    """Reference: textbook greedy k-center with explicit loops and exact distances."""
+    selected = [start]
+    while len(selected) < n_select:
+        best_index, best_distance = -1, -1.0
+        for index in range(len(points)):
+            nearest = min(float(np.sum((points[index] - points[chosen]) ** 2)) for chosen in selected)
+            if nearest > best_distance:
+                best_index, best_distance = index, nearest
+        selected.append(best_index)
+    return selected
+
+
+def test_greedy_coreset_matches_the_naive_reference():
+    points = np.random.default_rng(0).normal(size=(120, 5))
+    selected = greedy_coreset(torch.from_numpy(points), 15, start_index=7)
+    assert selected.tolist() == naive_greedy_coreset(points, 15, 7)
+
+
+def test_greedy_coreset_covers_every_cluster_where_random_sampling_would_not():
+    rng = np.random.default_rng(1)
+    # One big cluster and five tiny far-away ones: 6 greedy picks must hit all six clusters.
+    centres = np.array([[0, 0], [50, 0], [0, 50], [-50, 0], [0, -50], [50, 50]], float)
+    sizes = [995, 1, 1, 1, 1, 1]
+    points = np.concatenate([centre + rng.normal(scale=0.5, size=(size, 2)) for centre, size in zip(centres, sizes)])
+    labels = np.repeat(np.arange(6), sizes)
+    selected = greedy_coreset(torch.from_numpy(points), 6, start_index=0)
+    assert sorted(labels[selected.numpy()].tolist()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_random_projection_is_seeded_and_keeps_distances_roughly():
+    features = torch.randn(50, 256, generator=torch.Generator().manual_seed(0))
+    first, second = random_projection(features, 64, seed=3), random_projection(features, 64, seed=3)
+    assert torch.equal(first, second) and first.shape == (50, 64)
+    ratio = torch.pdist(first) / torch.pdist(features)
+    assert 0.6 < ratio.mean().item() < 1.4
+
+
+def test_holdout_split_is_seeded_and_sized():
+    fit, held = split_holdout(209, 0.1, 10, seed=0)
+    assert len(held) == 21 and len(fit) == 188 and not set(fit) & set(held)
+    assert np.array_equal(split_holdout(209, 0.1, 10, seed=0)[1], held)
+    assert len(split_holdout(30, 0.1, 10, seed=0)[1]) == 10
+    assert len(split_holdout(12, 0.1, 10, seed=0)[1]) == 4  # never more than a third
+    assert len(split_holdout(50, 0.0, 10, seed=0)[1]) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Registry and parameters
+
+
+def test_registry_lists_both_methods_with_declared_parameters():
+    assert {"patchcore", "padim"} <= set(methods())
+    for method_cls in methods().values():
+        names = method_cls.param_set().names()
+        assert {"seed", "backbone", "image_fpr", "pixel_fpr", "resize_mode"} <= set(names)
+        assert all(param.help for param in method_cls.param_set())
+
+
+def test_parameters_are_validated():
+    with pytest.raises(ValueError, match="unknown parameter"):
+        create_model("patchcore", coreset_size=3)
+    with pytest.raises(ValueError, match="coreset_ratio"):
+        create_model("patchcore", coreset_ratio=2.0)
+    with pytest.raises(ValueError, match="image_fpr"):
+        create_model("padim", image_fpr=0.0)
+    with pytest.raises(ValueError, match="one of"):
+        create_model("padim", backbone="alexnet")
+    with pytest.raises(ValueError, match="unknown method"):
+        get_method("autoencoder9000")
+    assert create_model("patchcore", coreset_ratio="0.05").params["coreset_ratio"] == 0.05
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end on the demo dataset (real EfficientNet-Lite0 weights)
+
+
+@pytest.fixture(scope="module", params=["patchcore", "padim"])
+def fitted(request, demo_dataset):
+    model = create_model(request.param)
+    reports: list[Progress] = []
+    evaluation = fit_on_dataset(model, demo_dataset, progress=reports.append)
+    return model, evaluation, reports
+
+
+def test_fit_reports_progress_and_calibrates_on_held_out_images(fitted, demo_dataset):
+    model, _, reports = fitted
+    assert {"features", "calibrate"} <= {report.stage for report in reports}
+    n_train = len(demo_dataset.train)
+    assert model.info["n_heldout_images"] == max(10, math.ceil(0.1 * n_train))
+    assert model.info["n_fit_images"] + model.info["n_heldout_images"] == n_train
+    calibration = model.calibration
+    assert len(calibration.heldout_scores) == model.info["n_heldout_images"]
+    assert calibration.heldout_fpr() <= model.params["image_fpr"]
+    assert calibration.normalized_image_threshold == pytest.approx(0.5)
+    assert calibration.normalized_pixel_threshold == pytest.approx(0.5)
+    assert abs(calibration.heldout_pixel_fpr() - model.params["pixel_fpr"]) < 0.01
+
+
+def test_demo_metrics_are_informative(fitted):
+    model, evaluation, _ = fitted
+    metrics = evaluation.metrics
+    assert metrics["n_test"] == 50 and metrics["n_defect"] == 30
+    # Good detectors on obvious-to-faint synthetic defects: clearly better than chance, not all perfect.
+    assert 0.75 <= metrics["image_auroc"] <= 1.0
+    assert metrics["pixel_auroc"] >= 0.8 and metrics["aupro"] >= 0.5
+    assert min(metrics["image_auroc"], metrics["pixel_auroc"], metrics["aupro"]) < 1.0
+    assert metrics["predict_ms_per_image"] > 0 and "cpu" in metrics["device"]
+    assert len(evaluation.records) == 50 and evaluation.f1_image_threshold is not None
+
+
+def test_predictions_have_maps_at_working_resolution_regions_and_verdicts(fitted, demo_dataset):
+    model, _, _ = fitted
+    obvious = [sample for sample in demo_dataset.test if sample.defect_type == "hole"][:1]
+    good = [sample for sample in demo_dataset.test if sample.label == 0][:1]
+    prediction = model.predict([obvious[0].path, good[0].path])
+    assert prediction.raw_maps.shape == (2, 224, 224) and prediction.raw_maps.dtype == np.float32
+    assert prediction.image_scores[0] > prediction.image_scores[1]
+    assert prediction.verdicts.tolist() == [True, False]
+    regions = prediction.regions(0)
+    assert regions and regions[0].max_score > 0.5
+    placed = prediction.map_on_original(0)
+    assert placed.shape == (256, 256) and np.isnan(placed).any()  # the centre crop leaves a border
+
+
+def test_save_load_round_trip_gives_identical_scores(fitted, demo_dataset, tmp_path):
+    model, _, _ = fitted
+    path = model.save(tmp_path / "model.safetensors")
+    loaded = load_model(path)
+    assert type(loaded) is type(model) and loaded.params == model.params
+    assert loaded.preprocessing == model.preprocessing
+    images = [sample.path for sample in demo_dataset.test[::7]]
+    before, after = model.predict(images), loaded.predict(images)
+    assert np.array_equal(before.raw_scores, after.raw_scores)
+    assert np.array_equal(before.raw_maps, after.raw_maps)
+    assert loaded.calibration == model.calibration
+    assert loaded.info["metrics"]["image_auroc"] == model.info["metrics"]["image_auroc"]
+    header = read_model_info(path)
+    assert header["seed"] == 0 and header["backbone"]["name"] == "efficientnet_lite0"
+    assert header["info"]["category"] == "surface" and len(header["info"]["test_scores"]) == 50
+    assert header["preprocessing"]["normalization"] == "inception"
+
+
+def test_reading_the_metadata_does_not_load_the_weights(fitted, tmp_path, monkeypatch):
+    model, _, _ = fitted
+    path = model.save(tmp_path / "model.safetensors")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr("inspection.modelfile.load_file", forbidden)
+    assert read_model_info(path)["method"] == model.name
+
+
+def test_saving_thresholds_rewrites_the_file_atomically(fitted, tmp_path):
+    model, _, _ = fitted
+    path = model.save(tmp_path / "model.safetensors")
+    save_thresholds(path, image_threshold=123.5)
+    assert read_model_info(path)["calibration"]["image_threshold"] == 123.5
+    assert load_model(path).calibration.image_threshold == 123.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temporary left
+    update_info(path, name="line 3 bottles")
+    assert read_model_info(path)["info"]["name"] == "line 3 bottles"
+    with pytest.raises(ValueError, match="finite"):
+        save_thresholds(path, pixel_threshold=float("nan"))
+
+
+def test_an_interrupted_save_leaves_nothing_half_written(fitted, tmp_path, monkeypatch):
+    model, _, _ = fitted
+
+    def interrupted(*args, **kwargs):
+        Path(args[1]).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("inspection.modelfile.save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.save(tmp_path / "model.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_same_seed_same_model(demo_dataset):
+    images = [sample.path for sample in demo_dataset.train[:24]]
+    first = create_model("patchcore", coreset_ratio=0.05).fit(images)
+    second = create_model("patchcore", coreset_ratio=0.05).fit(images)
+    assert torch.equal(first.memory_bank, second.memory_bank)
+    third = create_model("patchcore", coreset_ratio=0.05, seed=1).fit(images)
+    assert not torch.equal(first.memory_bank, third.memory_bank)
+
+
+def test_patchcore_reweighting_and_projection_options_run(demo_dataset):
+    images = [sample.path for sample in demo_dataset.train[:20]]
+    model = create_model("patchcore", reweight=True, embed_dim=64, projection_dim=0).fit(images)
+    prediction = model.predict(images[:2])
+    assert model.memory_bank.shape[1] == 64 and np.isfinite(prediction.raw_scores).all()
+
+
+@pytest.mark.parametrize("method", ["patchcore", "padim"])
+def test_other_backbones_work_end_to_end(method, shared_weights):
+    model = create_model(method, backbone="mobilenet_v2",
+                         weights=str(shared_weights / "mobilenet_v2_imagenet_coral_int8.pth"), crop=64, resize=72)
+    model.fit(random_images(24, 80))
+    assert model.preprocessing.normalization == "inception"
+    assert model.predict(random_images(2, 80, seed=9)).raw_maps.shape == (2, 64, 64)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model files that must be refused
+
+
+def test_loading_refuses_what_is_not_a_model(tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(tmp_path / "missing.safetensors")
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello")
+    with pytest.raises(ModelFileError, match="not a model file"):
+        load_model(text)
+
+
+def test_loading_refuses_another_format_version(tmp_path):
+    path = write_model_file(tmp_path / "future.safetensors", {"x": torch.zeros(1)}, {"method": "patchcore"})
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b'\\"format_version\\": 1', b'\\"format_version\\": 9'))
+    with pytest.raises(ModelFileError, match="version 9"):
+        load_model(path)
+
+
+def test_loading_refuses_a_model_made_with_other_backbone_weights(tmp_path):
+    model = create_model("patchcore", weights="random", crop=64, resize=64, coreset_ratio=0.1)
+    model.fit(random_images(15, 64))
+    path = model.save(tmp_path / "random.safetensors")
+    tensors_header = read_model_info(path)
+    assert tensors_header["backbone"]["weights"]["fingerprint"] == "random:0"
+    from inspection.modelfile import update_header
+
+    def other_weights(header):
+        header["backbone"]["weights"]["fingerprint"] = "sha256:0000"
+        return header
+
+    update_header(path, other_weights)
+    with pytest.raises(ModelFileError, match="other efficientnet_lite0 weights"):
+        load_model(path)
+
+
+def test_loading_refuses_a_bank_that_does_not_fit_the_backbone(tmp_path):
+    model = create_model("patchcore", weights="random", crop=64, resize=64, coreset_ratio=0.1)
+    model.fit(random_images(15, 64))
+    path = model.save(tmp_path / "model.safetensors")
+    from inspection.modelfile import update_header
+
+    def other_layers(header):
+        header["params"]["layers"] = "blocks.1,blocks.2"
+        return header
+
+    update_header(path, other_layers)
+    with pytest.raises(ModelFileError, match="does not fit backbone"):
+        load_model(path)
+
+
+def test_predict_before_fit_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        create_model("padim").predict(random_images(1))
+
+
+def test_evaluate_json_friendly(fitted, demo_dataset):
+    model, _, _ = fitted
+    evaluation = evaluate(model, demo_dataset, timing_repeats=0)
+    json.dumps(evaluation.metrics)
+    assert "predict_ms_per_image" not in evaluation.metrics
+
+
+def test_anomaly_model_is_abstract():
+    with pytest.raises(TypeError):
+        AnomalyModel()

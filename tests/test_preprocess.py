@@ -1,0 +1,79 @@
+"""Preprocessing geometry: masks follow their images exactly, maps go back onto the original exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inspection.preprocess import Preprocessing, map_to_original
+
+
+def test_center_crop_geometry_of_a_square_image():
+    geometry = Preprocessing().geometry(900, 900)
+    assert (geometry.resized_height, geometry.resized_width) == (256, 256)
+    assert (geometry.offset_y, geometry.offset_x) == (16, 16)
+    assert (geometry.height, geometry.width) == (224, 224)
+
+
+def test_center_crop_geometry_of_a_wide_image():
+    geometry = Preprocessing().geometry(300, 600)
+    assert (geometry.resized_height, geometry.resized_width) == (256, 512)
+    assert (geometry.offset_y, geometry.offset_x) == (16, 144)
+
+
+def test_mask_goes_through_the_same_transform_as_its_image():
+    image = np.zeros((300, 500, 3), np.uint8)
+    image[100:160, 200:260] = 255
+    mask = image[:, :, 0] > 0
+    for mode in ("center_crop", "full"):
+        preprocessing = Preprocessing(mode)
+        cropped, geometry = preprocessing.apply_geometry(image)
+        transformed = preprocessing.transform_mask(mask, geometry)
+        bright = cropped[:, :, 0] > 127
+        assert transformed.shape == (224, 224)
+        # Same square, up to the one-pixel difference between area and nearest interpolation at its edge.
+        assert (bright ^ transformed).sum() <= 4 * bright.sum() ** 0.5 + 4
+
+
+def test_mask_of_another_size_is_refused():
+    preprocessing = Preprocessing()
+    geometry = preprocessing.geometry(100, 100)
+    with pytest.raises(ValueError, match="does not match its image"):
+        preprocessing.transform_mask(np.zeros((90, 100), bool), geometry)
+
+
+def test_map_back_to_the_original_is_the_exact_inverse_and_marks_the_uninspected_border():
+    preprocessing = Preprocessing("center_crop", 256, 224)
+    geometry = preprocessing.geometry(450, 900)  # scale 256/450, resized 256×512, offsets (16, 144)
+    # A map whose value is its own working x coordinate: placed back, each original pixel must read the
+    # working coordinate its centre maps to.
+    working = np.tile(np.arange(224, dtype=np.float32), (224, 1))
+    placed = map_to_original(working, geometry)
+    assert placed.shape == (450, 900)
+    x = np.arange(900)
+    u = (x + 0.5) * geometry.scale_x - 0.5 - geometry.offset_x
+    inside = (u >= 0) & (u <= 223)
+    np.testing.assert_allclose(placed[225, inside], u[inside], atol=1e-3)
+    assert np.isnan(placed[225, (u < -0.5) | (u > 223.5)]).all()
+    assert np.isnan(placed[:, 0]).all() and np.isnan(placed[:, -1]).all()
+    # Rows: the crop cuts 16 of 256 resized rows top and bottom → about 28 original rows each side.
+    assert np.isnan(placed[:20, 450]).all() and np.isfinite(placed[40:410, 450]).all()
+
+
+def test_full_frame_mode_inspects_every_pixel():
+    geometry = Preprocessing("full").geometry(123, 377)
+    placed = map_to_original(np.random.default_rng(0).random((224, 224)).astype(np.float32), geometry)
+    assert placed.shape == (123, 377) and np.isfinite(placed).all()
+
+
+def test_normalisation_belongs_to_the_weights():
+    image = np.full((1, 4, 4, 3), 255, np.uint8)
+    assert Preprocessing(normalization="inception").normalize(image).max().item() == pytest.approx(1.0)
+    imagenet = Preprocessing(normalization="imagenet").normalize(np.zeros((1, 4, 4, 3), np.uint8))
+    assert imagenet[0, 0, 0, 0].item() == pytest.approx(-0.485 / 0.229)
+
+
+@pytest.mark.parametrize("kwargs", [{"mode": "stretch"}, {"normalization": "other"}, {"resize": 200, "crop": 224}])
+def test_invalid_preprocessing_is_refused(kwargs):
+    with pytest.raises(ValueError):
+        Preprocessing(**kwargs)
