@@ -175,7 +175,8 @@ def command_predict(args: argparse.Namespace) -> int:
         prediction = model.predict([image for _, image in decoded])
         verdicts = prediction.verdicts
         for index, (path, image) in enumerate(decoded):
-            regions = prediction.regions(index)
+            # Boxes only where the image is rejected: a good verdict's faint spots are not defects.
+            regions = prediction.regions(index) if verdicts[index] else []
             name = _unique_name(path.stem, used)
             picture = overlay(image, prediction.map_on_original(index))
             boxes = [box_to_original(region, prediction.geometries[index]) for region in regions]
