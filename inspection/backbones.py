@@ -213,27 +213,19 @@ register_backbone(BackboneSpec(
                    KnownWeights("mobilenet_v2_imagenet_coral_int8.pth", "inception")),
 ))
 
-register_backbone(BackboneSpec(
-    name="resnet18",
-    description="ResNet-18 (torchvision)",
-    build=_torchvision("resnet18"),
-    trunk=_resnet_trunk,
-    layers={"layer1": LayerInfo(64, 4), "layer2": LayerInfo(128, 8), "layer3": LayerInfo(256, 16),
-            "layer4": LayerInfo(512, 32)},
-    default_layers={"padim": ("layer1", "layer2", "layer3"), "default": ("layer2", "layer3")},
-    known_weights=(_tv_weights("resnet18-f37072fd.pth"),),
-))
-
-register_backbone(BackboneSpec(
-    name="wide_resnet50_2",
-    description="Wide ResNet-50-2 (torchvision), the PatchCore paper's backbone",
-    build=_torchvision("wide_resnet50_2"),
-    trunk=_resnet_trunk,
-    layers={"layer1": LayerInfo(256, 4), "layer2": LayerInfo(512, 8), "layer3": LayerInfo(1024, 16),
-            "layer4": LayerInfo(2048, 32)},
-    default_layers={"padim": ("layer1", "layer2", "layer3"), "default": ("layer2", "layer3")},
-    known_weights=(_tv_weights("wide_resnet50_2-95faca4d.pth"),),
-))
+for _name, _description, _channels, _filename in (
+        ("resnet18", "ResNet-18 (torchvision)", (64, 128, 256, 512), "resnet18-f37072fd.pth"),
+        ("wide_resnet50_2", "Wide ResNet-50-2 (torchvision), the PatchCore paper's backbone", (256, 512, 1024, 2048),
+         "wide_resnet50_2-95faca4d.pth")):
+    register_backbone(BackboneSpec(
+        name=_name,
+        description=_description,
+        build=_torchvision(_name),
+        trunk=_resnet_trunk,
+        layers={f"layer{index}": LayerInfo(c, 2 ** (index + 1)) for index, c in enumerate(_channels, start=1)},
+        default_layers={"padim": ("layer1", "layer2", "layer3"), "default": ("layer2", "layer3")},
+        known_weights=(_tv_weights(_filename),),
+    ))
 
 register_backbone(BackboneSpec(
     name="vgg19",

@@ -149,27 +149,33 @@ def _aupro_from_curves(curves: _ThresholdCurves, max_fpr: float) -> float:
     return _area_up_to(curves.fpr, curves.pro, max_fpr) / max_fpr
 
 
+def check_scores_and_labels(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Validate 1-D scores and 0/1 labels of equal length; return (float64 scores, bool labels)."""
+    scores_array = np.asarray(scores, dtype=np.float64).ravel()
+    labels_array = np.asarray(labels).ravel()
+    if scores_array.size != labels_array.size:
+        raise ValueError(
+            f"scores and labels must have the same length, got {scores_array.size} "
+            f"and {labels_array.size}"
+        )
+    if scores_array.size == 0:
+        raise ValueError("scores are empty")
+    if np.isnan(scores_array).any():
+        raise ValueError(f"scores contain {int(np.isnan(scores_array).sum())} NaN values")
+    bad_labels = np.setdiff1d(np.unique(labels_array), [0, 1])
+    if bad_labels.size:
+        raise ValueError(f"labels must be 0 (good) or 1 (defect), got values {bad_labels.tolist()}")
+    return scores_array, labels_array.astype(bool)
+
+
 def image_auroc(image_scores: ArrayLike, labels: ArrayLike) -> float:
     """Image-level ROC AUC (labels 0 = good, 1 = defect); equals sklearn's roc_auc_score.
 
     Returns NaN when only one class is present.
     """
-    scores_array = np.asarray(image_scores, dtype=np.float64).ravel()
-    labels_array = np.asarray(labels).ravel()
-    if scores_array.shape != labels_array.shape:
-        raise ValueError(
-            f"image_scores and labels must have the same length, got {scores_array.size} "
-            f"and {labels_array.size}"
-        )
-    if scores_array.size == 0:
-        raise ValueError("image_scores is empty")
-    if np.isnan(scores_array).any():
-        raise ValueError(f"image_scores contain {int(np.isnan(scores_array).sum())} NaN values")
-    bad_labels = np.setdiff1d(np.unique(labels_array), [0, 1])
-    if bad_labels.size:
-        raise ValueError(f"labels must be 0 (good) or 1 (defect), got values {bad_labels.tolist()}")
+    scores_array, labels_array = check_scores_and_labels(image_scores, labels)
     # Reuse the pixel machinery: one "image" of shape [1, n].
-    curves = _pixel_curves(scores_array[None, None], labels_array.astype(bool)[None, None], False)
+    curves = _pixel_curves(scores_array[None, None], labels_array[None, None], False)
     return _auroc_from_curves(curves)
 
 

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .metrics import check_scores_and_labels
+
 __all__ = [
     "validate_fpr",
     "threshold_at_fpr",
@@ -110,25 +112,6 @@ def pixel_threshold_at_fpr(
     return _threshold_from_values(values, target_fpr)
 
 
-def _scores_and_labels(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Validate 1-D scores and 0/1 labels of equal length; return (float64 scores, bool labels)."""
-    scores_array = np.asarray(scores, dtype=np.float64).ravel()
-    labels_array = np.asarray(labels).ravel()
-    if scores_array.size != labels_array.size:
-        raise ValueError(
-            f"scores and labels must have the same length, got {scores_array.size} "
-            f"and {labels_array.size}"
-        )
-    if scores_array.size == 0:
-        raise ValueError("scores are empty")
-    if np.isnan(scores_array).any():
-        raise ValueError(f"scores contain {int(np.isnan(scores_array).sum())} NaN values")
-    bad_labels = np.setdiff1d(np.unique(labels_array), [0, 1])
-    if bad_labels.size:
-        raise ValueError(f"labels must be 0 (good) or 1 (defect), got values {bad_labels.tolist()}")
-    return scores_array, labels_array.astype(bool)
-
-
 def _counts_above_candidates(
     scores: np.ndarray, labels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,7 +136,7 @@ def f1_optimal_threshold(scores: ArrayLike, labels: ArrayLike) -> tuple[float, f
     The threshold is one of the scores, or the value just below the minimum (flag everything).
     Among equally good thresholds the highest is returned. Needs at least one defect label.
     """
-    scores_array, labels_array = _scores_and_labels(scores, labels)
+    scores_array, labels_array = check_scores_and_labels(scores, labels)
     n_positive = int(labels_array.sum())
     if n_positive == 0:
         raise ValueError("f1_optimal_threshold needs at least one defect (label 1); got none")
@@ -174,7 +157,7 @@ def roc_curve_points(scores: ArrayLike, labels: ArrayLike) -> dict[str, np.ndarr
     ``rates_at_threshold`` at any returned threshold reproduces the point exactly. A rate is NaN
     when its class is absent.
     """
-    scores_array, labels_array = _scores_and_labels(scores, labels)
+    scores_array, labels_array = check_scores_and_labels(scores, labels)
     thresholds, true_positives, false_positives = _counts_above_candidates(
         scores_array, labels_array
     )
@@ -196,7 +179,7 @@ def rates_at_threshold(scores: ArrayLike, labels: ArrayLike, threshold: float) -
     Undefined ratios are ``float("nan")``: fpr without good samples, tpr without defects,
     precision when nothing is flagged, f1 when there are no defects and nothing is flagged.
     """
-    scores_array, labels_array = _scores_and_labels(scores, labels)
+    scores_array, labels_array = check_scores_and_labels(scores, labels)
     threshold = float(threshold)
     if math.isnan(threshold):
         raise ValueError("threshold is NaN")
