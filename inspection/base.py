@@ -31,7 +31,7 @@ from .device import resolve_device
 from .images import load_image
 from .modelfile import ModelFileError, read_header, read_model_file, update_header, write_model_file
 from .params import Param, ParamSet, params
-from .preprocess import RESIZE_MODES, Geometry, Preprocessing, map_to_original
+from .preprocess import INTENSITY_MODES, RESIZE_MODES, Geometry, Preprocessing, map_to_original
 from .regions import Region, find_regions
 from .threshold import ScoreScale, pixel_threshold_at_fpr, rate_above, score_quantiles, threshold_at_fpr, validate_fpr
 
@@ -61,6 +61,9 @@ COMMON_PARAMS = params(
     Param("resize", int, 256, "Shorter side after resizing (center_crop mode).", minimum=16, maximum=4096,
           group="preprocessing"),
     Param("crop", int, 224, "Working resolution: side of the square the model sees.", minimum=16, maximum=4096,
+          group="preprocessing"),
+    Param("intensity", str, "none", "none: pixel values as they are; standardize: set each image's brightness "
+          "and contrast to fixed values (for lighting that drifts between captures).", choices=INTENSITY_MODES,
           group="preprocessing"),
     Param("holdout_fraction", float, 0.1, "Share of the good training images held out from fitting to "
           "calibrate the thresholds.", minimum=0.0, maximum=0.5, group="calibration"),
@@ -257,7 +260,7 @@ class AnomalyModel(ABC):
         validate_fpr(self.params["pixel_fpr"])
         self.device = resolve_device(self.params["device"])
         self.preprocessing = Preprocessing(self.params["resize_mode"], self.params["resize"], self.params["crop"],
-                                           self.default_normalization())
+                                           self.default_normalization(), self.params["intensity"])
         self.calibration: Calibration | None = None
         self.info: dict[str, Any] = {}
         self.fitted = False

@@ -22,6 +22,12 @@ from .backbones import NORMALIZATIONS
 #: fill the frame and defects near the edges, e.g. Magnetic-Tile).
 RESIZE_MODES = ("center_crop", "full")
 
+#: "none": pixel values as they are. "standardize": each image's brightness and contrast are set to a fixed
+#: mean and spread (over the inspected area), for lines whose lighting drifts between captures; defects
+#: are judged by their contrast with the rest of the part, not by the absolute grey level.
+INTENSITY_MODES = ("none", "standardize")
+_STANDARD_MEAN, _STANDARD_STD = 128.0, 48.0
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -51,10 +57,13 @@ class Preprocessing:
     resize: int = 256
     crop: int = 224
     normalization: str = "inception"
+    intensity: str = "none"
 
     def __post_init__(self) -> None:
         if self.mode not in RESIZE_MODES:
             raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {self.mode!r}")
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"intensity mode must be one of {INTENSITY_MODES}, got {self.intensity!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {self.normalization!r}")
         if not 16 <= self.crop <= 4096 or (self.mode == "center_crop" and self.resize < self.crop):
@@ -86,7 +95,16 @@ class Preprocessing:
         shrinking = geometry.resized_height * geometry.resized_width < image.shape[0] * image.shape[1]
         resized = cv2.resize(image, (geometry.resized_width, geometry.resized_height),
                              interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-        return _crop(resized, geometry), geometry
+        return self.adjust_intensity(_crop(resized, geometry)), geometry
+
+    def adjust_intensity(self, image: np.ndarray) -> np.ndarray:
+        """Apply the intensity mode to a working-size uint8 image."""
+        if self.intensity == "none":
+            return image
+        values = image.astype(np.float32)
+        mean, std = float(values.mean()), float(values.std())
+        standardized = (values - mean) * (_STANDARD_STD / max(std, 1.0)) + _STANDARD_MEAN
+        return np.clip(standardized, 0, 255).round().astype(np.uint8)
 
     def transform_mask(self, mask: np.ndarray, geometry: Geometry) -> np.ndarray:
         """A ground-truth mask through the same resize and crop as its image (nearest neighbour: stays binary)."""

@@ -77,3 +77,16 @@ def test_normalisation_belongs_to_the_weights():
 def test_invalid_preprocessing_is_refused(kwargs):
     with pytest.raises(ValueError):
         Preprocessing(**kwargs)
+
+
+def test_standardized_intensity_ignores_a_global_brightness_and_contrast_change():
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 20, (240, 240, 3)).clip(0, 255).astype(np.uint8)
+    brighter = np.clip(image.astype(np.float32) * 1.3 + 40, 0, 255).astype(np.uint8)
+    standardize = Preprocessing(intensity="standardize")
+    first, _ = standardize.apply_geometry(image)
+    second, _ = standardize.apply_geometry(brighter)
+    assert np.abs(first.astype(int) - second.astype(int)).mean() < 1.5
+    assert abs(first.mean() - 128) < 1 and abs(first.std() - 48) < 1
+    plain, _ = Preprocessing().apply_geometry(brighter)
+    assert abs(plain.mean() - first.mean()) > 20  # without it, the shift stays
