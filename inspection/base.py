@@ -35,8 +35,6 @@ from .preprocess import INTENSITY_MODES, RESIZE_MODES, Geometry, Preprocessing, 
 from .regions import Region, find_regions
 from .threshold import ScoreScale, pixel_threshold_at_fpr, rate_above, score_quantiles, threshold_at_fpr, validate_fpr
 
-ImageInput = "str | os.PathLike | np.ndarray"
-
 
 @dataclass(frozen=True)
 class Progress:
