@@ -27,3 +27,18 @@ def test_bottle_accuracy_floors(method, shared_data):
         assert metrics[name] >= floor, f"{method} {name} {metrics[name]:.4f} fell below {floor}"
     # The verdict threshold was calibrated on held-out good images, not on the fitting ones.
     assert model.info["n_heldout_images"] == 21 and model.calibration.heldout_fpr() <= 0.05
+
+
+# Magnetic-Tile: small grayscale images of varied aspect with defects near the edges, and test/good images
+# captured brighter than train/good. The whole frame is kept (no crop) and each image's intensity is
+# standardised: both are saved preprocessing settings of the model.
+MAGNETIC_TILE_SETTINGS = {"resize_mode": "full", "intensity": "standardize"}
+
+
+def test_magnetic_tile_patchcore_floors(shared_data):
+    dataset = open_dataset(shared_data / "magnetic_tile", "magnetic_tile")
+    model = create_model("patchcore", **MAGNETIC_TILE_SETTINGS)
+    metrics = fit_on_dataset(model, dataset).metrics
+    assert metrics["image_auroc"] >= 0.90, metrics
+    assert metrics["pixel_auroc"] >= 0.83, metrics
+    assert model.preprocessing.mode == "full" and model.preprocessing.intensity == "standardize"
