@@ -25,6 +25,7 @@ class Evaluation:
     metrics: dict[str, Any]
     records: list[dict[str, Any]] = field(default_factory=list)  # one per test image: file, label, type, score
     pixel_quantiles: dict[str, list[float]] = field(default_factory=dict)  # "good" / "defect" pixel scores
+    pixel_counts: dict[str, int] = field(default_factory=dict)  # how many good / defect pixels they summarise
     f1_image_threshold: float | None = None
     f1_pixel_threshold: float | None = None
 
@@ -73,6 +74,7 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
 
     if masks.any():
         evaluation.pixel_quantiles = {"good": score_quantiles(maps[~masks]), "defect": score_quantiles(maps[masks])}
+        evaluation.pixel_counts = {"good": int((~masks).sum()), "defect": int(masks.sum())}
         evaluation.f1_pixel_threshold = _f1_pixel_threshold(maps, masks)
     if 0 < labels.sum() < len(labels):
         evaluation.f1_image_threshold = f1_optimal_threshold(prediction.raw_scores, labels)[0]
@@ -106,6 +108,7 @@ def record_evaluation(model: AnomalyModel, dataset: Dataset, evaluation: Evaluat
         "metrics": {key: value for key, value in evaluation.metrics.items()},
         "test_scores": evaluation.records,
         "pixel_quantiles": evaluation.pixel_quantiles,
+        "pixel_counts": evaluation.pixel_counts,
     })
     if model.calibration is not None:
         model.calibration.f1_image_threshold = evaluation.f1_image_threshold

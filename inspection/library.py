@@ -1,0 +1,183 @@
+"""The models folder: list trained models from their file headers (weights never loaded), rename, delete.
+
+One model is one ``*.safetensors`` file. The folder is env ``INSPECTION_MODELS_DIR``, else ``./models``.
+A model's display name lives in its metadata (``info.display_name``); renaming also renames the file to a
+slug of that name, so the folder stays readable for people who look into it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .base import read_model_info, update_info
+from .modelfile import MODEL_SUFFIX, ModelFileError
+
+MODELS_DIR_ENV = "INSPECTION_MODELS_DIR"
+DEFAULT_MODELS_DIR = "models"
+MAX_NAME_LENGTH = 80
+
+
+def models_dir() -> Path:
+    """The models folder: env INSPECTION_MODELS_DIR, else ./models (relative to the working directory)."""
+    configured = os.environ.get(MODELS_DIR_ENV, "").strip()
+    return Path(configured).expanduser() if configured else Path(DEFAULT_MODELS_DIR)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What the app lists about one model file, read from its header alone."""
+
+    path: Path
+    name: str
+    method: str
+    backbone: str
+    category: str
+    created: str  # ISO 8601, UTC
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data_path: str = ""  # the dataset (category folder) it was trained and evaluated on
+    modified: float = 0.0  # file mtime: part of every cache key, so a rewritten file is never served stale
+
+    @property
+    def label(self) -> str:
+        """A one-line label for pickers: name · method/backbone · category."""
+        parts = [self.method + (f"/{self.backbone}" if self.backbone else "")]
+        if self.category:
+            parts.append(self.category)
+        return f"{self.name} ({', '.join(parts)})"
+
+    def row(self) -> dict[str, Any]:
+        """A table row: name, method, backbone, category, date and the headline test metrics."""
+        return {
+            "name": self.name,
+            "method": self.method,
+            "backbone": self.backbone or "—",
+            "category": self.category or "—",
+            "created": format_created(self.created),
+            "image AUROC": _rounded(self.metrics.get("image_auroc")),
+            "pixel AUROC": _rounded(self.metrics.get("pixel_auroc")),
+            "AUPRO": _rounded(self.metrics.get("aupro")),
+            "ms / image": _rounded(self.metrics.get("predict_ms_per_image"), 1),
+            "file": self.path.name,
+        }
+
+
+def _rounded(value: Any, digits: int = 3) -> float | None:
+    try:
+        return None if value is None else round(float(value), digits)
+    except (TypeError, ValueError):
+        return None
+
+
+def format_created(created: str) -> str:
+    """ISO timestamp → 'YYYY-MM-DD HH:MM' in UTC; the raw text when it does not parse."""
+    try:
+        moment = datetime.fromisoformat(created)
+    except (TypeError, ValueError):
+        return created or "—"
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def entry_from_header(path: Path, header: dict[str, Any]) -> ModelEntry:
+    """A ModelEntry from a model file's header (as read by read_model_info)."""
+    info = header.get("info") or {}
+    backbone = (header.get("backbone") or {}).get("name") or (header.get("params") or {}).get("backbone", "")
+    return ModelEntry(
+        path=path,
+        name=str(info.get("display_name") or path.stem),
+        method=str(header.get("method", "?")),
+        backbone=str(backbone or ""),
+        category=str(info.get("category") or ""),
+        created=str(info.get("created") or ""),
+        metrics=dict(info.get("metrics") or {}),
+        data_path=str(info.get("data_path") or ""),
+        modified=path.stat().st_mtime,
+    )
+
+
+def list_models(folder: str | os.PathLike | None = None) -> tuple[list[ModelEntry], list[str]]:
+    """(models newest first, problems): files that are not readable models are reported, not raised."""
+    folder = Path(folder) if folder is not None else models_dir()
+    if not folder.is_dir():
+        return [], []
+    entries, problems = [], []
+    for path in sorted(folder.glob(f"*{MODEL_SUFFIX}")):
+        if path.name.startswith("."):
+            continue  # temporaries of an atomic write in progress
+        try:
+            entries.append(entry_from_header(path, read_model_info(path)))
+        except (ModelFileError, OSError) as error:
+            problems.append(str(error))
+    entries.sort(key=lambda entry: (entry.created, entry.path.name), reverse=True)
+    return entries, problems
+
+
+def slugify(name: str) -> str:
+    """A file-name-safe version of a display name: letters, digits, '-', '_' and '.'."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip("-.")
+    return slug[:MAX_NAME_LENGTH] or "model"
+
+
+def validate_name(name: str) -> str:
+    """A display name stripped and checked: not empty, not too long, printable."""
+    cleaned = (name or "").strip()
+    if not cleaned:
+        raise ValueError("a model name must not be empty")
+    if len(cleaned) > MAX_NAME_LENGTH:
+        raise ValueError(f"a model name must be at most {MAX_NAME_LENGTH} characters, got {len(cleaned)}")
+    if not cleaned.isprintable():
+        raise ValueError(f"a model name must be printable text, got {cleaned!r}")
+    return cleaned
+
+
+def unique_model_path(folder: str | os.PathLike, name: str) -> Path:
+    """A free path ``folder/<slug>.safetensors`` (``-2``, ``-3``… appended when taken)."""
+    folder = Path(folder)
+    stem = slugify(name)
+    candidate = folder / f"{stem}{MODEL_SUFFIX}"
+    counter = 2
+    while candidate.exists():
+        candidate = folder / f"{stem}-{counter}{MODEL_SUFFIX}"
+        counter += 1
+    return candidate
+
+
+def default_model_name(method: str, category: str, when: datetime | None = None) -> str:
+    """E.g. 'surface patchcore 2024-05-01 12:30'."""
+    when = when or datetime.now()
+    return f"{category or 'data'} {method} {when:%Y-%m-%d %H:%M}"
+
+
+def _require_model_file(path: str | os.PathLike, folder: str | os.PathLike | None) -> Path:
+    path = Path(path)
+    if path.suffix != MODEL_SUFFIX:
+        raise ModelFileError(f"{path.name}: not a model file ({MODEL_SUFFIX})")
+    if not path.is_file():
+        raise ModelFileError(f"model file {str(path)!r} does not exist (deleted meanwhile?)")
+    if folder is not None and path.resolve().parent != Path(folder).resolve():
+        raise ModelFileError(f"{path} is not in the models folder {folder}")
+    return path
+
+
+def rename_model(path: str | os.PathLike, new_name: str, folder: str | os.PathLike | None = None) -> Path:
+    """Give a model a new display name and a matching file name; returns the new path."""
+    path = _require_model_file(path, folder)
+    new_name = validate_name(new_name)
+    target = path.with_name(f"{slugify(new_name)}{MODEL_SUFFIX}")
+    if target != path and target.exists():
+        raise ValueError(f"a model file named {target.name} already exists: choose another name")
+    update_info(path, display_name=new_name)
+    if target != path:
+        os.replace(path, target)
+    return target
+
+
+def delete_model(path: str | os.PathLike, folder: str | os.PathLike | None = None) -> None:
+    """Delete one model file (only a *.safetensors file, and only inside `folder` when given)."""
+    _require_model_file(path, folder).unlink()

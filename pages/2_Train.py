@@ -1,0 +1,105 @@
+"""Train: choose a method, its backbone and parameters (the form comes from the registry), train in the
+background with live progress, evaluate on the test split and save; manage the trained models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+import app_ui as ui
+from inspection.jobs import TrainingRequest
+from inspection.library import (default_model_name, delete_model, models_dir, rename_model, unique_model_path,
+                                validate_name)
+from inspection.registry import backbones, methods
+from inspection.views import GROUP_TITLES, FieldSpec, form_fields, resolve_form
+
+ui.page_setup("Train", "Fit a model on the good training images of the chosen dataset, calibrate its thresholds on "
+              "held-out good images, evaluate it on the test split and save it to the models folder.")
+dataset = ui.data_source_picker()
+entries = ui.model_entries()
+
+
+def param_widget(container: Any, spec: FieldSpec, key: str) -> Any:
+    """One form widget for a declared parameter."""
+    if spec.widget == "checkbox":
+        return container.checkbox(spec.label, value=spec.default, help=spec.help, key=key)
+    if spec.widget == "select":
+        options = list(spec.options)
+        describe = (lambda name: f"{name} — {backbones()[name].description}") if spec.name == "backbone" else str
+        return container.selectbox(spec.label, options, index=options.index(spec.default), help=spec.help,
+                                   key=key, format_func=describe)
+    if spec.widget == "int":
+        return container.number_input(spec.label, min_value=spec.minimum, max_value=spec.maximum,
+                                      value=spec.default, step=1, help=spec.help, key=key)
+    if spec.widget == "float":
+        return container.number_input(spec.label, min_value=spec.minimum, max_value=spec.maximum,
+                                      value=spec.default, step=spec.step, format="%g", help=spec.help, key=key)
+    return container.text_input(spec.label, value=spec.default, help=spec.help, key=key)
+
+
+st.subheader("New model")
+ui.training_monitor()
+registered = methods()
+method = ui.kept_selectbox(st, "Method", list(registered), "train_method",
+                           format_func=lambda name: f"{name} — {registered[name].description}",
+                           help="Every registered method appears here; its parameters below come from its "
+                                "declarations.")
+method_cls = registered[method]
+if dataset is None:
+    st.info("Choose a dataset in the sidebar first.")
+    st.stop()
+
+with st.form(f"train-form-{method}"):
+    name = st.text_input("Model name", value=default_model_name(method, dataset.category), key=f"name-{method}")
+    values: dict[str, Any] = {}
+    for group, specs in form_fields(method_cls).items():
+        expander = st.expander(GROUP_TITLES.get(group, group.capitalize()), expanded=group in ("backbone", "method"))
+        columns = expander.columns(3)
+        for index, spec in enumerate(specs):
+            values[spec.name] = param_widget(columns[index % 3], spec, f"param-{method}-{spec.name}")
+    evaluate = st.checkbox("Evaluate on the test split after training", value=bool(dataset.test),
+                           disabled=not dataset.test, key=f"evaluate-{method}",
+                           help="Image AUROC, pixel AUROC, AUPRO and speed, kept in the model file.")
+    st.caption(f"Data: **{dataset.category}** — {len(dataset.train)} good training images, "
+               f"{len(dataset.test)} test images. Saved to `{models_dir()}`.")
+    submitted = st.form_submit_button("Train", type="primary", icon=":material/rocket_launch:")
+if submitted:
+    with ui.user_errors():
+        params = resolve_form(method_cls, values)
+        display_name = validate_name(name)
+        request = TrainingRequest(method, params, str(dataset.root), None,
+                                  str(unique_model_path(models_dir(), display_name)), display_name,
+                                  evaluate=evaluate and bool(dataset.test))
+        if ui.start_training(request):
+            st.rerun()
+ui.wait_note()
+
+st.divider()
+st.subheader("Trained models")
+if not entries:
+    st.caption(f"No model in `{models_dir()}` yet.")
+else:
+    st.dataframe([entry.row() for entry in entries], hide_index=True, width="stretch")
+    st.caption("Metrics measured on the test split at training time; ms / image: one preprocessed image, batch 1.")
+    by_path = {str(entry.path): entry for entry in entries}
+    chosen = st.selectbox("Model to rename or delete", list(by_path), key="manage_model",
+                          format_func=lambda path: by_path[path].label)
+    rename_column, delete_column = st.columns(2)
+    with rename_column:
+        new_name = st.text_input("New name", key="manage_new_name", placeholder=by_path[chosen].name)
+        if st.button("Rename", key="manage_rename"):
+            with ui.user_errors():
+                new_path = rename_model(chosen, new_name, models_dir())
+                if st.session_state.get("model") == chosen:
+                    ui.select_model(new_path)
+                st.toast(f"Renamed to {new_name.strip()}")
+                st.rerun()
+    with delete_column:
+        confirm = st.checkbox("Yes, delete this model file", key="manage_confirm")
+        if st.button("Delete", key="manage_delete", disabled=not confirm):
+            with ui.user_errors():
+                delete_model(chosen, models_dir())
+                st.session_state.pop("manage_confirm", None)
+                st.toast(f"Deleted {by_path[chosen].name}")
+                st.rerun()

@@ -1,0 +1,97 @@
+"""Compare: several models on several images — one row per image, one column per model, heatmaps on one colour
+scale — and each model's metrics and speed on the same test split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+import app_ui as ui
+from inspection.data import open_dataset
+from inspection.evaluate import evaluate
+from inspection.views import (UPLOAD_TYPES, content_digest, decode_upload, default_compare_samples,
+                              evaluation_row, image_result, max_upload_mb, metric_rows, sample_label)
+
+ui.page_setup("Compare", "Several models side by side on the same images. Every heatmap uses each model's own "
+              "fixed scale (0.5 = its threshold), so colours mean the same thing in every column.")
+dataset = ui.data_source_picker()
+entries = ui.model_entries()
+if not entries:
+    st.info("No trained model yet: train some on the **Train** page.")
+    st.stop()
+
+by_path = {str(entry.path): entry for entry in entries}
+chosen_paths = st.multiselect("Models", list(by_path), default=list(by_path)[:3], key="compare_models",
+                              format_func=lambda path: by_path[path].label)
+chosen = [by_path[path] for path in chosen_paths]
+
+images: list[tuple[str, str, Any]] = []
+if dataset is not None and dataset.test:
+    by_label = {sample_label(sample): sample for sample in dataset.test}
+    defaults = [sample_label(sample) for sample in default_compare_samples(dataset)][:4]
+    picked = st.multiselect("Test images", list(by_label), default=defaults, key="compare_samples")
+    for label in picked:
+        sample = by_label[label]
+        with ui.user_errors():
+            images.append((label, f"{sample.path}:{sample.path.stat().st_mtime}", ui.load_path_image(sample.path)))
+uploads = st.file_uploader("…and/or upload images", type=list(UPLOAD_TYPES), max_upload_size=max_upload_mb(),
+                           accept_multiple_files=True, key="compare_upload")
+for upload in uploads or []:
+    data = upload.getvalue()
+    with ui.user_errors():
+        images.append((upload.name, content_digest(data), decode_upload(upload.name, data)))
+
+if not chosen or not images:
+    st.info("Pick at least one model and one image.")
+    st.stop()
+
+st.subheader("Heatmaps")
+n_columns = max(len(chosen) + 1, 4)  # at least 4, so that one model does not give giant images
+header = st.columns(n_columns)
+header[0].markdown("**Image**")
+for column, entry in zip(header[1:], chosen):
+    column.markdown(f"**{entry.name}**  \n{entry.method}/{entry.backbone}")
+for name, key, image in images:
+    row = st.columns(n_columns)
+    row[0].image(image, caption=name, width="stretch")
+    for column, entry in zip(row[1:], chosen):
+        with column:
+            with ui.user_errors():
+                result = image_result(ui.predict_image(entry, image, key), 0, image, name)
+                st.image(result.overlay(), caption=f"score {result.score:.3f} · {result.verdict}", width="stretch")
+ui.colorbar()
+
+st.subheader("Metrics and speed")
+rows = metric_rows(chosen)
+st.dataframe(rows, hide_index=True, width="stretch")
+splits = {entry.data_path for entry in chosen}
+if len(splits) > 1 or any(not entry.metrics for entry in chosen):
+    st.warning("These models were not all evaluated on the same test split at training time: measure them on "
+               "the same split below before comparing their numbers.")
+else:
+    st.caption("As measured at training time on each model's test split.")
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def measure(path: str, modified: float, root: str) -> dict[str, Any]:
+    """Metrics and speed of a model on a dataset's test split, measured now (cached per model file version)."""
+    return evaluate(ui.cached_model(path, modified), open_dataset(root), timing_repeats=10).metrics
+
+
+if dataset is not None and dataset.test:
+    if st.button(f"Measure all on the test split of {dataset.category!r} now", key="compare_measure"):
+        measured = []
+        progress = st.progress(0.0, text="Evaluating…")
+        for index, entry in enumerate(chosen):
+            progress.progress(index / len(chosen), text=f"Evaluating {entry.name}…")
+            with ui.user_errors():
+                measured.append(evaluation_row(entry.name, measure(str(entry.path), entry.modified,
+                                                                   str(dataset.root))))
+        progress.empty()
+        st.session_state["compare_measured"] = (str(dataset.root), measured)
+    stored = st.session_state.get("compare_measured")
+    if stored and stored[0] == str(dataset.root):
+        st.dataframe(stored[1], hide_index=True, width="stretch")
+        st.caption(f"All measured now on the same {len(dataset.test)} test images of {dataset.category!r}, "
+                   "on this machine.")

@@ -1,0 +1,519 @@
+"""Every page of the app through streamlit.testing.v1.AppTest: it renders, its widgets are there, and moving them
+changes what is shown (the expected outcome, not merely the absence of a traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import app_ui
+from app_testing import REPO, SMALL_PARAMS, copy_model, demo_image, train_small_model
+from inspection.base import read_model_info
+from inspection.jobs import MANAGER, TrainingRequest, folder_lock
+from inspection.library import list_models, unique_model_path
+from inspection.modelfile import update_header
+
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def small_model(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_small_model(demo_root, tmp_path_factory.mktemp("trained") / "small.safetensors")
+
+
+@pytest.fixture(scope="module")
+def small_padim(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_small_model(demo_root, tmp_path_factory.mktemp("trained") / "padim.safetensors", "small padim",
+                             method="padim", n_features=50)
+
+
+@pytest.fixture
+def models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_root: Path) -> Path:
+    """An empty models folder and the demo data folder, as the app finds them through the environment."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setenv("INSPECTION_MODELS_DIR", str(folder))
+    monkeypatch.setenv("INSPECTION_DATA_DIR", str(demo_root.parent))
+    return folder
+
+
+@pytest.fixture
+def small_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-click default training, at low resolution so that the test stays fast."""
+
+    def request(name: str = "surface patchcore (default)") -> TrainingRequest:
+        params = {**app_ui.get_method("patchcore").param_set().defaults(), **SMALL_PARAMS}
+        return TrainingRequest("patchcore", params, app_ui.cached_demo_root(), None,
+                               str(unique_model_path(app_ui.models_dir(), name)), name)
+
+    monkeypatch.setattr(app_ui, "default_training_request", request)
+
+
+def run_page(page: str, **state) -> AppTest:
+    at = AppTest.from_file(str(REPO / page), default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [exception.value for exception in at.exception]
+    assert not at.error, [error.value for error in at.error]
+
+
+def png(path: Path) -> tuple[str, bytes, str]:
+    return (path.name, path.read_bytes(), "image/png")
+
+
+def wait_for_training() -> None:
+    latest = MANAGER.latest()
+    assert latest is not None
+    state = MANAGER.wait(latest.job_id, timeout=300)
+    assert state.status == "done", state.error
+
+
+# -------------------------------------------------------------------------------------------------- home
+
+
+def test_home_without_a_model_trains_the_default_in_one_click(models: Path, small_default: None) -> None:
+    at = run_page("app.py")
+    assert_clean(at)
+    assert "No trained model yet" in at.info[0].value
+    at.button(key="train_default").click().run()
+    wait_for_training()
+    at.run()
+    assert_clean(at)
+    entries, _ = list_models(models)
+    assert [entry.name for entry in entries] == ["surface patchcore (default)"]
+    assert at.sidebar.selectbox(key="model").value == str(entries[0].path)
+    assert any("Trained **surface patchcore (default)**" in success.value for success in at.success)
+
+
+def test_home_upload_shows_score_verdict_and_regions(models: Path, small_model: Path, demo_root: Path) -> None:
+    copy_model(small_model, models)
+    at = run_page("app.py")
+    assert_clean(at)
+    at.file_uploader(key="home_upload").set_value([png(demo_image(demo_root, "good")),
+                                                   png(demo_image(demo_root, "hole"))]).run()
+    assert_clean(at)
+    metrics = {metric.label: [] for metric in at.metric}
+    for metric in at.metric:
+        metrics[metric.label].append(metric.value)
+    good_score, defect_score = (float(value) for value in metrics["Anomaly score"])
+    assert defect_score > good_score
+    assert metrics["Verdict"] == ["GOOD", "DEFECT"]
+    assert len(at.dataframe) == 2  # the defect's regions, then the summary
+    assert at.dataframe[-1].value["verdict"].tolist() == ["GOOD", "DEFECT"]
+
+
+def test_home_refuses_bad_uploads_with_friendly_messages(models: Path, small_model: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    copy_model(small_model, models)
+    monkeypatch.setenv("INSPECTION_MAX_UPLOAD_MB", "1")
+    at = run_page("app.py")
+    at.file_uploader(key="home_upload").set_value([("broken.png", b"\x89PNG\r\n\x1a\nnot really", "image/png"),
+                                                   ("notes.jpg", b"hello", "image/jpeg"),
+                                                   ("huge.png", b"0" * (3 * 1024 * 1024 // 2), "image/png")]).run()
+    assert not at.exception
+    messages = [error.value for error in at.error]
+    assert messages[0].startswith("This image cannot be used: broken.png")
+    assert messages[1] == "This image cannot be used: notes.jpg: not an image file or unsupported format"
+    assert messages[2] == "This image cannot be used: huge.png: 1.5 MB is above the upload limit of 1 MB"
+    assert not at.metric
+
+
+def test_home_first_upload_trains_the_default_model(models: Path, small_default: None, demo_root: Path) -> None:
+    at = run_page("app.py")
+    at.file_uploader(key="home_upload").set_value([png(demo_image(demo_root, "hole"))]).run()
+    assert not at.exception
+    assert any("Training the default model first" in info.value for info in at.info)
+    wait_for_training()
+    at.run()
+    at.run()  # the monitor saw the finished job and selected the new model
+    assert_clean(at)
+    assert [metric.value for metric in at.metric if metric.label == "Verdict"] == ["DEFECT"]
+
+
+def test_home_pick_from_the_dataset(models: Path, small_model: Path) -> None:
+    copy_model(small_model, models)
+    at = run_page("app.py", home_origin="dataset", home_sample="test/hole/000.png")
+    assert_clean(at)
+    assert at.selectbox(key="home_sample").value == "test/hole/000.png"
+    assert [metric.value for metric in at.metric if metric.label == "Verdict"] == ["DEFECT"]
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+
+
+def test_dataset_page_counts_filters_pages_and_enlarges(models: Path) -> None:
+    at = run_page("pages/1_Dataset.py")
+    assert_clean(at)
+    counts = at.dataframe[0].value
+    assert counts["images"].sum() == 110 and set(counts["type"]) == {"good", "hole", "scratch", "stain"}
+    assert len(at.image) == 24  # one page of thumbnails, not all 110
+    at.selectbox(key="dataset_split").set_value("test").run()
+    at.selectbox(key="dataset_type").set_value("hole").run()
+    assert len(at.image) == 10
+    at.button(key=f"enlarge-{demo_image(Path(at.session_state['dataset_root']), 'hole')}").click().run()
+    assert_clean(at)
+    assert len(at.image) == 11  # the enlarged image above the grid
+    assert at.toggle(key="dataset_show_mask").value is True
+    details = dict(zip(at.dataframe[1].value["property"], at.dataframe[1].value["value"]))
+    assert details["size"] == "256 × 256" and details["ground-truth mask"] == "yes"
+    at.button(key="dataset_close").click().run()
+    assert len(at.image) == 10
+    at.selectbox(key="dataset_type").set_value("all").run()
+    at.selectbox(key="dataset_per_page").set_value(12).run()
+    assert len(at.image) == 12
+    page = at.number_input(key="dataset_page-test-all-12")
+    assert page.max == 5
+    page.set_value(5).run()
+    assert len(at.image) == 2
+
+
+def test_dataset_page_with_a_bad_folder_is_a_message(models: Path, tmp_path: Path) -> None:
+    at = run_page("pages/1_Dataset.py", source_kind="folder", source_path=str(tmp_path / "nowhere"))
+    assert not at.exception
+    assert "folder not found" in at.sidebar.error[0].value
+    assert "Choose a dataset" in at.info[0].value
+
+
+# -------------------------------------------------------------------------------------------------- train
+
+
+def test_train_form_is_built_from_the_declarations(models: Path) -> None:
+    at = run_page("pages/2_Train.py")
+    assert_clean(at)
+    keys = {widget.key for widget in at.main.get("number_input") + at.main.get("selectbox") +
+            at.main.get("text_input") + at.main.get("checkbox")}
+    for name in app_ui.get_method("patchcore").param_set().names():
+        assert f"param-patchcore-{name}" in keys
+    at.selectbox(key="train_method").set_value("padim").run()
+    assert_clean(at)
+    assert at.number_input(key="param-padim-n_features").value == 100
+
+
+def _submit(at: AppTest) -> AppTest:
+    return next(button for button in at.button if button.label == "Train").click().run()
+
+
+def test_train_page_trains_evaluates_saves_and_lists(models: Path) -> None:
+    at = run_page("pages/2_Train.py")
+    at.text_input(key="name-patchcore").set_value("line 3")
+    at.number_input(key="param-patchcore-resize").set_value(96)
+    at.number_input(key="param-patchcore-crop").set_value(96)
+    _submit(at)
+    assert not at.exception
+    wait_for_training()
+    at.run()
+    at.run()
+    assert_clean(at)
+    header = read_model_info(models / "line-3.safetensors")
+    assert header["params"]["crop"] == 96 and header["info"]["metrics"]["n_test"] == 50
+    assert at.dataframe[0].value["name"].tolist() == ["line 3"]
+
+
+def test_train_page_refuses_a_second_training_clearly(models: Path) -> None:
+    at = run_page("pages/2_Train.py")
+    with folder_lock(models):  # a training of another app process holds the models folder
+        _submit(at)
+    assert not at.exception
+    assert "another training is running" in at.error[0].value
+    assert not list(models.glob("*.safetensors"))
+
+
+def test_train_page_refuses_invalid_settings(models: Path) -> None:
+    at = run_page("pages/2_Train.py")
+    at.number_input(key="param-patchcore-neighbourhood").set_value(4)
+    _submit(at)
+    assert not at.exception
+    assert "'neighbourhood' must be odd" in at.error[0].value
+    at.number_input(key="param-patchcore-neighbourhood").set_value(3)
+    at.text_input(key="name-patchcore").set_value("   ")
+    _submit(at)
+    assert "must not be empty" in at.error[0].value
+
+
+def test_train_page_renames_and_deletes(models: Path, small_model: Path) -> None:
+    path = copy_model(small_model, models)
+    at = run_page("pages/2_Train.py")
+    at.text_input(key="manage_new_name").set_value("renamed model")
+    at.button(key="manage_rename").click().run()
+    assert_clean(at)
+    assert not path.exists() and (models / "renamed-model.safetensors").is_file()
+    assert at.dataframe[0].value["name"].tolist() == ["renamed model"]
+    assert at.button(key="manage_delete").disabled
+    at.checkbox(key="manage_confirm").check().run()
+    at.button(key="manage_delete").click().run()
+    assert_clean(at)
+    assert not list(models.glob("*.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------- threshold
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {metric.label: metric.value for metric in at.metric}
+
+
+def test_threshold_slider_changes_the_rates_and_saves(models: Path, small_model: Path) -> None:
+    path = copy_model(small_model, models)
+    at = run_page("pages/3_Threshold.py")
+    assert_clean(at)
+    assert len(at.get("plotly_chart")) == 2  # histogram and ROC
+    before = _metrics(at)
+    assert set(before) == {"FPR (test)", "TPR (test)", "Precision (test)", "FPR held-out good", "Target FPR"}
+    slider = at.slider[0]
+    assert slider.value == pytest.approx(0.5, abs=1e-3)
+    slider.set_value(slider.min).run()
+    after = _metrics(at)
+    assert after["FPR (test)"] == "100.0%" and after["TPR (test)"] == "100.0%"
+    assert after["FPR (test)"] != before["FPR (test)"]
+    assert at.dataframe[0].value["predicted defect"].tolist() == [30, 20]
+    at.button(key="save_threshold").click().run()
+    assert_clean(at)
+    header = read_model_info(path)
+    calibration = header["calibration"]
+    expected = calibration["image_scale"]["offset"] + slider.min * calibration["image_scale"]["scale"]
+    assert calibration["image_threshold"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_threshold_target_fpr_moves_the_slider(models: Path, small_model: Path) -> None:
+    copy_model(small_model, models)
+    at = run_page("pages/3_Threshold.py")
+    before = at.slider[0].value
+    fpr_input = next(widget for widget in at.number_input if widget.label.startswith("Target FPR"))
+    fpr_input.set_value(0.5).run()
+    assert_clean(at)
+    assert at.slider[0].value < before
+    metrics = _metrics(at)
+    assert metrics["Target FPR"] == "50.0%"
+    assert float(metrics["FPR held-out good"].rstrip("%")) <= 50.0
+
+
+def test_threshold_pixel_level(models: Path, small_model: Path) -> None:
+    copy_model(small_model, models)
+    at = run_page("pages/3_Threshold.py", threshold_level="pixel")
+    assert_clean(at)
+    before = _metrics(at)
+    at.slider[0].set_value(at.slider[0].value * 0.5).run()
+    assert_clean(at)
+    after = _metrics(at)
+    assert float(after["FPR (test)"].rstrip("%")) > float(before["FPR (test)"].rstrip("%"))
+    assert float(after["TPR (test)"].rstrip("%")) > float(before["TPR (test)"].rstrip("%"))
+    # The model file records pixel counts, so pixel precision is known; a lower threshold flags more good pixels.
+    assert 0 < float(after["Precision (test)"].rstrip("%")) < float(before["Precision (test)"].rstrip("%"))
+    confusion = at.dataframe[0].value
+    assert confusion["predicted defect"].sum() + confusion["predicted good"].sum() > 1000  # pixel counts
+
+
+def test_threshold_page_of_a_model_without_test_evaluation(models: Path, small_model: Path) -> None:
+    path = copy_model(small_model, models)
+
+    def not_evaluated(header: dict) -> dict:
+        for key in ("test_scores", "pixel_quantiles", "metrics"):
+            header["info"].pop(key, None)
+        return header
+
+    update_header(path, not_evaluated)
+    at = run_page("pages/3_Threshold.py")
+    assert_clean(at)
+    assert "was not evaluated on a test split" in at.warning[0].value
+    assert _metrics(at)["FPR (test)"] == "—"
+    at.slider[0].set_value(at.slider[0].min).run()
+    assert_clean(at)
+    assert _metrics(at)["FPR held-out good"] == "100.0%"
+
+
+def test_threshold_page_without_a_model(models: Path) -> None:
+    at = run_page("pages/3_Threshold.py")
+    assert_clean(at)
+    assert "No trained model yet" in at.info[0].value
+
+
+# ------------------------------------------------------------------------------------------------ inspect
+
+
+def test_inspect_shows_views_side_by_side_and_the_mask_follows_the_slider(models: Path, small_model: Path) -> None:
+    copy_model(small_model, models)
+    at = run_page("pages/4_Inspect.py")
+    assert_clean(at)
+    assert at.selectbox(key="inspect_file").value == "good/000.png"
+    assert at.slider[0].value == pytest.approx(0.5)
+    at.selectbox(key="inspect_type").set_value("hole").run()
+    assert at.slider[0].value == pytest.approx(0.5)  # another image keeps the threshold
+    assert at.selectbox(key="inspect_file").value == "hole/000.png"
+    metrics = _metrics(at)
+    assert metrics["Verdict"] == "DEFECT" and int(metrics["Defect regions"]) >= 1
+    assert len(at.image) == 4  # original, heatmap, mask, ground truth
+    assert "No reconstruction" in at.info[0].value and "does not reconstruct" in at.info[0].value
+    area_before = float(metrics["Defect area"].rstrip("%"))
+    at.slider[0].set_value(0.1).run()
+    assert float(_metrics(at)["Defect area"].rstrip("%")) > area_before
+    assert len(at.dataframe[0].value) == int(_metrics(at)["Defect regions"])
+
+
+def test_inspect_an_upload(models: Path, small_model: Path, demo_root: Path) -> None:
+    copy_model(small_model, models)
+    at = run_page("pages/4_Inspect.py", inspect_origin="upload")
+    at.file_uploader(key="inspect_upload").set_value(png(demo_image(demo_root, "good"))).run()
+    assert_clean(at)
+    assert _metrics(at)["Verdict"] == "GOOD"
+    assert len(at.image) == 3  # no ground truth for an upload
+
+
+def test_a_model_of_other_backbone_weights_is_a_friendly_message(models: Path, small_model: Path) -> None:
+    path = copy_model(small_model, models)
+
+    def other_weights(header: dict) -> dict:
+        header["backbone"]["weights"]["fingerprint"] = "sha256:0000"
+        return header
+
+    update_header(path, other_weights)
+    at = run_page("pages/4_Inspect.py")
+    assert not at.exception
+    assert at.error[0].value.startswith("This model cannot be used")
+    assert "other efficientnet_lite0 weights" in at.error[0].value
+
+
+# ------------------------------------------------------------------------------------------------ compare
+
+
+def test_compare_grid_and_metrics(models: Path, small_model: Path, small_padim: Path) -> None:
+    copy_model(small_model, models)
+    copy_model(small_padim, models)
+    at = run_page("pages/5_Compare.py")
+    assert_clean(at)
+    assert len(at.multiselect(key="compare_models").value) == 2
+    assert len(at.multiselect(key="compare_samples").value) == 4
+    assert len(at.image) == 4 * 3  # per image: the original and one heatmap per model
+    table = at.dataframe[0].value
+    assert sorted(table["name"]) == ["small", "small padim"]
+    assert {"image AUROC", "pixel AUROC", "AUPRO", "ms / image"} <= set(table.columns)
+    at.button(key="compare_measure").click().run()
+    assert_clean(at)
+    measured = at.dataframe[1].value
+    assert sorted(measured["name"]) == ["small", "small padim"] and (measured["test images"] == 50).all()
+
+
+# ------------------------------------------------------------------------------------------- data sources
+
+
+def test_a_typed_local_folder_of_categories_or_plain_layout(models: Path, demo_root: Path, tmp_path: Path) -> None:
+    at = run_page("pages/1_Dataset.py", source_kind="folder", source_path=str(demo_root.parent))
+    assert_clean(at)
+    assert at.sidebar.selectbox(key="source_category").options == ["surface"]
+    assert "**Category:** surface" in at.markdown[0].value
+    plain = tmp_path / "my_parts"
+    for folder in ("good", "defect", "masks"):
+        (plain / folder).mkdir(parents=True)
+    for index in range(10):
+        copy_model(demo_image(demo_root, "good", index), plain / "good")
+    for index in range(3):
+        copy_model(demo_image(demo_root, "hole", index), plain / "defect", f"hole_{index}.png")
+        copy_model(demo_root / "ground_truth" / "hole" / f"{index:03d}_mask.png", plain / "masks",
+                   f"hole_{index}_mask.png")
+    at = run_page("pages/1_Dataset.py", source_kind="folder", source_path=str(plain))
+    assert_clean(at)
+    assert "**Layout:** folder" in at.markdown[0].value
+    counts = at.dataframe[0].value
+    assert counts["images"].tolist() == [8, 3, 2]  # train good; test: defect, good (a seeded 20 %)
+    (tmp_path / "empty").mkdir()
+    at = run_page("pages/1_Dataset.py", source_kind="folder", source_path=str(tmp_path / "empty"))
+    assert not at.exception
+    assert "neither a dataset" in at.sidebar.error[0].value
+
+
+def test_a_dataset_chosen_from_the_data_folder(models: Path) -> None:
+    at = run_page("pages/1_Dataset.py", source_kind="folder")
+    assert not at.exception
+    found = at.sidebar.selectbox(key="source_found")
+    assert found.options[1].endswith("surface")
+    found.select_index(1).run()
+    assert_clean(at)
+    assert at.dataframe[0].value["images"].sum() == 110
+
+
+def test_download_a_category_from_the_sidebar(models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app_testing import category_archive, http_server
+
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("INSPECTION_DATA_DIR", str(data_dir))
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "bottle.tar.xz").write_bytes(category_archive("bottle"))
+    with http_server(served) as url:
+        at = run_page("pages/1_Dataset.py", source_kind="download", download_category="bottle",
+                      download_url=f"{url}/{{category}}.tar.xz")
+        assert not at.exception and not at.sidebar.error
+        assert "Not downloaded yet" in at.sidebar.caption[-1].value
+        at.sidebar.button(key="download_button").click().run()
+    assert_clean(at)
+    assert (data_dir / "mvtec_ad" / "bottle" / "train" / "good").is_dir()
+    assert "**Category:** bottle" in at.markdown[0].value
+    assert at.dataframe[0].value["images"].sum() == 5
+
+
+def test_download_offline_is_a_clear_message(models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSPECTION_DATA_DIR", str(tmp_path / "data"))
+    at = run_page("pages/1_Dataset.py", source_kind="download", download_category="wood",
+                  download_url="http://127.0.0.1:9/{category}.tar.xz")
+    at.sidebar.button(key="download_button").click().run()
+    assert not at.exception
+    assert "Is this machine offline?" in at.sidebar.error[0].value
+    assert not any((tmp_path / "data" / "mvtec_ad").iterdir())
+
+
+def test_thousands_of_images_load_only_one_page(models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+    import numpy as np
+
+    import inspection.views
+
+    big = tmp_path / "big"
+    (big / "good").mkdir(parents=True)
+    tile = np.full((8, 8, 3), 128, np.uint8)
+    for index in range(3000):
+        cv2.imwrite(str(big / "good" / f"{index:05d}.png"), tile)
+    loaded: list[str] = []
+    original = inspection.views.load_image
+    monkeypatch.setattr(inspection.views, "load_image", lambda path, **kw: loaded.append(path) or original(path, **kw))
+    at = run_page("pages/1_Dataset.py", source_kind="folder", source_path=str(big))
+    assert_clean(at)
+    assert at.dataframe[0].value["images"].sum() == 3000
+    assert len(at.image) == 24 and len(loaded) == 24
+
+
+# ----------------------------------------------------------------------------------------- caching, devices
+
+
+def test_moving_a_slider_never_recomputes_a_forward_pass(models: Path, small_model: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from inspection.base import AnomalyModel
+
+    calls: list[int] = []
+    original = AnomalyModel.predict
+    monkeypatch.setattr(AnomalyModel, "predict", lambda self, images, *args, **kw: calls.append(len(images)) or
+                        original(self, images, *args, **kw))
+    copy_model(small_model, models)
+    at = run_page("pages/4_Inspect.py", inspect_type="stain")
+    assert calls == [1]
+    for value in (0.2, 0.9, 1.4):
+        at.slider[0].set_value(value).run()
+    assert_clean(at)
+    assert calls == [1]
+
+
+def test_asking_for_a_gpu_without_one_is_a_message(models: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    at = run_page("pages/2_Train.py")
+    at.selectbox(key="param-patchcore-device").set_value("cuda")
+    _submit(at)
+    assert not at.exception
+    assert "no CUDA GPU is available here" in at.error[0].value
+    assert "cpu" in at.sidebar.caption[0].value
