@@ -129,5 +129,16 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
              "predict ms/img: median of one preprocessed image at batch 1 after warm-up, map at input resolution "
              "included, decoding excluded. peak MiB: the run's own process (fit + evaluation).",
              "Preprocessing per category: " + "; ".join(
-                 f"{category}: {p['mode']} {p['resize']}/{p['crop']}" for category, p in preprocessing.items())]
+                 f"{category}: {describe_preprocessing(p)}" for category, p in preprocessing.items())]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def describe_preprocessing(preprocessing: dict[str, Any]) -> str:
+    """e.g. "centre crop 256→224" or "full frame 224×224, intensity standardised"."""
+    if preprocessing["mode"] == "full":
+        text = f"full frame {preprocessing['crop']}×{preprocessing['crop']}"
+    else:
+        text = f"centre crop {preprocessing['resize']}→{preprocessing['crop']}"
+    if preprocessing.get("intensity", "none") != "none":
+        text += f", intensity {preprocessing['intensity']}"
+    return text
