@@ -20,6 +20,7 @@ from .device import describe_device
 from .metrics import image_auroc, pixel_metrics
 from .threshold import f1_optimal_threshold, score_quantiles
 
+
 @dataclass
 class Evaluation:
     metrics: dict[str, Any]

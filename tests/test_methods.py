@@ -15,7 +15,7 @@ from inspection.base import AnomalyModel, Progress, read_model_info, save_thresh
 from inspection.coreset import greedy_coreset, random_projection
 from inspection.evaluate import evaluate, fit_on_dataset
 from inspection.knn import nearest_neighbors
-from inspection.modelfile import ModelFileError, write_model_file
+from inspection.modelfile import ModelFileError, update_header, write_model_file
 from inspection.registry import create_model, get_method, load_model, methods
 
 # ---------------------------------------------------------------------------------------------------------
@@ -259,13 +259,17 @@ def test_loading_refuses_another_format_version(tmp_path):
         load_model(path)
 
 
-def test_loading_refuses_a_model_made_with_other_backbone_weights(tmp_path):
+@pytest.fixture
+def small_model_file(tmp_path) -> Path:
+    """A tiny PatchCore on random backbone weights, saved."""
     model = create_model("patchcore", weights="random", crop=64, resize=64, coreset_ratio=0.1)
     model.fit(random_images(15, 64))
-    path = model.save(tmp_path / "random.safetensors")
-    tensors_header = read_model_info(path)
-    assert tensors_header["backbone"]["weights"]["fingerprint"] == "random:0"
-    from inspection.modelfile import update_header
+    return model.save(tmp_path / "model.safetensors")
+
+
+def test_loading_refuses_a_model_made_with_other_backbone_weights(small_model_file):
+    path = small_model_file
+    assert read_model_info(path)["backbone"]["weights"]["fingerprint"] == "random:0"
 
     def other_weights(header):
         header["backbone"]["weights"]["fingerprint"] = "sha256:0000"
@@ -276,11 +280,8 @@ def test_loading_refuses_a_model_made_with_other_backbone_weights(tmp_path):
         load_model(path)
 
 
-def test_loading_refuses_a_bank_that_does_not_fit_the_backbone(tmp_path):
-    model = create_model("patchcore", weights="random", crop=64, resize=64, coreset_ratio=0.1)
-    model.fit(random_images(15, 64))
-    path = model.save(tmp_path / "model.safetensors")
-    from inspection.modelfile import update_header
+def test_loading_refuses_a_bank_that_does_not_fit_the_backbone(small_model_file):
+    path = small_model_file
 
     def other_layers(header):
         header["params"]["layers"] = "blocks.1,blocks.2"
