@@ -283,9 +283,22 @@ def score_quantiles(values: np.ndarray, seed: int = 0) -> list[float]:
     return [float(q) for q in np.quantile(values, np.linspace(0.0, 1.0, QUANTILE_LEVELS))]
 
 
-def rate_above(quantiles: Sequence[float], threshold: float) -> float:
-    """Share of values above `threshold`, read off a quantile summary (linear between quantiles)."""
-    if not len(quantiles):
-        return float("nan")
-    levels = np.linspace(0.0, 1.0, len(quantiles))
-    return float(1.0 - np.interp(threshold, np.asarray(quantiles), levels, left=0.0, right=1.0))
+def rate_above(quantiles: Sequence[float], threshold: float | np.ndarray) -> float | np.ndarray:
+    """Share of values above `threshold` (a float, or an array of them), read off a quantile summary.
+
+    Linear between quantiles; NaN when the summary is empty.
+    """
+    quantiles = np.asarray(quantiles, dtype=np.float64)
+    if not quantiles.size:
+        return float("nan") if np.ndim(threshold) == 0 else np.full(np.shape(threshold), np.nan)
+    levels = np.linspace(0.0, 1.0, quantiles.size)
+    rates = 1.0 - np.interp(threshold, quantiles, levels, left=0.0, right=1.0)
+    return float(rates) if np.ndim(threshold) == 0 else rates
+
+
+def threshold_at_rate(quantiles: Sequence[float], target_rate: float) -> float:
+    """The threshold above which a share `target_rate` of the summarised values lies (inverse of rate_above)."""
+    quantiles = np.asarray(quantiles, dtype=np.float64)
+    if not quantiles.size:
+        raise ValueError("no score quantiles to set a threshold from")
+    return float(np.interp(1.0 - target_rate, np.linspace(0.0, 1.0, quantiles.size), quantiles))

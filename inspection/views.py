@@ -23,7 +23,8 @@ from .images import IMAGE_EXTENSIONS, ImageLoadError, load_image, read_image_inf
 from .params import Param
 from .preprocess import Geometry
 from .regions import Region
-from .threshold import rate_above, rates_at_threshold, roc_curve_points, threshold_at_fpr, validate_fpr
+from .threshold import (rate_above, rates_at_threshold, roc_curve_points, threshold_at_fpr, threshold_at_rate,
+                        validate_fpr)
 from .visualize import box_to_original, draw_boxes, mask_overlay, overlay
 
 # ----------------------------------------------------------------------------------------------- uploads
@@ -248,18 +249,12 @@ def pixel_summary(info: dict[str, Any]) -> PixelSummary:
                         {key: int(value) for key, value in counts.items()})
 
 
-def _rates_above(quantiles: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Shares of values above each threshold, from a quantile summary (vectorised rate_above)."""
-    levels = np.linspace(0.0, 1.0, quantiles.size)
-    return 1.0 - np.interp(thresholds, quantiles, levels, left=0.0, right=1.0)
-
-
 def pixel_roc(summary: PixelSummary) -> dict[str, np.ndarray]:
     """Pixel ROC from the saved quantiles: FPR and TPR at every quantile value, thresholds descending."""
     thresholds = np.unique(np.concatenate([summary.good, summary.defect]))[::-1]
     below = np.nextafter(thresholds[-1], -np.inf)
     thresholds = np.concatenate([[np.nextafter(thresholds[0], np.inf)], thresholds, [below]])
-    return {"fpr": _rates_above(summary.good, thresholds), "tpr": _rates_above(summary.defect, thresholds),
+    return {"fpr": rate_above(summary.good, thresholds), "tpr": rate_above(summary.defect, thresholds),
             "threshold": thresholds}
 
 
@@ -282,10 +277,9 @@ def pixel_operating_point(summary: PixelSummary, calibration: Calibration, thres
 def pixel_threshold_for_fpr(calibration: Calibration, target_fpr: float) -> float:
     """The raw pixel threshold at a target FPR on the held-out good pixels (from their saved quantiles)."""
     validate_fpr(target_fpr)
-    quantiles = np.asarray(calibration.heldout_pixel_quantiles, np.float64)
-    if not quantiles.size:
+    if not calibration.heldout_pixel_quantiles:
         raise ValueError("the model file has no held-out pixel scores to set a threshold from")
-    return float(np.interp(1.0 - target_fpr, np.linspace(0.0, 1.0, quantiles.size), quantiles))
+    return threshold_at_rate(calibration.heldout_pixel_quantiles, target_fpr)
 
 
 def confusion_rows(point: OperatingPoint, counts: bool = True) -> list[dict[str, Any]]:

@@ -221,3 +221,18 @@ def test_score_scale_rejects_bad_values():
         ScoreScale(offset=0.0, scale=0.0)
     with pytest.raises(ValueError, match="threshold"):
         ScoreScale.from_reference(0.0, float("inf"))
+
+
+def test_rate_above_reads_quantiles_for_one_or_many_thresholds_and_inverts():
+    from inspection.threshold import rate_above, score_quantiles, threshold_at_rate
+
+    values = np.random.default_rng(0).normal(size=50_000)
+    quantiles = score_quantiles(values)
+    assert rate_above(quantiles, 0.0) == pytest.approx(np.mean(values > 0.0), abs=2e-3)
+    many = rate_above(quantiles, np.array([-1.0, 0.0, 1.0]))
+    np.testing.assert_allclose(many, [np.mean(values > t) for t in (-1.0, 0.0, 1.0)], atol=2e-3)
+    threshold = threshold_at_rate(quantiles, 0.05)
+    assert np.mean(values > threshold) == pytest.approx(0.05, abs=2e-3)
+    assert math.isnan(rate_above([], 0.0)) and np.isnan(rate_above([], np.zeros(2))).all()
+    with pytest.raises(ValueError):
+        threshold_at_rate([], 0.05)
