@@ -8,27 +8,29 @@ from __future__ import annotations
 
 import streamlit as st
 
-import app_ui as ui
-from inspection.views import (UPLOAD_TYPES, content_digest, decode_upload, image_result, max_upload_mb,
-                              sample_label)
+from inspection.results import image_result
+from inspection_app import caches, page, sidebar, training
+from inspection_app.browse import sample_label
+from inspection_app.jobs import MANAGER
+from inspection_app.uploads import UPLOAD_TYPES, content_digest, decode_upload, max_upload_mb
 
-ui.page_setup("Visual inspection", "Upload images of a part and pick a trained model: the heatmap shows where "
-              "the model sees anomalies, the score and verdict say whether the image is a defect at the model's "
-              "threshold, and boxes outline the defect regions.")
-dataset = ui.data_source_picker()
+page.page_setup("Visual inspection", "Upload images of a part and pick a trained model: the heatmap shows where "
+                "the model sees anomalies, the score and verdict say whether the image is a defect at the model's "
+                "threshold, and boxes outline the defect regions.")
+dataset = sidebar.data_source_picker()
 st.sidebar.header("Model")
-entries = ui.model_entries()
-entry = ui.model_picker(entries)
+entries = sidebar.model_entries()
+entry = sidebar.model_picker(entries)
 
 if not entries:
     st.info("No trained model yet. The default model — PatchCore on EfficientNet-Lite0 features of the built-in "
             "demo dataset — trains in well under a minute on a CPU. It is also trained automatically when you "
             "upload an image. Other methods and settings: **Train** page.", icon=":material/info:")
     if st.button("Train the default model", type="primary", key="train_default", icon=":material/rocket_launch:"):
-        ui.start_training(ui.default_training_request())
-ui.training_monitor()
+        training.start_training(training.default_training_request())
+training.training_monitor()
 
-origin = ui.kept_radio(st, "Images", ["upload", "dataset"], "home_origin", horizontal=True,
+origin = page.kept_radio(st, "Images", ["upload", "dataset"], "home_origin", horizontal=True,
                        format_func={"upload": "Upload", "dataset": "Pick from the dataset"}.get)
 images: list[tuple[str, str, object]] = []  # (name, cache key, RGB array)
 if origin == "upload":
@@ -37,7 +39,7 @@ if origin == "upload":
                                key="home_upload")
     for upload in uploads or []:
         data = upload.getvalue()
-        with ui.user_errors():
+        with page.user_errors():
             images.append((upload.name, content_digest(data), decode_upload(upload.name, data)))
 elif dataset is None:
     st.info("Choose a dataset in the sidebar to pick images from it.")
@@ -45,17 +47,16 @@ elif not dataset.test:
     st.info(f"The dataset {dataset.category!r} has no test images to pick from.")
 else:
     by_label = {sample_label(sample): sample for sample in dataset.test}
-    chosen = ui.kept_selectbox(st, "Test image", list(by_label), "home_sample")
+    chosen = page.kept_selectbox(st, "Test image", list(by_label), "home_sample")
     sample = by_label[chosen]
-    with ui.user_errors():
-        images.append((sample.path.name, f"{sample.path}:{sample.path.stat().st_mtime}",
-                       ui.load_path_image(sample.path)))
+    with page.user_errors():
+        images.append((sample.path.name, caches.file_key(sample.path), caches.load_path_image(sample.path)))
 
 if images and not entries:
     own_job = st.session_state.get("job_id")
-    state = ui.MANAGER.state(own_job) if own_job else None
-    if state is None and ui.MANAGER.active() is None:  # first use: train the default model now
-        if ui.start_training(ui.default_training_request()):
+    state = MANAGER.state(own_job) if own_job else None
+    if state is None and MANAGER.active() is None:  # first use: train the default model now
+        if training.start_training(training.default_training_request()):
             st.rerun()
     elif state is None or state.active:
         st.info("Training the default model first (first use); the results appear here when it is done.")
@@ -65,8 +66,8 @@ if images and entry is not None:
     results = []
     for index, (name, key, image) in enumerate(images):
         with st.container(border=True, key=f"result-{index}"):
-            with ui.user_errors():
-                prediction = ui.predict_image(entry, image, key)
+            with page.user_errors():
+                prediction = caches.predict_image(entry, image, key)
                 result = image_result(prediction, 0, image, name)
                 results.append(result)
                 picture, facts = st.columns([3, 2])
@@ -84,7 +85,7 @@ if images and entry is not None:
                 else:
                     facts.caption("No region above the pixel threshold.")
     if results:
-        ui.colorbar()
+        page.colorbar()
     if len(results) > 1:
         st.subheader("Summary")
         st.dataframe([{"image": result.name, "score": round(result.score, 3), "verdict": result.verdict,

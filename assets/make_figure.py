@@ -1,27 +1,24 @@
 """Regenerate assets/demo_result.png, the README's picture: PatchCore on the built-in demo data.
 
-Run from the repository root: ``python assets/make_figure.py``. Each row is one test image: the original,
-the heatmap overlay with defect boxes and scores, the predicted mask at the saved pixel threshold, and
-the ground truth.
+Run after installing the package (README): ``python assets/make_figure.py``. Each row is one test image: the
+original, the result picture (heatmap, defect boxes and scores, drawn as the CLI and the app draw it), the
+predicted mask at the saved pixel threshold, and the ground truth.
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from inspection.data import load_sample_mask, open_dataset  # noqa: E402
-from inspection.demo import generate_demo_dataset  # noqa: E402
-from inspection.images import load_image  # noqa: E402
-from inspection.preprocess import map_to_original  # noqa: E402
-from inspection.registry import create_model  # noqa: E402
-from inspection.visualize import box_to_original, colorbar, draw_boxes, mask_overlay, overlay  # noqa: E402
+from inspection.data.datasets import load_sample_mask, open_dataset
+from inspection.data.demo import generate_demo_dataset
+from inspection.data.images import load_image
+from inspection.registry import create_model
+from inspection.results import defect_mask_on_original, image_result
+from inspection.visualize import colorbar, mask_overlay
 
 
 def _titled(image: np.ndarray, title: str) -> np.ndarray:
@@ -38,15 +35,10 @@ def main() -> None:
     rows = []
     for index, sample in enumerate(chosen):
         image = load_image(sample.path)
-        geometry = prediction.geometries[index]
-        regions = prediction.regions(index) if prediction.verdicts[index] else []
-        boxes = [box_to_original(region, geometry) for region in regions]
-        heat = draw_boxes(overlay(image, prediction.map_on_original(index)), boxes,
-                          [f"{region.max_score:.2f}" for region in regions])
-        predicted = map_to_original(prediction.defect_masks()[index].astype(np.float32), geometry) > 0.5
-        verdict = "DEFECT" if prediction.verdicts[index] else "good"
+        result = image_result(prediction, index, image, sample.path.name)
+        predicted = defect_mask_on_original(result, model.calibration)
         cells = [_titled(image, f"{sample.defect_type}"),
-                 _titled(heat, f"score {prediction.image_scores[index]:.2f} -> {verdict}"),
+                 _titled(result.overlay(), f"score {result.score:.2f} -> {result.verdict}"),
                  _titled(mask_overlay(image, predicted), "predicted mask"),
                  _titled(mask_overlay(image, load_sample_mask(sample), (0, 200, 0)), "ground truth")]
         rows.append(np.hstack([np.pad(cell, ((4, 4), (4, 4), (0, 0)), constant_values=255) for cell in cells]))

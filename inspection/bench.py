@@ -1,25 +1,28 @@
 """Benchmark: fit + evaluate each method on each category, each run in its own process.
 
-A fresh process per run makes its peak memory (resident set; GPU peak allocation on CUDA) its own, not
-the sum of everything run before. Results go to ``results.json`` and a Markdown table ``results.md``.
+A fresh process per run (started with ``spawn``: nothing inherited from this one) makes its peak memory
+(resident set; GPU peak allocation on CUDA) its own, not the sum of everything run before. Results go to
+``results.json`` and a Markdown table ``results.md``.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import platform
 import resource
-import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from . import __version__
-from .data import list_categories, open_dataset
+from .data.datasets import list_categories
+from .errors import ParameterError
 
 _COLUMNS = (("method", "method"), ("category", "category"), ("backbone", "backbone"),
             ("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"),
@@ -32,7 +35,7 @@ def parse_settings(settings: Sequence[str], category: str) -> dict[str, str]:
     chosen: dict[str, str] = {}
     for setting in settings:
         if "=" not in setting:
-            raise ValueError(f"setting {setting!r} is not NAME=VALUE or CATEGORY:NAME=VALUE")
+            raise ParameterError(f"setting {setting!r} is not NAME=VALUE or CATEGORY:NAME=VALUE")
         key, value = setting.split("=", 1)
         if ":" in key:
             scope, key = key.split(":", 1)
@@ -46,31 +49,32 @@ def _find_root(data_roots: Sequence[str], category: str) -> str:
     for root in data_roots:
         if Path(root, category).is_dir() and category in list_categories(root):
             return root
-    raise ValueError(f"category {category!r} not found under {list(data_roots)}")
+    raise ParameterError(f"category {category!r} not found under {list(data_roots)}")
 
 
-def bench_one(method: str, data_root: str, category: str, params: dict[str, Any], quiet: bool = True) -> dict[str, Any]:
+def bench_one(method: str, data_root: str, category: str, params: dict[str, Any]) -> dict[str, Any]:
     """Fit, evaluate and measure one method on one category (in the current process)."""
-    from .evaluate import evaluate
-    from .registry import create_model
+    from .pipeline import train
 
-    dataset = open_dataset(data_root, category)
-    model = create_model(method, **params)
-    if model.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(model.device)
-    started = time.perf_counter()
-    model.fit([sample.path for sample in dataset.train])
-    fit_seconds = time.perf_counter() - started
-    evaluation = evaluate(model, dataset)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    result = train(method, params, data_root, category)
+    model = result.model
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    result = {"method": method, "category": category, "backbone": model.params.get("backbone", "-"),
-              "params": model.params, "preprocessing": model.preprocessing.to_dict(),
-              "fit_seconds": round(fit_seconds, 2), "peak_memory_mib": round(peak_mib, 1),
-              "n_fit_images": model.info["n_fit_images"], "n_heldout_images": model.info["n_heldout_images"],
-              **evaluation.metrics}
+    row = {"method": method, "category": category, "backbone": model.params.get("backbone", "-"),
+           "params": model.params, "preprocessing": model.preprocessing.to_dict(),
+           "fit_seconds": round(model.info.fit_seconds, 2), "peak_memory_mib": round(peak_mib, 1),
+           "n_fit_images": model.info.n_fit_images, "n_heldout_images": model.info.n_heldout_images,
+           **result.metrics}
     if model.device.type == "cuda":
-        result["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(model.device) / 2**20, 1)
-    return result
+        row["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(model.device) / 2**20, 1)
+    return row
+
+
+def bench_in_fresh_process(method: str, data_root: str, category: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`bench_one` in a new process of its own (errors come back as raised in it)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(bench_one, method, data_root, category, params).result()
 
 
 def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Sequence[str], out: Path,
@@ -83,17 +87,9 @@ def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Seq
             params = parse_settings(settings, category)
             if device:
                 params["device"] = device
-            with tempfile.TemporaryDirectory() as scratch:
-                result_file = Path(scratch) / "result.json"
-                command = [sys.executable, "-m", "inspection", "--quiet", "bench-one", "--method", method,
-                           "--data", root, "--category", category, "--params", json.dumps(params),
-                           "--json", str(result_file)]
-                if not quiet:
-                    print(f"bench: {method} on {category} …", file=sys.stderr, flush=True)
-                completed = subprocess.run(command, capture_output=True, text=True)
-                if completed.returncode != 0:
-                    raise RuntimeError(f"bench run {method}/{category} failed:\n{completed.stderr[-3000:]}")
-                results.append(json.loads(result_file.read_text()))
+            if not quiet:
+                print(f"bench: {method} on {category} …", file=sys.stderr, flush=True)
+            results.append(bench_in_fresh_process(method, root, category, params))
             if not quiet:
                 row = results[-1]
                 print(f"  image {row['image_auroc']:.4f} pixel {row['pixel_auroc']:.4f} aupro {row['aupro']:.4f} "

@@ -1,7 +1,8 @@
-"""Command line: ``python -m inspection {fit,evaluate,predict,bench,methods,demo} …``.
+"""Command line: ``python -m inspection {fit,evaluate,predict,bench,methods,demo} …`` (or ``inspection …``).
 
-The command and option names are fixed so that scripts can rely on them. Method parameters come from the
-registry's declarations, so a newly registered method's settings appear here with no edit.
+The command and option names are fixed so that scripts can rely on them. Every method parameter becomes an
+option from its declaration in the registry, so a new method's settings appear here with no edit. Errors a
+user can cause are printed in one place, as one line, with exit code 2.
 """
 
 from __future__ import annotations
@@ -10,17 +11,23 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 from tqdm import tqdm
 
-from .base import AnomalyModel, Progress
-from .data import DatasetError, open_dataset
-from .images import ImageLoadError, list_images, load_image
-from .modelfile import MODEL_SUFFIX, ModelFileError
-from .registry import backbones, create_model, load_model, methods
+from .data.datasets import open_dataset
+from .data.images import list_images, load_image
+from .errors import ImageLoadError, ParameterError, friendly_error, is_user_error
+from .evaluate import round_metrics
+from .model.base import COMMON_PARAMS
+from .model.modelfile import MODEL_SUFFIX
+from .model.progress import Progress
+from .params import Param
+from .registry import backbones, get_method, load_model, methods
+from .results import image_result
 
 
 class ProgressBars:
@@ -50,67 +57,69 @@ class ProgressBars:
             self.bar = None
 
 
+def _option(param: Param) -> str:
+    return f"--{param.name.replace('_', '-')}"
+
+
+def _add_param_option(group: Any, param: Param) -> None:
+    """One option for a declared parameter; values stay text here and are checked by the declaration."""
+    extra = f" One of: {', '.join(map(str, param.choices))}." if param.choices else ""
+    group.add_argument(_option(param), dest=f"param_{param.name}", default=None,
+                       metavar=param.kind.__name__.upper(), help=f"{param.help}{extra} (default: {param.default!r})")
+
+
 def _method_param_options(parser: argparse.ArgumentParser) -> None:
-    """One --option per declared parameter of every registered method (validated by the chosen method)."""
+    """One option per declared parameter of every registered method (checked by the chosen method)."""
     seen: set[str] = set()
     group = parser.add_argument_group("method parameters (see `python -m inspection methods`)")
     for method_cls in methods().values():
         for param in method_cls.param_set():
-            if param.name in seen or param.name in {"backbone", "weights", "device"}:
-                continue
-            seen.add(param.name)
-            group.add_argument(f"--{param.name.replace('_', '-')}", dest=f"param_{param.name}", default=None,
-                               metavar=param.kind.__name__.upper(), help=param.help)
+            if param.name not in seen:
+                seen.add(param.name)
+                _add_param_option(group, param)
 
 
 def _given_params(args: argparse.Namespace) -> dict[str, Any]:
-    given = {key[len("param_"):]: value for key, value in vars(args).items()
-             if key.startswith("param_") and value is not None}
-    for name in ("backbone", "weights", "device"):
-        if getattr(args, name, None) is not None:
-            given[name] = getattr(args, name)
-    return given
+    return {key[len("param_"):]: value for key, value in vars(args).items()
+            if key.startswith("param_") and value is not None}
 
 
-def _build_model(method: str, given: dict[str, Any]) -> AnomalyModel:
-    method_cls = methods().get(method)
-    if method_cls is None:
-        raise ValueError(f"unknown method {method!r}; available: {', '.join(methods())}")
-    accepted = set(method_cls.param_set().names())
-    not_applicable = sorted(set(given) - accepted)
+def _check_applicable(method: str, given: dict[str, Any]) -> None:
+    not_applicable = sorted(set(given) - set(get_method(method).param_set().names()))
     if not_applicable:
-        raise ValueError(f"parameter(s) {not_applicable} do not apply to method {method!r}")
-    return create_model(method, **given)
+        raise ParameterError(f"parameter(s) {not_applicable} do not apply to method {method!r}")
+
+
+def _device(args: argparse.Namespace) -> str | None:
+    """The --device of evaluate/predict, checked by the declaration of the common `device` parameter."""
+    return None if args.param_device is None else COMMON_PARAMS.get("device").coerce(args.param_device)
 
 
 def command_fit(args: argparse.Namespace) -> int:
-    from .evaluate import fit_on_dataset
+    from .pipeline import model_path, train
 
-    dataset = open_dataset(args.data, args.category)
-    model = _build_model(args.method, _given_params(args))
+    given = _given_params(args)
+    _check_applicable(args.method, given)
     bars = ProgressBars(args.quiet)
     try:
-        evaluation = fit_on_dataset(model, dataset, progress=bars, evaluate_test=not args.no_evaluate)
+        result = train(args.method, given, args.data, args.category, args.out, evaluate_test=not args.no_evaluate,
+                       progress=bars)
     finally:
         bars.close()
-    out = Path(args.out)
-    if out.suffix != MODEL_SUFFIX:
-        out = out.with_name(out.name + MODEL_SUFFIX)
-    model.save(out)
-    print(f"saved {out}")
-    print(f"fit: {model.info['fit_seconds']:.1f} s on {model.info['n_fit_images']} images; "
-          f"calibrated on {model.info['n_heldout_images']} held-out good images "
-          f"(image threshold {model.calibration.image_threshold:.4g}, pixel threshold "
+    model, info = result.model, result.model.info
+    print(f"saved {model_path(args.out)}")
+    print(f"fit: {info.fit_seconds:.1f} s on {info.n_fit_images} images; calibrated on {info.n_heldout_images} "
+          f"held-out good images (image threshold {model.calibration.image_threshold:.4g}, pixel threshold "
           f"{model.calibration.pixel_threshold:.4g})")
-    if evaluation is not None:
-        print(json.dumps(_rounded(evaluation.metrics), indent=2))
+    if result.evaluation is not None:
+        print(json.dumps(round_metrics(result.evaluation.metrics), indent=2))
     return 0
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=_device(args))
     dataset = open_dataset(args.data, args.category)
     bars = ProgressBars(args.quiet)
     try:
@@ -123,7 +132,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
-    print(json.dumps(_rounded(evaluation.metrics), indent=2))
+    print(json.dumps(round_metrics(evaluation.metrics), indent=2))
     return 0
 
 
@@ -151,13 +160,11 @@ def _unique_name(stem: str, used: set[str]) -> str:
 
 
 def command_predict(args: argparse.Namespace) -> int:
-    from .visualize import box_to_original, draw_boxes, overlay
-
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=_device(args))
     calibration = model.calibration
     files = _collect_inputs(args.inputs)
     if not files:
-        raise ValueError("no input images: give image files or folders holding images")
+        raise ParameterError("no input images: give image files or folders holding images")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, used = [], set()
@@ -173,18 +180,12 @@ def command_predict(args: argparse.Namespace) -> int:
         if not decoded:
             continue
         prediction = model.predict([image for _, image in decoded])
-        verdicts = prediction.verdicts
         for index, (path, image) in enumerate(decoded):
-            # Boxes only where the image is rejected: a good verdict's faint spots are not defects.
-            regions = prediction.regions(index) if verdicts[index] else []
-            name = _unique_name(path.stem, used)
-            picture = overlay(image, prediction.map_on_original(index))
-            boxes = [box_to_original(region, prediction.geometries[index]) for region in regions]
-            picture = draw_boxes(picture, boxes, [f"{region.max_score:.2f}" for region in regions])
-            cv2.imwrite(str(out / f"{name}.png"), picture[:, :, ::-1])  # OpenCV writes BGR
-            rows.append({"file": str(path), "score": f"{prediction.image_scores[index]:.4f}",
-                         "raw_score": f"{prediction.raw_scores[index]:.6g}",
-                         "verdict": "defect" if verdicts[index] else "good", "regions": len(regions), "error": ""})
+            result = image_result(prediction, index, image, path.name)
+            cv2.imwrite(str(out / f"{_unique_name(path.stem, used)}.png"), result.overlay()[:, :, ::-1])  # BGR
+            rows.append({"file": str(path), "score": f"{result.score:.4f}", "raw_score": f"{result.raw_score:.6g}",
+                         "verdict": "defect" if result.is_defect else "good", "regions": len(result.regions),
+                         "error": ""})
     with open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file", "score", "raw_score", "verdict", "regions", "error"])
         writer.writeheader()
@@ -201,15 +202,7 @@ def command_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     run_bench(methods=args.methods, data_roots=args.data, categories=args.categories, out=Path(args.out),
-              settings=args.set or [], device=args.device, quiet=args.quiet)
-    return 0
-
-
-def command_bench_one(args: argparse.Namespace) -> int:
-    from .bench import bench_one
-
-    result = bench_one(args.method, args.data, args.category, json.loads(args.params), quiet=args.quiet)
-    Path(args.json).write_text(json.dumps(result, indent=2))
+              settings=args.set or [], device=_device(args), quiet=args.quiet)
     return 0
 
 
@@ -218,9 +211,10 @@ def command_methods(args: argparse.Namespace) -> int:
                         "params": [param.describe() for param in cls.param_set()]}
                  for name, cls in methods().items()}
     if args.json:
-        print(json.dumps({"methods": described, "backbones": {
-            name: {"description": spec.description, "layers": {layer: vars(info) for layer, info in spec.layers.items()}}
-            for name, spec in backbones().items()}}, indent=2))
+        listed = {name: {"description": spec.description,
+                         "layers": {layer: vars(info) for layer, info in spec.layers.items()}}
+                  for name, spec in backbones().items()}
+        print(json.dumps({"methods": described, "backbones": listed}, indent=2))
         return 0
     for name, entry in described.items():
         print(f"{name}: {entry['description']}")
@@ -233,14 +227,10 @@ def command_methods(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from .demo import demo_dataset, generate_demo_dataset
+    from .data.demo import demo_dataset, generate_demo_dataset
 
     print(generate_demo_dataset(args.out) if args.out else demo_dataset())
     return 0
-
-
-def _rounded(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {key: round(value, 4) if isinstance(value, float) else value for key, value in metrics.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,32 +239,31 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "score new ones.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
+    device = COMMON_PARAMS.get("device")
 
     fit = commands.add_parser("fit", help="fit a method on a category's good images, evaluate, save one model file")
     fit.add_argument("--method", required=True, choices=sorted(methods()))
     fit.add_argument("--data", required=True, help="dataset root (MVTec layout) or a folder with good/ and defect/")
     fit.add_argument("--category", default=None, help="category folder under --data (MVTec layout)")
-    fit.add_argument("--backbone", default=None, choices=sorted(backbones()))
-    fit.add_argument("--weights", default=None, help="backbone weights file (default: found automatically)")
-    fit.add_argument("--device", default=None, help="auto (default), cpu or cuda")
-    fit.add_argument("--out", required=True, help=f"model file to write ({MODEL_SUFFIX})")
+    fit.add_argument("--out", required=True, help=f"model file to write (the suffix {MODEL_SUFFIX} is added when "
+                                                  "missing)")
     fit.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on the test split")
     _method_param_options(fit)
     fit.set_defaults(handler=command_fit)
 
     evaluate = commands.add_parser("evaluate", help="metrics and speed of a model on a test split")
-    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--model", required=True, help="model file, with or without its suffix")
     evaluate.add_argument("--data", required=True)
     evaluate.add_argument("--category", default=None)
-    evaluate.add_argument("--device", default=None)
+    _add_param_option(evaluate, device)
     evaluate.add_argument("--json", default=None, help="write the metrics and per-image scores here")
     evaluate.set_defaults(handler=command_evaluate)
 
     predict = commands.add_parser("predict", help="score image files or folders: CSV + heatmap overlays")
-    predict.add_argument("--model", required=True)
+    predict.add_argument("--model", required=True, help="model file, with or without its suffix")
     predict.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument("--device", default=None)
+    _add_param_option(predict, device)
     predict.add_argument("--batch-size", type=int, default=16)
     predict.set_defaults(handler=command_predict)
 
@@ -283,18 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", nargs="+", required=True, help="dataset root(s); categories are looked up in each")
     bench.add_argument("--categories", nargs="+", required=True)
     bench.add_argument("--out", required=True, help="output folder")
-    bench.add_argument("--device", default=None)
+    _add_param_option(bench, device)
     bench.add_argument("--set", nargs="*", metavar="[CATEGORY:]NAME=VALUE",
-                       help="parameter overrides, for all runs or for one category (e.g. magnetic_tile:resize_mode=full)")
+                       help="parameter overrides, for all runs or for one category "
+                            "(e.g. magnetic_tile:resize_mode=full)")
     bench.set_defaults(handler=command_bench)
-
-    bench_one = commands.add_parser("bench-one", help=argparse.SUPPRESS)
-    bench_one.add_argument("--method", required=True)
-    bench_one.add_argument("--data", required=True)
-    bench_one.add_argument("--category", required=True)
-    bench_one.add_argument("--params", default="{}")
-    bench_one.add_argument("--json", required=True)
-    bench_one.set_defaults(handler=command_bench_one)
 
     listing = commands.add_parser("methods", help="list methods, their parameters, and backbones")
     listing.add_argument("--json", action="store_true")
@@ -307,15 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, DatasetError, ModelFileError, ImageLoadError) as error:
-        # Expected user errors: one clear line, no traceback.
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - the one place a user's error becomes one line
+        if not is_user_error(error):
+            raise
+        print(f"error: {friendly_error(error)}", file=sys.stderr)
         return 2
-

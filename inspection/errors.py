@@ -1,56 +1,102 @@
-"""Turning the errors a user can cause into one friendly sentence (for the app, never a traceback)."""
+"""Errors a user can cause, and the one sentence each becomes.
+
+Everything a person can get wrong — a bad image, dataset, model file or setting, missing weights, a failed
+download, a trainer already busy — raises a subclass of `InspectionError`, whose message names the file or
+value and says what to do. The CLI and the app print such an error in one place, as one line
+(`friendly_error`), never as a traceback. Any other exception is a bug of the program.
+"""
 
 from __future__ import annotations
 
-from .backbones import BackboneWeightsError, WeightsNotFoundError
-from .data import DatasetError
-from .images import ImageLoadError
-from .modelfile import ModelFileError
 
-# (error type, prefix) in priority order: the first matching type wins (subclasses before their bases).
-_PREFIXES: tuple[tuple[type[BaseException], str], ...] = (
-    (ImageLoadError, "This image cannot be used"),
-    (DatasetError, "This dataset cannot be used"),
-    (ModelFileError, "This model cannot be used"),
-    (WeightsNotFoundError, "The backbone's pretrained weights are missing"),
-    (BackboneWeightsError, "The backbone's weights do not fit"),
-    (MemoryError, "Not enough memory"),
+class InspectionError(Exception):
+    """Base of every error caused by input, settings or the machine (not by a bug of the program)."""
+
+    #: What kind of problem it is, in words, shown before the error's own message.
+    what: str = "Invalid input"
+
+
+class ParameterError(InspectionError, ValueError):
+    """A setting has the wrong type, is out of range, or does not apply."""
+
+    what = "Invalid setting"
+
+
+class ImageLoadError(InspectionError, ValueError):
+    """An image could not be read; the message names the file and says why."""
+
+    what = "This image cannot be used"
+
+
+class DatasetError(InspectionError, ValueError):
+    """A dataset folder is missing, empty or malformed; the message says which and what is expected."""
+
+    what = "This dataset cannot be used"
+
+
+class ModelFileError(InspectionError, ValueError):
+    """A model file is missing, not ours, of an unsupported version, or damaged."""
+
+    what = "This model cannot be used"
+
+
+class WeightsNotFoundError(InspectionError, FileNotFoundError):
+    """Pretrained weights are needed but cannot be found or downloaded; the message says what to do."""
+
+    what = "The backbone's pretrained weights are missing"
+
+
+class BackboneWeightsError(InspectionError, ValueError):
+    """A weights file does not fit the backbone (wrong architecture, corrupt file)."""
+
+    what = "The backbone's weights do not fit"
+
+
+class DownloadError(InspectionError, RuntimeError):
+    """A download failed (offline, server error, wrong archive); nothing was left behind."""
+
+    what = "The download failed"
+
+
+class BusyError(InspectionError, RuntimeError):
+    """Work was refused because other work of its kind is running (e.g. a training); the message says which."""
+
+    what = "Busy"
+
+
+# Errors of the standard library a user causes too (a path, a permission, a full disk), with their words.
+_OS_ERRORS: tuple[tuple[type[BaseException], str], ...] = (
     (FileNotFoundError, "File or folder not found"),
     (NotADirectoryError, "Not a folder"),
+    (IsADirectoryError, "A folder where a file was expected"),
     (PermissionError, "Permission denied"),
-    (ValueError, "Invalid input"),
+    (OSError, "A file operation failed"),
 )
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
-    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
 
 
 def is_user_error(error: BaseException) -> bool:
-    """True for errors caused by input (files, settings, data, machine), False for bugs of the program."""
-    if _is_out_of_memory(error):
-        return True
-    from .download import DownloadError
-    from .jobs import TrainingBusyError
-
-    return isinstance(error, (DownloadError, TrainingBusyError, OSError)) or any(
-        isinstance(error, kind) for kind, _ in _PREFIXES)
+    """True for errors caused by input, settings or the machine; False for bugs of the program."""
+    return isinstance(error, (InspectionError, OSError, ValueError)) or _is_out_of_memory(error)
 
 
 def friendly_error(error: BaseException) -> str:
-    """One readable message: what went wrong and the error's own explanation (which names the file/value)."""
-    detail = str(error).strip() or type(error).__name__
+    """One readable line: what went wrong, then the error's own explanation (which names the file or value)."""
+    detail = " ".join(str(error).split()) if str(error).strip() else type(error).__name__
     if _is_out_of_memory(error):
         return ("Not enough memory for this step: lower 'batch_size' or the working resolution ('crop'), "
-                f"or use fewer images. ({detail.splitlines()[0]})")
-    from .download import DownloadError
-    from .jobs import TrainingBusyError
-
-    if isinstance(error, (DownloadError, TrainingBusyError)):
+                f"or use fewer images. ({detail})")
+    if isinstance(error, BusyError):
         return detail
-    for kind, prefix in _PREFIXES:
+    if isinstance(error, InspectionError):
+        return f"{error.what}: {detail}"
+    for kind, what in _OS_ERRORS:
         if isinstance(error, kind):
-            return f"{prefix}: {detail}"
-    if isinstance(error, OSError):
-        return f"A file operation failed: {detail}"
+            return f"{what}: {detail}"
+    if isinstance(error, ValueError):
+        return f"Invalid input: {detail}"
     return f"Unexpected error ({type(error).__name__}): {detail}"

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from .base import AnomalyModel, Progress, ProgressCallback, decode
-from .data import Dataset, load_sample_mask
+from .data.datasets import Dataset, load_sample_mask
 from .device import describe_device
-from .metrics import image_auroc, pixel_metrics
-from .threshold import f1_optimal_threshold, score_quantiles
+from .model.base import AnomalyModel
+from .model.batching import decode
+from .model.progress import Progress, ProgressCallback
+from .scores.metrics import image_auroc, pixel_metrics
+from .scores.thresholds import f1_optimal_threshold, score_quantiles
 
 
 @dataclass
@@ -102,27 +105,17 @@ def _f1_pixel_threshold(maps: np.ndarray, masks: np.ndarray, max_pixels: int = 2
 
 def record_evaluation(model: AnomalyModel, dataset: Dataset, evaluation: Evaluation) -> None:
     """Keep an evaluation in the model's metadata (what the app lists and plots)."""
-    model.info.update({
-        "category": dataset.category,
-        "data_path": str(dataset.root),
-        "layout": dataset.layout,
-        "metrics": {key: value for key, value in evaluation.metrics.items()},
-        "test_scores": evaluation.records,
-        "pixel_quantiles": evaluation.pixel_quantiles,
-        "pixel_counts": evaluation.pixel_counts,
-    })
+    info = model.info
+    info.category, info.data_path, info.layout = dataset.category, str(dataset.root), dataset.layout
+    info.metrics = dict(evaluation.metrics)
+    info.test_scores = list(evaluation.records)
+    info.pixel_quantiles = dict(evaluation.pixel_quantiles)
+    info.pixel_counts = dict(evaluation.pixel_counts)
     if model.calibration is not None:
         model.calibration.f1_image_threshold = evaluation.f1_image_threshold
         model.calibration.f1_pixel_threshold = evaluation.f1_pixel_threshold
 
 
-def fit_on_dataset(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback | None = None,
-                   evaluate_test: bool = True) -> Evaluation | None:
-    """Fit on the train split (good images), then evaluate on the test split when there is one."""
-    model.fit([sample.path for sample in dataset.train], progress=progress)
-    model.info.update({"category": dataset.category, "data_path": str(dataset.root), "layout": dataset.layout})
-    if not (evaluate_test and dataset.test):
-        return None
-    evaluation = evaluate(model, dataset, progress=progress)
-    record_evaluation(model, dataset, evaluation)
-    return evaluation
+def round_metrics(metrics: dict[str, Any], digits: int = 4) -> dict[str, Any]:
+    """Metrics with every float rounded to `digits` (for printing and tables); other values unchanged."""
+    return {key: round(value, digits) if isinstance(value, float) else value for key, value in metrics.items()}

@@ -8,14 +8,14 @@ greyed and hatched: "not inspected".
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 from matplotlib import colormaps
 
-from .preprocess import Geometry
-from .regions import Region
+from .data.preprocess import Geometry
+from .scores.regions import Region
 
 COLORMAP = "jet"
 SCALE_MIN, SCALE_MAX = 0.0, 1.0  # the shared colour scale of normalised maps

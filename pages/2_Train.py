@@ -7,17 +7,23 @@ from typing import Any
 
 import streamlit as st
 
-import app_ui as ui
-from inspection.jobs import TrainingRequest
-from inspection.library import (default_model_name, delete_model, models_dir, rename_model, unique_model_path,
-                                validate_name)
 from inspection.registry import backbones, methods
-from inspection.views import GROUP_TITLES, FieldSpec, form_fields, resolve_form
+from inspection_app import page, sidebar, training
+from inspection_app.forms import GROUP_TITLES, FieldSpec, form_fields, resolve_form
+from inspection_app.jobs import TrainingRequest
+from inspection_app.library import (
+    default_model_name,
+    delete_model,
+    models_dir,
+    rename_model,
+    unique_model_path,
+    validate_name,
+)
 
-ui.page_setup("Train", "Fit a model on the good training images of the chosen dataset, calibrate its thresholds on "
-              "held-out good images, evaluate it on the test split and save it to the models folder.")
-dataset = ui.data_source_picker()
-entries = ui.model_entries()
+page.page_setup("Train", "Fit a model on the good training images of the chosen dataset, calibrate its thresholds on "
+                "held-out good images, evaluate it on the test split and save it to the models folder.")
+dataset = sidebar.data_source_picker()
+entries = sidebar.model_entries()
 
 
 def param_widget(container: Any, spec: FieldSpec, key: str) -> Any:
@@ -39,9 +45,9 @@ def param_widget(container: Any, spec: FieldSpec, key: str) -> Any:
 
 
 st.subheader("New model")
-ui.training_monitor()
+training.training_monitor()
 registered = methods()
-method = ui.kept_selectbox(st, "Method", list(registered), "train_method",
+method = page.kept_selectbox(st, "Method", list(registered), "train_method", default=training.DEFAULT_METHOD,
                            format_func=lambda name: f"{name} — {registered[name].description}",
                            help="Every registered method appears here; its parameters below come from its "
                                 "declarations.")
@@ -65,15 +71,15 @@ with st.form(f"train-form-{method}"):
                f"{len(dataset.test)} test images. Saved to `{models_dir()}`.")
     submitted = st.form_submit_button("Train", type="primary", icon=":material/rocket_launch:")
 if submitted:
-    with ui.user_errors():
+    with page.user_errors():
         params = resolve_form(method_cls, values)
         display_name = validate_name(name)
         request = TrainingRequest(method, params, str(dataset.root), None,
                                   str(unique_model_path(models_dir(), display_name)), display_name,
                                   evaluate=evaluate and bool(dataset.test))
-        if ui.start_training(request):
+        if training.start_training(request):
             st.rerun()
-ui.wait_note()
+training.wait_note()
 
 st.divider()
 st.subheader("Trained models")
@@ -89,16 +95,16 @@ else:
     with rename_column:
         new_name = st.text_input("New name", key="manage_new_name", placeholder=by_path[chosen].name)
         if st.button("Rename", key="manage_rename"):
-            with ui.user_errors():
+            with page.user_errors():
                 new_path = rename_model(chosen, new_name, models_dir())
                 if st.session_state.get("model") == chosen:
-                    ui.select_model(new_path)
+                    sidebar.select_model(new_path)
                 st.toast(f"Renamed to {new_name.strip()}")
                 st.rerun()
     with delete_column:
         confirm = st.checkbox("Yes, delete this model file", key="manage_confirm")
         if st.button("Delete", key="manage_delete", disabled=not confirm):
-            with ui.user_errors():
+            with page.user_errors():
                 delete_model(chosen, models_dir())
                 st.session_state.pop("manage_confirm", None)
                 st.toast(f"Deleted {by_path[chosen].name}")

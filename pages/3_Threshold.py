@@ -3,70 +3,47 @@ live rates and confusion matrix at that point, and saving the chosen threshold i
 
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
-import app_ui as ui
-from inspection.base import Calibration, read_model_info, save_thresholds
-from inspection.charts import roc_figure, score_histogram
-from inspection.metrics import image_auroc
-from inspection.threshold import ScoreScale
-from inspection.views import (confusion_rows, format_rate, image_operating_point, image_roc,
-                              image_threshold_for_fpr, pixel_operating_point, pixel_roc, pixel_summary,
-                              pixel_threshold_for_fpr, slider_bounds, recorded_test_scores)
+from inspection.model.modelfile import read_model_header, save_thresholds
+from inspection_app import page, sidebar
+from inspection_app.charts import roc_figure, score_histogram
+from inspection_app.threshold_view import LEVELS, confusion_rows, format_rate, threshold_level
 
-ui.page_setup("Threshold", "Where to draw the line between good and defect. The histograms show how the model "
-              "scores good and defect test images; the ROC curve what each threshold costs (false alarms, x) and "
-              "gains (defects found, y). Scores are on the model's fixed scale, on which the saved threshold was 0.5 "
-              "when it was trained.")
-entry = ui.require_model()
+page.page_setup("Threshold", "Where to draw the line between good and defect. The histograms show how the model "
+                "scores good and defect test images; the ROC curve what each threshold costs (false alarms, x) "
+                "and gains (defects found, y). Scores are on the model's fixed scale, on which the saved threshold "
+                "was 0.5 when it was trained.")
+entry = sidebar.require_model()
 
+level_name = page.kept_radio(st, "Level", list(LEVELS), "threshold_level", horizontal=True,
+                             format_func={"image": "Image level (verdict)", "pixel": "Pixel level (defect mask)"}.get)
 try:
-    header = read_model_info(entry.path)
-    if not header.get("calibration"):
-        raise ValueError(f"{entry.path.name} has no calibration (thresholds): retrain it")
-    calibration = Calibration.from_dict(header["calibration"])
+    view = threshold_level(read_model_header(entry.path), level_name)
 except Exception as error:  # noqa: BLE001
-    ui.show_error(error)
+    page.show_error(error)
     st.stop()
-info = header.get("info") or {}
-
-level = ui.kept_radio(st, "Level", ["image", "pixel"], "threshold_level", horizontal=True,
-                      format_func={"image": "Image level (verdict)", "pixel": "Pixel level (defect mask)"}.get)
-image_level = level == "image"
-scale: ScoreScale = calibration.image_scale if image_level else calibration.pixel_scale
-saved_raw = calibration.image_threshold if image_level else calibration.pixel_threshold
-table = recorded_test_scores(info)
-summary = pixel_summary(info)
-
-if image_level:
-    reference_values = list(scale.normalize(table.scores)) + list(scale.normalize(calibration.heldout_scores))
-else:
-    reference_values = list(scale.normalize(summary.good[::10])) + list(scale.normalize(summary.defect[::10]))
-saved_normalised = float(scale.normalize(saved_raw))
-low, high = slider_bounds(reference_values, saved_normalised)
-slider_key = f"threshold-{entry.path.name}-{entry.modified}-{level}"
-fpr_key = f"target-fpr-{entry.path.name}-{level}"
+image_level = view.image_level
+low, high = view.slider_range()
+slider_key = f"threshold-{entry.path.name}-{entry.modified}-{level_name}"
+fpr_key = f"target-fpr-{entry.path.name}-{level_name}"
 
 
 def apply_target_fpr() -> None:
     """Move the slider to the threshold whose held-out FPR meets the typed target (runs before the rerun)."""
     try:
-        target = st.session_state[fpr_key]
-        raw = (image_threshold_for_fpr(calibration, target) if image_level
-               else pixel_threshold_for_fpr(calibration, target))
+        raw = view.threshold_for_fpr(st.session_state[fpr_key])
     except ValueError as error:
         st.session_state["fpr_error"] = str(error)
         return
     st.session_state.pop("fpr_error", None)
-    st.session_state[slider_key] = float(min(max(float(scale.normalize(raw)), low), high))
+    st.session_state[slider_key] = float(min(max(float(view.scale.normalize(raw)), low), high))
 
 
 if slider_key not in st.session_state:
-    st.session_state[slider_key] = float(min(max(saved_normalised, low), high))
+    st.session_state[slider_key] = float(min(max(view.saved_normalised, low), high))
 if fpr_key not in st.session_state:
-    st.session_state[fpr_key] = float(calibration.image_fpr if image_level else calibration.pixel_fpr)
+    st.session_state[fpr_key] = view.saved_target_fpr
 
 controls, target_column = st.columns([3, 1])
 threshold_normalised = controls.slider("Threshold (model scale)", min_value=low, max_value=high, step=0.001,
@@ -78,12 +55,8 @@ target_column.number_input("Target FPR on held-out good", min_value=1e-4, max_va
                                 "the held-out good images (never seen in training).")
 if "fpr_error" in st.session_state:
     st.error(st.session_state["fpr_error"])
-raw_threshold = float(scale.denormalize(threshold_normalised))
-
-if image_level:
-    point = image_operating_point(table, calibration, raw_threshold)
-else:
-    point = pixel_operating_point(summary, calibration, raw_threshold)
+raw_threshold = view.raw(threshold_normalised)
+point = view.point(raw_threshold)
 
 metrics = st.columns(5)
 metrics[0].metric("FPR (test)", format_rate(point.fpr), help="Share of good test images (pixels) flagged as defect.")
@@ -95,51 +68,35 @@ metrics[3].metric("FPR held-out good", format_rate(point.heldout_fpr),
                   help="Measured on the good training images held out from fitting.")
 metrics[4].metric("Target FPR", format_rate(st.session_state[fpr_key]))
 
-has_test = table.has_both_classes if image_level else summary.available
-if not has_test:
+if not view.has_test:
     st.warning("This model was not evaluated on a test split with good and defect "
                f"{'images' if image_level else 'pixels (masks)'}: only the held-out FPR can be shown.")
 
 left, right = st.columns(2)
 with left:
-    if image_level:
-        good = scale.normalize(table.good) if table.scores.size else scale.normalize(calibration.heldout_scores)
-        histogram = score_histogram(good, scale.normalize(table.defect), threshold_normalised,
-                                    "Image scores of the test split" if table.scores.size
-                                    else "Image scores of held-out good images")
-    else:
-        histogram = score_histogram(scale.normalize(summary.good if summary.good.size
-                                                    else calibration.heldout_pixel_quantiles),
-                                    scale.normalize(summary.defect), threshold_normalised,
-                                    "Pixel scores of the test split", weights_are_quantiles=True)
-    st.plotly_chart(histogram, key="histogram")
+    histogram = view.histogram()
+    st.plotly_chart(score_histogram(histogram["good"], histogram["defect"], threshold_normalised, histogram["title"],
+                                    weights_are_quantiles=histogram["weights_are_quantiles"]), key="histogram")
 with right:
-    if has_test:
-        if image_level:
-            curve = image_roc(table)
-            auc = image_auroc(table.scores, table.labels)
-        else:
-            curve = pixel_roc(summary)
-            auc = info.get("metrics", {}).get("pixel_auroc")
+    if view.has_test:
+        curve, auc = view.roc()
         st.plotly_chart(roc_figure(curve["fpr"], curve["tpr"], point.fpr, point.tpr,
                                    f"{'Image' if image_level else 'Pixel'}-level ROC (test split)", auc), key="roc")
     else:
         st.caption("No ROC curve without test images of both kinds.")
 
 st.subheader("Confusion matrix at this threshold")
-counts_known = image_level or bool(summary.counts)
-rows = confusion_rows(point, counts=counts_known)
+rows = confusion_rows(point, counts=view.counts_known)
 if rows:
     st.dataframe(rows, hide_index=True)
-    if not counts_known:
+    if not view.counts_known:
         st.caption("Pixel level: each row is the share of that class's pixels.")
 
-changed = not math.isclose(raw_threshold, saved_raw, rel_tol=1e-9, abs_tol=1e-12)
-st.caption(f"Saved threshold: {saved_normalised:.3f} (raw {saved_raw:.5g}); chosen: {threshold_normalised:.3f} "
-           f"(raw {raw_threshold:.5g}).")
-if st.button("Save threshold", type="primary", disabled=not changed, key="save_threshold",
+st.caption(f"Saved threshold: {view.saved_normalised:.3f} (raw {view.saved_raw:.5g}); chosen: "
+           f"{threshold_normalised:.3f} (raw {raw_threshold:.5g}).")
+if st.button("Save threshold", type="primary", disabled=view.is_saved(raw_threshold), key="save_threshold",
              help="Writes the chosen threshold into the model file; every page uses it from now on."):
-    with ui.user_errors():
+    with page.user_errors():
         if image_level:
             save_thresholds(entry.path, image_threshold=raw_threshold)
         else:

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-import app_ui as ui
-from inspection.data import load_sample_mask
+from inspection.data.datasets import load_sample_mask
 from inspection.registry import get_method
-from inspection.views import (SPLITS, UPLOAD_TYPES, content_digest, decode_upload, defect_mask_on_original,
-                              filter_samples, image_result, mask_picture, max_upload_mb)
+from inspection.results import defect_mask_on_original, image_result, mask_picture
+from inspection_app import caches, page, sidebar
+from inspection_app.browse import SPLITS, filter_samples
+from inspection_app.uploads import UPLOAD_TYPES, content_digest, decode_upload, max_upload_mb
 
-ui.page_setup("Inspect", "One image in detail: what the model saw, where it finds anomalies, and which pixels are "
-              "defects at a threshold you choose.")
-dataset = ui.data_source_picker()
-entry = ui.require_model()
+page.page_setup("Inspect", "One image in detail: what the model saw, where it finds anomalies, and which pixels are "
+                "defects at a threshold you choose.")
+dataset = sidebar.data_source_picker()
+entry = sidebar.require_model()
 
-origin = ui.kept_radio(st, "Image", ["dataset", "upload"], "inspect_origin", horizontal=True,
+origin = page.kept_radio(st, "Image", ["dataset", "upload"], "inspect_origin", horizontal=True,
                        format_func={"dataset": "From the dataset", "upload": "Upload"}.get)
 image = name = image_key = None
 sample = None
@@ -26,37 +27,37 @@ if origin == "upload":
                               key="inspect_upload")
     if upload is not None:
         data = upload.getvalue()
-        with ui.user_errors():
+        with page.user_errors():
             image, name, image_key = decode_upload(upload.name, data), upload.name, content_digest(data)
 elif dataset is None:
     st.info("Choose a dataset in the sidebar.")
 else:
     split_column, type_column, file_column = st.columns([1, 1, 2])
-    split = ui.kept_selectbox(split_column, "Split", SPLITS, "inspect_split", default="test")
+    split = page.kept_selectbox(split_column, "Split", SPLITS, "inspect_split", default="test")
     types = ["all"] + sorted({sample.defect_type for sample in filter_samples(dataset, split)})
-    defect_type = ui.kept_selectbox(type_column, "Type", types, "inspect_type")
+    defect_type = page.kept_selectbox(type_column, "Type", types, "inspect_type")
     samples = filter_samples(dataset, split, defect_type)
     if not samples:
         st.info("No image of this split and type.")
     else:
         by_name = {f"{sample.defect_type}/{sample.path.name}": sample for sample in samples}
-        chosen = ui.kept_selectbox(file_column, f"Image ({len(samples)})", list(by_name), "inspect_file")
+        chosen = page.kept_selectbox(file_column, f"Image ({len(samples)})", list(by_name), "inspect_file")
         sample = by_name[chosen]
-        with ui.user_errors():
-            image = ui.load_path_image(sample.path)
-            name, image_key = sample.path.name, f"{sample.path}:{sample.path.stat().st_mtime}"
+        with page.user_errors():
+            image = caches.load_path_image(sample.path)
+            name, image_key = sample.path.name, caches.file_key(sample.path)
 
 if image is None:
     st.stop()
 
 try:
-    model = ui.model_of(entry)
-    prediction = ui.predict_image(entry, image, image_key)
+    model = caches.model_of(entry)
+    prediction = caches.predict_image(entry, image, image_key)
     calibration = model.calibration
     if calibration is None:
         raise ValueError(f"{entry.path.name} has no calibration (thresholds): retrain it")
 except Exception as error:  # noqa: BLE001
-    ui.show_error(error)
+    page.show_error(error)
     st.stop()
 
 saved = float(calibration.normalized_pixel_threshold)
@@ -79,7 +80,7 @@ area_column.metric("Defect area", f"{mask.mean():.2%}", help="Share of the image
 
 ground_truth = None
 if sample is not None and (sample.label == 0 or sample.mask_path is not None):
-    with ui.user_errors():
+    with page.user_errors():
         ground_truth = load_sample_mask(sample)
 
 columns = st.columns(5 if ground_truth is not None else 4)
@@ -93,7 +94,7 @@ columns[3].image(mask_picture(image, mask), caption=f"Defect mask at {threshold:
 if ground_truth is not None:
     columns[4].image(mask_picture(image, ground_truth, color=(40, 200, 80)),
                      caption="Ground truth" + (" (good: no defect)" if sample.label == 0 else ""), width="stretch")
-ui.colorbar()
+page.colorbar()
 
 st.subheader("Defect regions")
 if result.regions:

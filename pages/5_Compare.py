@@ -7,16 +7,18 @@ from typing import Any
 
 import streamlit as st
 
-import app_ui as ui
-from inspection.data import open_dataset
+from inspection.data.datasets import open_dataset
 from inspection.evaluate import evaluate
-from inspection.views import (UPLOAD_TYPES, content_digest, decode_upload, default_compare_samples,
-                              evaluation_row, image_result, max_upload_mb, metric_rows, sample_label)
+from inspection.results import image_result
+from inspection_app import caches, page, sidebar
+from inspection_app.browse import default_compare_samples, sample_label
+from inspection_app.tables import evaluation_row, metric_rows
+from inspection_app.uploads import UPLOAD_TYPES, content_digest, decode_upload, max_upload_mb
 
-ui.page_setup("Compare", "Several models side by side on the same images. Every heatmap uses each model's own "
-              "fixed scale (0.5 = its threshold), so colours mean the same thing in every column.")
-dataset = ui.data_source_picker()
-entries = ui.model_entries()
+page.page_setup("Compare", "Several models side by side on the same images. Every heatmap uses each model's own "
+                "fixed scale (0.5 = its threshold), so colours mean the same thing in every column.")
+dataset = sidebar.data_source_picker()
+entries = sidebar.model_entries()
 if not entries:
     st.info("No trained model yet: train some on the **Train** page.")
     st.stop()
@@ -33,13 +35,13 @@ if dataset is not None and dataset.test:
     picked = st.multiselect("Test images", list(by_label), default=defaults, key="compare_samples")
     for label in picked:
         sample = by_label[label]
-        with ui.user_errors():
-            images.append((label, f"{sample.path}:{sample.path.stat().st_mtime}", ui.load_path_image(sample.path)))
+        with page.user_errors():
+            images.append((label, caches.file_key(sample.path), caches.load_path_image(sample.path)))
 uploads = st.file_uploader("…and/or upload images", type=list(UPLOAD_TYPES), max_upload_size=max_upload_mb(),
                            accept_multiple_files=True, key="compare_upload")
 for upload in uploads or []:
     data = upload.getvalue()
-    with ui.user_errors():
+    with page.user_errors():
         images.append((upload.name, content_digest(data), decode_upload(upload.name, data)))
 
 if not chosen or not images:
@@ -57,10 +59,10 @@ for name, key, image in images:
     row[0].image(image, caption=name, width="stretch")
     for column, entry in zip(row[1:], chosen):
         with column:
-            with ui.user_errors():
-                result = image_result(ui.predict_image(entry, image, key), 0, image, name)
+            with page.user_errors():
+                result = image_result(caches.predict_image(entry, image, key), 0, image, name)
                 st.image(result.overlay(), caption=f"score {result.score:.3f} · {result.verdict}", width="stretch")
-ui.colorbar()
+page.colorbar()
 
 st.subheader("Metrics and speed")
 rows = metric_rows(chosen)
@@ -76,7 +78,7 @@ else:
 @st.cache_data(show_spinner=False, max_entries=32)
 def measure(path: str, modified: float, root: str) -> dict[str, Any]:
     """Metrics and speed of a model on a dataset's test split, measured now (cached per model file version)."""
-    return evaluate(ui.cached_model(path, modified), open_dataset(root), timing_repeats=10).metrics
+    return evaluate(caches.cached_model(path, modified), open_dataset(root), timing_repeats=10).metrics
 
 
 if dataset is not None and dataset.test:
@@ -85,7 +87,7 @@ if dataset is not None and dataset.test:
         progress = st.progress(0.0, text="Evaluating…")
         for index, entry in enumerate(chosen):
             progress.progress(index / len(chosen), text=f"Evaluating {entry.name}…")
-            with ui.user_errors():
+            with page.user_errors():
                 measured.append(evaluation_row(entry.name, measure(str(entry.path), entry.modified,
                                                                    str(dataset.root))))
         progress.empty()

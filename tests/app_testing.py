@@ -6,17 +6,17 @@ import io
 import shutil
 import tarfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
-from inspection.data import open_dataset
-from inspection.evaluate import fit_on_dataset
+from inspection.data.datasets import open_dataset
+from inspection.pipeline import fit_on_dataset
 from inspection.registry import create_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -41,14 +41,14 @@ def shared_weights() -> Path:
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in demo dataset (category folder), generated once per test session."""
-    from inspection.demo import generate_demo_dataset
+    from inspection.data.demo import generate_demo_dataset
 
     return generate_demo_dataset(tmp_path_factory.mktemp("demo-data"))
 
 
 @pytest.fixture(scope="session")
 def demo_dataset(demo_root: Path):
-    from inspection.data import open_dataset
+    from inspection.data.datasets import open_dataset
 
     return open_dataset(demo_root)
 

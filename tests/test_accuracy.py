@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from inspection.data import open_dataset
-from inspection.evaluate import fit_on_dataset
+from inspection.data.datasets import open_dataset
+from inspection.pipeline import fit_on_dataset
 from inspection.registry import create_model
 
 FLOORS = {

@@ -5,15 +5,23 @@ from __future__ import annotations
 import io
 import socket
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from app_testing import add_to_archive, category_archive, http_server, png_bytes
-from inspection.data import open_dataset
-from inspection.download import (MVTEC_CATEGORIES, MVTEC_URL_ENV, MVTEC_URLS, DownloadError, category_url,
-                                 download_mvtec_category, downloaded_categories, mvtec_root)
+from inspection.data.datasets import open_dataset
+from inspection.data.download import (
+    MVTEC_CATEGORIES,
+    MVTEC_URL_ENV,
+    MVTEC_URLS,
+    category_url,
+    download_mvtec_category,
+    downloaded_categories,
+    mvtec_root,
+)
+from inspection.errors import DownloadError
 
 
 def _evil_archive() -> bytes:

@@ -8,15 +8,26 @@ from pathlib import Path
 import pytest
 
 from app_testing import SMALL_PARAMS, copy_model, train_small_model
-from inspection.backbones import WeightsNotFoundError
-from inspection.base import Progress, read_model_info
-from inspection.data import DatasetError
-from inspection.errors import friendly_error, is_user_error
-from inspection.images import ImageLoadError
-from inspection.jobs import JobState, TrainingBusyError, TrainingManager, TrainingRequest, folder_lock, run_training
-from inspection.library import (MODELS_DIR_ENV, delete_model, list_models, models_dir, rename_model,
-                                unique_model_path, validate_name)
-from inspection.modelfile import ModelFileError
+from inspection.errors import (
+    DatasetError,
+    ImageLoadError,
+    ModelFileError,
+    WeightsNotFoundError,
+    friendly_error,
+    is_user_error,
+)
+from inspection.model.modelfile import read_model_info
+from inspection.model.progress import Progress
+from inspection_app.jobs import JobState, TrainingBusyError, TrainingManager, TrainingRequest, folder_lock, run_training
+from inspection_app.library import (
+    MODELS_DIR_ENV,
+    delete_model,
+    list_models,
+    models_dir,
+    rename_model,
+    unique_model_path,
+    validate_name,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import app_ui
 from app_testing import REPO, SMALL_PARAMS, copy_model, demo_image, train_small_model
-from inspection.base import read_model_info
-from inspection.jobs import MANAGER, TrainingRequest, folder_lock
-from inspection.library import list_models, unique_model_path
-from inspection.modelfile import update_header
+from inspection.model.modelfile import read_model_info, update_header
+from inspection.registry import get_method
+from inspection_app import caches, training
+from inspection_app.jobs import MANAGER, TrainingRequest, folder_lock
+from inspection_app.library import list_models, models_dir, unique_model_path
 
 TIMEOUT = 120
 
@@ -44,11 +44,11 @@ def small_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """The one-click default training, at low resolution so that the test stays fast."""
 
     def request(name: str = "surface patchcore (default)") -> TrainingRequest:
-        params = {**app_ui.get_method("patchcore").param_set().defaults(), **SMALL_PARAMS}
-        return TrainingRequest("patchcore", params, app_ui.cached_demo_root(), None,
-                               str(unique_model_path(app_ui.models_dir(), name)), name)
+        params = {**get_method("patchcore").param_set().defaults(), **SMALL_PARAMS}
+        return TrainingRequest("patchcore", params, caches.cached_demo_root(), None,
+                               str(unique_model_path(models_dir(), name)), name)
 
-    monkeypatch.setattr(app_ui, "default_training_request", request)
+    monkeypatch.setattr(training, "default_training_request", request)
 
 
 def run_page(page: str, **state) -> AppTest:
@@ -188,7 +188,7 @@ def test_train_form_is_built_from_the_declarations(models: Path) -> None:
     assert_clean(at)
     keys = {widget.key for widget in at.main.get("number_input") + at.main.get("selectbox") +
             at.main.get("text_input") + at.main.get("checkbox")}
-    for name in app_ui.get_method("patchcore").param_set().names():
+    for name in get_method("patchcore").param_set().names():
         assert f"param-patchcore-{name}" in keys
     at.selectbox(key="train_method").set_value("padim").run()
     assert_clean(at)
@@ -470,7 +470,7 @@ def test_thousands_of_images_load_only_one_page(models: Path, tmp_path: Path, mo
     import cv2
     import numpy as np
 
-    import inspection.views
+    import inspection_app.browse
 
     big = tmp_path / "big"
     (big / "good").mkdir(parents=True)
@@ -478,8 +478,9 @@ def test_thousands_of_images_load_only_one_page(models: Path, tmp_path: Path, mo
     for index in range(3000):
         cv2.imwrite(str(big / "good" / f"{index:05d}.png"), tile)
     loaded: list[str] = []
-    original = inspection.views.load_image
-    monkeypatch.setattr(inspection.views, "load_image", lambda path, **kw: loaded.append(path) or original(path, **kw))
+    original = inspection_app.browse.load_image
+    monkeypatch.setattr(inspection_app.browse, "load_image",
+                        lambda path, **kw: loaded.append(path) or original(path, **kw))
     at = run_page("pages/1_Dataset.py", source_kind="folder", source_path=str(big))
     assert_clean(at)
     assert at.dataframe[0].value["images"].sum() == 3000
@@ -491,7 +492,7 @@ def test_thousands_of_images_load_only_one_page(models: Path, tmp_path: Path, mo
 
 def test_moving_a_slider_never_recomputes_a_forward_pass(models: Path, small_model: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from inspection.base import AnomalyModel
+    from inspection.model.base import AnomalyModel
 
     calls: list[int] = []
     original = AnomalyModel.predict

@@ -11,21 +11,40 @@ import pytest
 from PIL import Image
 
 from app_testing import train_small_model
-from inspection.base import Calibration, read_model_info
-from inspection.charts import colorbar_figure, roc_figure, score_histogram, shared_colorscale
-from inspection.data import DatasetError, open_dataset
-from inspection.images import ImageLoadError, load_image
+from inspection.data.datasets import open_dataset
+from inspection.data.images import load_image
+from inspection.errors import DatasetError, ImageLoadError
+from inspection.model.calibration import Calibration
+from inspection.model.modelfile import read_model_info
+from inspection.operating import (
+    image_operating_point,
+    image_roc,
+    image_threshold_for_fpr,
+    pixel_operating_point,
+    pixel_roc,
+    pixel_summary,
+    pixel_threshold_for_fpr,
+    recorded_test_scores,
+)
 from inspection.params import Param
 from inspection.registry import load_model, methods
-from inspection.threshold import rates_at_threshold
-from inspection.views import (MAX_UPLOAD_MB_ENV, DataSource, check_upload, confusion_rows, content_digest,
-                              decode_upload, default_compare_samples, defect_mask_on_original, evaluation_row,
-                              field_spec, filter_samples, folder_categories, form_fields, image_operating_point,
-                              image_result, image_roc, image_threshold_for_fpr, known_datasets, max_upload_mb,
-                              open_source, page_count, page_items, pixel_operating_point, pixel_roc, pixel_summary,
-                              pixel_threshold_for_fpr, resolve_form, sample_details, slider_bounds,
-                              recorded_test_scores, thumbnail)
+from inspection.results import defect_mask_on_original, image_result
+from inspection.scores.thresholds import rates_at_threshold
 from inspection.visualize import colorize
+from inspection_app.browse import (
+    default_compare_samples,
+    filter_samples,
+    page_count,
+    page_items,
+    sample_details,
+    thumbnail,
+)
+from inspection_app.charts import colorbar_figure, roc_figure, score_histogram, shared_colorscale
+from inspection_app.forms import field_spec, form_fields, resolve_form
+from inspection_app.sources import DataSource, folder_categories, known_datasets, open_source
+from inspection_app.tables import evaluation_row
+from inspection_app.threshold_view import confusion_rows, slider_bounds
+from inspection_app.uploads import MAX_UPLOAD_MB_ENV, check_upload, content_digest, decode_upload, max_upload_mb
 
 
 @pytest.fixture(scope="module")
@@ -260,10 +279,10 @@ def test_data_sources(demo_root: Path, tmp_path: Path) -> None:
 
 
 def test_metric_rows(small_model_path: Path, header: dict) -> None:
-    from inspection.library import list_models
+    from inspection_app.library import list_models
 
     entries, _ = list_models(small_model_path.parent)
-    from inspection.views import metric_rows
+    from inspection_app.tables import metric_rows
 
     row = metric_rows(entries)[0]
     assert row["name"] == "small" and row["test images"] == 50 and row["device"].startswith(("cpu", "cuda"))

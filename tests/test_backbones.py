@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from inspection.backbones import (BACKBONES, BackboneWeightsError, WeightsNotFoundError, build_backbone,
-                                  create_feature_extractor, get_backbone_spec, locate_weights)
-from inspection.preprocess import Preprocessing
+from inspection.data.preprocess import Preprocessing
+from inspection.errors import BackboneWeightsError, WeightsNotFoundError
+from inspection.features.backbones import BACKBONES, get_backbone_spec
+from inspection.features.extractor import create_feature_extractor
+from inspection.features.weights import build_backbone, locate_weights
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +15,8 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from inspection.cli import main
 from inspection.bench import markdown_table, parse_settings
+from inspection.cli import main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -33,7 +35,7 @@ def demo_model(demo_root, tmp_path_factory) -> Path:
 
 
 def test_fit_writes_one_model_file_with_its_settings(demo_model):
-    from inspection.base import read_model_info
+    from inspection.model.modelfile import read_model_info
 
     header = read_model_info(demo_model)
     assert header["method"] == "patchcore" and header["params"]["coreset_ratio"] == 0.02
@@ -115,3 +117,34 @@ def test_settings_scope_by_category():
         parse_settings(["nonsense"], "tile")
     assert "| x | y |" not in markdown_table([], {"date": "d", "inspection": "v", "torch": "t", "cpu_threads": 2,
                                                   "machine": "m"})
+
+
+def test_a_model_is_found_by_the_path_given_to_fit(demo_model, demo_root, tmp_path):
+    """`fit --out models/demo` writes models/demo.safetensors; `--model models/demo` finds it."""
+    without_suffix = demo_model.with_suffix("")
+    completed = run_cli("predict", "--model", str(without_suffix), str(demo_root / "test" / "good" / "000.png"),
+                        "--out", str(tmp_path / "out"))
+    assert completed.returncode == 0, completed.stderr
+    assert (tmp_path / "out" / "predictions.csv").is_file()
+
+
+def test_numeric_options_are_checked_by_their_declaration(tmp_path, capsys):
+    assert main(["fit", "--method", "patchcore", "--data", str(tmp_path), "--out", str(tmp_path / "m"),
+                 "--neighbourhood", "4"]) == 2
+    assert "'neighbourhood' must be odd" in capsys.readouterr().err
+    assert main(["fit", "--method", "patchcore", "--data", str(tmp_path), "--out", str(tmp_path / "m"),
+                 "--device", "tpu"]) == 2
+    assert "must be one of ['auto', 'cpu', 'cuda']" in capsys.readouterr().err
+
+
+def test_the_installed_console_command():
+    """`pip install -e .` (the README's commands) puts `inspection` on the path, the same as python -m."""
+    command = shutil.which("inspection", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                               os.environ.get("PATH", "")]))
+    if command is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("the package is not installed: the README's test command installs it with -e .")
+        pytest.skip("the package is not installed here (pip install -e .)")
+    completed = subprocess.run([command, "methods", "--json"], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert {"patchcore", "padim"} <= set(json.loads(completed.stdout)["methods"])

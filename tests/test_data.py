@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from inspection.data import (
-    Dataset,
-    DatasetError,
-    Sample,
-    list_categories,
-    load_sample_mask,
-    open_dataset,
-)
-from inspection.images import ImageLoadError
+from inspection.data.datasets import Dataset, Sample, list_categories, load_sample_mask, open_dataset
+from inspection.errors import DatasetError, ImageLoadError
 
 
 def _write_png(path: Path, height: int = 6, width: int = 8, value: int = 120) -> Path:

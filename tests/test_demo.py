@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from inspection import demo
-from inspection.data import load_sample_mask, open_dataset
-from inspection.demo import DEMO_CATEGORY, default_demo_root, demo_dataset, generate_demo_dataset
-from inspection.images import load_image, read_image_info
+from inspection.data import demo
+from inspection.data.datasets import load_sample_mask, open_dataset
+from inspection.data.demo import DEMO_CATEGORY, default_demo_root, demo_dataset, generate_demo_dataset
+from inspection.data.images import load_image, read_image_info
 
 
 def _file_bytes(folder: Path) -> dict[str, bytes]:

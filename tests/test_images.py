@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from inspection import images
-from inspection.images import (
+from inspection.data import images
+from inspection.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
-    ImageLoadError,
     list_images,
     load_image,
     load_mask,
     max_pixels,
     read_image_info,
 )
+from inspection.errors import ImageLoadError
 
 SIXTEEN_BIT = np.array([[0, 1000, 32768, 65535]], dtype=np.uint16)
 SIXTEEN_BIT_AS_8 = np.array([[0, 4, 128, 255]], dtype=np.uint8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,15 @@ import pytest
 import torch
 
 from conftest import random_images
-from inspection.base import AnomalyModel, Progress, read_model_info, save_thresholds, split_holdout, update_info
-from inspection.coreset import greedy_coreset, random_projection
-from inspection.evaluate import evaluate, fit_on_dataset
-from inspection.knn import nearest_neighbors
-from inspection.modelfile import ModelFileError, update_header, write_model_file
+from inspection.errors import ModelFileError
+from inspection.evaluate import evaluate
+from inspection.model.base import AnomalyModel
+from inspection.model.batching import split_holdout
+from inspection.model.modelfile import read_model_info, save_thresholds, update_header, update_info, write_model_file
+from inspection.model.progress import Progress
+from inspection.ops.coreset import greedy_coreset, random_projection
+from inspection.ops.knn import nearest_neighbors
+from inspection.pipeline import fit_on_dataset
 from inspection.registry import create_model, get_method, load_model, methods
 
 # ---------------------------------------------------------------------------------------------------------
@@ -183,7 +188,7 @@ def test_reading_the_metadata_does_not_load_the_weights(fitted, tmp_path, monkey
     def forbidden(*args, **kwargs):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr("inspection.modelfile.load_file", forbidden)
+    monkeypatch.setattr("inspection.model.modelfile.load_file", forbidden)
     assert read_model_info(path)["method"] == model.name
 
 
@@ -207,7 +212,7 @@ def test_an_interrupted_save_leaves_nothing_half_written(fitted, tmp_path, monke
         Path(args[1]).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("inspection.modelfile.save_file", interrupted)
+    monkeypatch.setattr("inspection.model.modelfile.save_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         model.save(tmp_path / "model.safetensors")
     assert list(tmp_path.iterdir()) == []
@@ -307,3 +312,83 @@ def test_evaluate_json_friendly(fitted, demo_dataset):
 def test_anomaly_model_is_abstract():
     with pytest.raises(TypeError):
         AnomalyModel()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files of earlier versions, the typed header, the declarations
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("method", ["patchcore", "padim"])
+def test_model_files_of_version_0_1_still_load_and_score_the_same(method, demo_root):
+    """Files written by inspection 0.1.0 (before the methods moved to inspection/methods/) load unchanged."""
+    expected = json.loads((FIXTURES / "v0.1.0_scores.json").read_text())[method]
+    model = load_model(FIXTURES / f"{method}_v0.1.0.safetensors")
+    assert model.name == method and model.params["layers"] == ""  # 0.1 stored "" for the default layers
+    prediction = model.predict([demo_root / image for image in expected["images"]])
+    np.testing.assert_allclose(prediction.raw_scores, expected["raw_scores"], rtol=1e-5)
+    np.testing.assert_allclose([m.sum() for m in prediction.raw_maps], expected["map_sums"], rtol=1e-5)
+
+
+def test_the_typed_header_round_trips_and_names_a_wrong_field(tmp_path):
+    from inspection.model.header import ModelHeader
+    from inspection.model.modelfile import read_model_header
+
+    path = tmp_path / "model.safetensors"
+    shutil.copy(FIXTURES / "patchcore_v0.1.0.safetensors", path)
+    header = read_model_header(path)
+    assert header.method == "patchcore" and header.backbone.name == "efficientnet_lite0"
+    assert ModelHeader.from_dict(header.to_dict()) == header
+    assert header.info["category"] == header.info.category == "surface"  # item access of 0.1 scripts
+
+    def damaged(stored):
+        stored["calibration"]["image_threshold"] = "high"
+        return stored
+
+    update_header(path, damaged)
+    with pytest.raises(ModelFileError, match="model.safetensors: field 'calibration.image_threshold'"):
+        load_model(path)
+
+
+def test_declarations_check_odd_values_choices_and_rules_without_building_a_model():
+    patchcore = get_method("patchcore")
+    with pytest.raises(ValueError, match="'neighbourhood' must be odd"):
+        patchcore.param_set().resolve({"neighbourhood": 4})
+    assert patchcore.param_set().get("device").choices == ("auto", "cpu", "cuda")
+    with pytest.raises(ValueError, match="'resize' .* must be at least 'crop'"):
+        patchcore.param_set().resolve({"resize": 100, "crop": 224})
+    with pytest.raises(ValueError, match="no layer"):
+        patchcore.param_set().resolve({"layers": "blocks.9"})
+    assert create_model("padim", backbone="resnet18").layers == ("layer1", "layer2", "layer3")
+    assert create_model("patchcore", backbone="mobilenet_v2").layers == ("features.6", "features.13")
+    assert create_model("patchcore", layers="blocks.3,32").layers == ("blocks.3", "blocks.6")
+
+
+def test_estimator_contract():
+    model = create_model("padim", n_features=50)
+    assert model.get_params()["n_features"] == 50 and repr(model) == "PaDiM(n_features=50)"
+    assert not model.fitted and model.channel_index is None  # nothing learned or chosen before fit
+
+
+# Settings that make a method's fit take seconds here; a method that needs none is covered with no edit.
+QUICK = {"padim": {"n_features": 20}, "patchcore": {"coreset_ratio": 0.05}}
+
+
+@pytest.mark.parametrize("method", sorted(methods()))
+def test_every_registered_method_keeps_the_contract(method, demo_dataset, tmp_path):
+    """Fit on good images → maps at the working resolution and scores; one file; identical after loading."""
+    settings = {"resize": 64, "crop": 64, **QUICK.get(method, {})}
+    model = create_model(method, **settings)
+    assert not model.fitted
+    model.fit([sample.path for sample in demo_dataset.train[:24]])
+    assert model.fitted and model.calibration is not None
+    images = [sample.path for sample in demo_dataset.test[::10]]
+    prediction = model.predict(images)
+    assert prediction.raw_maps.shape == (len(images), 64, 64) and np.isfinite(prediction.raw_scores).all()
+    loaded = load_model(model.save(tmp_path / f"{method}.safetensors"))
+    assert type(loaded) is type(model) and loaded.get_params() == model.get_params()
+    again = loaded.predict(images)
+    assert np.array_equal(again.raw_scores, prediction.raw_scores)
+    assert (prediction.reconstructions is not None) == model.has_reconstruction

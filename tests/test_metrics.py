@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from inspection.metrics import aupro, image_auroc, pixel_auroc, pixel_metrics, pro_curve
+from inspection.scores.metrics import aupro, image_auroc, pixel_auroc, pixel_metrics, pro_curve
 
 
 def naive_aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inspection.preprocess import Preprocessing, map_to_original
+from inspection.data.preprocess import Preprocessing, map_to_original
 
 
 def test_center_crop_geometry_of_a_square_image():

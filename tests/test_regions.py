@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inspection.regions import Region, find_regions, scale_regions
+from inspection.scores.regions import Region, find_regions, scale_regions
 
 
 def two_blob_map() -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from inspection.threshold import (
+from inspection.scores.thresholds import (
     ScoreScale,
     f1_optimal_threshold,
     pixel_threshold_at_fpr,
@@ -224,7 +224,7 @@ def test_score_scale_rejects_bad_values():
 
 
 def test_rate_above_reads_quantiles_for_one_or_many_thresholds_and_inverts():
-    from inspection.threshold import rate_above, score_quantiles, threshold_at_rate
+    from inspection.scores.thresholds import rate_above, score_quantiles, threshold_at_rate
 
     values = np.random.default_rng(0).normal(size=50_000)
     quantiles = score_quantiles(values)

@@ -15,7 +15,12 @@ import cv2
 import numpy as np
 import torch
 
-from .backbones import NORMALIZATIONS
+#: Input normalisations by name: (mean, std) applied to RGB in [0, 1]. Each set of backbone weights names
+#: the one it was trained with.
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # scales to [-1, 1], as TF/TF-Lite weights expect
+}
 
 #: "center_crop": resize the shorter side to `resize`, then cut the centre `crop`×`crop` (the field's default).
 #: "full": resize the whole frame to `crop`×`crop` (aspect ratio not kept, nothing cut off: for parts that

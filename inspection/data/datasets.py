@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DatasetError
 from .images import IMAGE_EXTENSIONS, list_images, load_mask, read_image_info
 
 GOOD = "good"
@@ -24,10 +25,6 @@ _EXPECTED_LAYOUTS = (
     "CATEGORY/ground_truth/<type>/<stem>_mask.png) or a plain folder (good/, defect/, optional "
     "masks/ with <stem>_mask.png or <stem>.png)"
 )
-
-
-class DatasetError(ValueError):
-    """A dataset folder is missing, empty or malformed; the message says which and what is expected."""
 
 
 @dataclass(frozen=True)

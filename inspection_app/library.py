@@ -14,8 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .base import read_model_info, update_info
-from .modelfile import MODEL_SUFFIX, ModelFileError
+from inspection.errors import ModelFileError
+from inspection.model.header import ModelHeader
+from inspection.model.modelfile import MODEL_SUFFIX, read_model_header, update_info
+
+from .tables import metric_cells
 
 MODELS_DIR_ENV = "INSPECTION_MODELS_DIR"
 DEFAULT_MODELS_DIR = "models"
@@ -52,25 +55,9 @@ class ModelEntry:
 
     def row(self) -> dict[str, Any]:
         """A table row: name, method, backbone, category, date and the headline test metrics."""
-        return {
-            "name": self.name,
-            "method": self.method,
-            "backbone": self.backbone or "—",
-            "category": self.category or "—",
-            "created": format_created(self.created),
-            "image AUROC": _rounded(self.metrics.get("image_auroc")),
-            "pixel AUROC": _rounded(self.metrics.get("pixel_auroc")),
-            "AUPRO": _rounded(self.metrics.get("aupro")),
-            "ms / image": _rounded(self.metrics.get("predict_ms_per_image"), 1),
-            "file": self.path.name,
-        }
-
-
-def _rounded(value: Any, digits: int = 3) -> float | None:
-    try:
-        return None if value is None else round(float(value), digits)
-    except (TypeError, ValueError):
-        return None
+        return {"name": self.name, "method": self.method, "backbone": self.backbone or "—",
+                "category": self.category or "—", "created": format_created(self.created),
+                **metric_cells(self.metrics), "file": self.path.name}
 
 
 def format_created(created: str) -> str:
@@ -84,21 +71,13 @@ def format_created(created: str) -> str:
     return moment.strftime("%Y-%m-%d %H:%M")
 
 
-def entry_from_header(path: Path, header: dict[str, Any]) -> ModelEntry:
-    """A ModelEntry from a model file's header (as read by read_model_info)."""
-    info = header.get("info") or {}
-    backbone = (header.get("backbone") or {}).get("name") or (header.get("params") or {}).get("backbone", "")
-    return ModelEntry(
-        path=path,
-        name=str(info.get("display_name") or path.stem),
-        method=str(header.get("method", "?")),
-        backbone=str(backbone or ""),
-        category=str(info.get("category") or ""),
-        created=str(info.get("created") or ""),
-        metrics=dict(info.get("metrics") or {}),
-        data_path=str(info.get("data_path") or ""),
-        modified=path.stat().st_mtime,
-    )
+def entry_from_header(path: Path, header: ModelHeader) -> ModelEntry:
+    """A ModelEntry from a model file's typed header."""
+    info = header.info
+    return ModelEntry(path=path, name=info.display_name or path.stem, method=header.method,
+                      backbone=header.backbone.name if header.backbone is not None else "",
+                      category=info.category, created=info.created, metrics=dict(info.metrics),
+                      data_path=info.data_path, modified=path.stat().st_mtime)
 
 
 def list_models(folder: str | os.PathLike | None = None) -> tuple[list[ModelEntry], list[str]]:
@@ -111,7 +90,7 @@ def list_models(folder: str | os.PathLike | None = None) -> tuple[list[ModelEntr
         if path.name.startswith("."):
             continue  # temporaries of an atomic write in progress
         try:
-            entries.append(entry_from_header(path, read_model_info(path)))
+            entries.append(entry_from_header(path, read_model_header(path)))
         except (ModelFileError, OSError) as error:
             problems.append(str(error))
     entries.sort(key=lambda entry: (entry.created, entry.path.name), reverse=True)

@@ -13,11 +13,14 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .base import Progress
+from inspection.errors import BusyError, friendly_error
+from inspection.model.progress import Progress
+from inspection.pipeline import stage_label, train
 
 try:  # POSIX only; elsewhere the process lock alone guards the models folder
     import fcntl
@@ -27,21 +30,7 @@ except ImportError:  # pragma: no cover - Windows
 LOCK_FILE_NAME = ".training.lock"
 MAX_KEPT_JOBS = 20
 
-# Human-readable names of the stages that methods and the evaluation report.
-STAGE_LABELS = {
-    "features": "Extracting features of the good images",
-    "coreset": "Selecting the memory bank (coreset)",
-    "covariance": "Estimating the Gaussians",
-    "train": "Training",
-    "epoch": "Training",
-    "calibrate": "Calibrating thresholds on held-out good images",
-    "predict": "Evaluating on the test split",
-    "timing": "Timing the prediction",
-    "save": "Saving the model file",
-}
-
-
-class TrainingBusyError(RuntimeError):
+class TrainingBusyError(BusyError):
     """A training is already running; the message says which."""
 
 
@@ -92,7 +81,7 @@ class JobState:
 
     @property
     def stage_label(self) -> str:
-        return STAGE_LABELS.get(self.stage, self.stage.replace("_", " ").capitalize() or "Starting")
+        return stage_label(self.request.method, self.stage)
 
     @property
     def elapsed(self) -> float:
@@ -107,18 +96,9 @@ class JobState:
 
 def run_training(request: TrainingRequest, progress: Callable[[Progress], None]) -> tuple[Path, dict[str, Any]]:
     """Fit the requested model on the dataset, evaluate on its test split when there is one, save it."""
-    from .data import open_dataset
-    from .evaluate import fit_on_dataset
-    from .registry import create_model
-
-    dataset = open_dataset(request.data_root, request.category)
-    model = create_model(request.method, **request.params)
-    evaluation = fit_on_dataset(model, dataset, progress=progress, evaluate_test=request.evaluate)
-    model.info["display_name"] = request.display_name
-    progress(Progress("save", 0, 1))
-    path = model.save(request.out_path)
-    progress(Progress("save", 1, 1))
-    return path, dict(evaluation.metrics) if evaluation is not None else {}
+    result = train(request.method, request.params, request.data_root, request.category, request.out_path,
+                   evaluate_test=request.evaluate, display_name=request.display_name, progress=progress)
+    return result.path, result.metrics
 
 
 class FolderLock:
@@ -149,7 +129,7 @@ class FolderLock:
             self._handle.close()
             self._handle = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         self.acquire()
         return self
 
@@ -222,8 +202,6 @@ class TrainingManager:
         except TrainingCancelled:
             outcome = {"status": "cancelled", "error": "stopped by a user"}
         except Exception as error:  # every failure must reach the page as a message, never kill silently
-            from .errors import friendly_error
-
             outcome = {"status": "failed", "error": friendly_error(error)}
         finally:
             # Free the lock before the job reads as ended: whoever sees it ended may start the next one.

@@ -5,12 +5,12 @@ Built here (not in the pages) so that their content is testable without a browse
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
-from .visualize import SCALE_MAX, SCALE_MIN, colorize
+from inspection.visualize import SCALE_MAX, SCALE_MIN, colorize
 
 GOOD_COLOR = "#2b8a3e"
 DEFECT_COLOR = "#c92a2a"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 
-def squared_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: torch.Tensor | None = None) -> torch.Tensor:
+def squared_distances(queries: torch.Tensor, bank: torch.Tensor,
+                      bank_sq_norms: torch.Tensor | None = None) -> torch.Tensor:
     """All squared Euclidean distances between rows of `queries` [q, D] and `bank` [b, D], clamped at 0."""
     if bank_sq_norms is None:
         bank_sq_norms = bank.pow(2).sum(1)

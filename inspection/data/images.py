@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import ImageLoadError
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 100_000_000
 MAX_PIXELS_ENV = "INSPECTION_MAX_PIXELS"
@@ -32,10 +34,6 @@ _WIDE_GRAY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 _MULTI_CHANNEL_MODES = frozenset({"RGB", "RGBA", "RGBX", "LA", "La", "RGBa"})
 # Serialises the temporary change of Pillow's global bomb limit (see module docstring).
 _PILLOW_LIMIT_LOCK = threading.Lock()
-
-
-class ImageLoadError(ValueError):
-    """An image could not be read; the message names the file and says why."""
 
 
 def max_pixels() -> int:

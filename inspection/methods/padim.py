@@ -9,23 +9,23 @@ score is the map's maximum.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from .base import Progress, ProgressCallback
-from .features import BackboneModel
-from .modelfile import ModelFileError
-from .params import Param, params
-from .registry import register_method
-from .smoothing import gaussian_blur, upsample
+from ..errors import ModelFileError
+from ..model.backbone_model import BackboneModel
+from ..model.progress import Progress, ProgressCallback
+from ..ops.smoothing import gaussian_blur, upsample
+from ..params import Param, params
 
 
-@register_method
 class PaDiM(BackboneModel):
     name = "padim"
     description = "A Gaussian per patch position over pretrained features; score = Mahalanobis distance."
+    feature_strides = (4, 8, 16)
+    stage_labels = {**BackboneModel.stage_labels, "covariance": "Estimating the Gaussians"}
     method_params = params(
         Param("n_features", int, 100, "d: number of randomly chosen feature channels kept.", minimum=1,
               maximum=4096),
@@ -37,12 +37,16 @@ class PaDiM(BackboneModel):
 
     def __init__(self, **values):
         super().__init__(**values)
+        self.channel_index: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None
+        self.inverse_covariance: torch.Tensor | None = None
+
+    def _choose_channels(self) -> torch.Tensor:
+        """The seeded random subset of d channels kept (sorted)."""
         total = sum(self.layer_channels())
         generator = torch.Generator().manual_seed(self.params["seed"])
         n_kept = min(self.params["n_features"], total)
-        self.channel_index = torch.randperm(total, generator=generator)[:n_kept].sort().values
-        self.mean: torch.Tensor | None = None
-        self.inverse_covariance: torch.Tensor | None = None
+        return torch.randperm(total, generator=generator)[:n_kept].sort().values
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, d, h, w] on the finest chosen layer's grid."""
@@ -55,6 +59,7 @@ class PaDiM(BackboneModel):
 
     def _fit_batches(self, batches: Callable[[], Iterator[torch.Tensor]], n_images: int,
                      progress: ProgressCallback) -> None:
+        self.channel_index = self._choose_channels()
         total, sums, outer_sums = 0, None, None
         for images in batches():
             embedding = self.embed(images)

@@ -6,7 +6,7 @@ minimum distances is kept, never an N×N matrix.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

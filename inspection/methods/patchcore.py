@@ -10,25 +10,25 @@ optionally re-weighted as in the paper.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from .base import Progress, ProgressCallback
-from .coreset import greedy_coreset, random_projection
-from .features import BackboneModel
-from .knn import nearest_neighbors
-from .modelfile import ModelFileError
-from .params import Param, params
-from .registry import register_method
-from .smoothing import gaussian_blur, upsample
+from ..errors import ModelFileError
+from ..model.backbone_model import BackboneModel
+from ..model.progress import Progress, ProgressCallback
+from ..ops.coreset import greedy_coreset, random_projection
+from ..ops.knn import nearest_neighbors
+from ..ops.smoothing import gaussian_blur, upsample
+from ..params import Param, params
 
 
-@register_method
 class PatchCore(BackboneModel):
     name = "patchcore"
     description = "Memory bank of pretrained patch features (coreset); score = distance to the nearest good patch."
+    feature_strides = (8, 16)
+    stage_labels = {**BackboneModel.stage_labels, "coreset": "Selecting the memory bank (coreset)"}
     method_params = params(
         Param("coreset_ratio", float, 0.01, "Share of all good patches kept in the memory bank (greedy k-center).",
               minimum=1e-5, maximum=1.0),
@@ -37,7 +37,7 @@ class PatchCore(BackboneModel):
         Param("embed_dim", int, 0, "Reduce each patch feature to this many channels by average pooling "
               "(0: keep all; the paper uses 1024 with Wide-ResNet50).", minimum=0, maximum=8192),
         Param("neighbourhood", int, 3, "Local aggregation: average each feature over its p×p neighbourhood (odd).",
-              minimum=1, maximum=9),
+              minimum=1, maximum=9, odd=True),
         Param("reweight", bool, False, "Re-weight the image score by how dense the bank is around the match "
               "(the paper's Eq. 7)."),
         Param("reweight_neighbors", int, 9, "Bank neighbours used by the re-weighting.", minimum=1, maximum=100),
@@ -47,8 +47,6 @@ class PatchCore(BackboneModel):
 
     def __init__(self, **values):
         super().__init__(**values)
-        if self.params["neighbourhood"] % 2 == 0:
-            raise ValueError(f"parameter 'neighbourhood' must be odd, got {self.params['neighbourhood']}")
         self.memory_bank: torch.Tensor | None = None
 
     @property

@@ -19,7 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from .data import GOOD
+from ..errors import DownloadError
+from .datasets import GOOD
 
 MVTEC_URL_ENV = "INSPECTION_MVTEC_URL"
 MVTEC_SUBFOLDER = "mvtec_ad"
@@ -49,10 +50,6 @@ MVTEC_CATEGORIES: tuple[str, ...] = tuple(MVTEC_URLS)
 
 #: (bytes done, bytes total or 0 when unknown, stage "download" | "extract")
 DownloadProgress = Callable[[int, int, str], None]
-
-
-class DownloadError(RuntimeError):
-    """A download failed (offline, server error, wrong archive); nothing was left behind."""
 
 
 def category_url(category: str, url: str | None = None) -> str:

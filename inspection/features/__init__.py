@@ -1,0 +1,1 @@
+"""Pretrained backbones: their layers by name and stride, their weights, and feature extraction."""

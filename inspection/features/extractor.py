@@ -1,0 +1,56 @@
+"""A backbone as a named multi-layer feature extractor: images in, {layer name: feature map} out."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .backbones import BackboneSpec, get_backbone_spec
+from .weights import ResolvedWeights, build_backbone
+
+
+class FeatureExtractor(nn.Module):
+    """Runs a backbone's trunk up to the deepest requested layer and returns {layer name: feature map}."""
+
+    def __init__(self, backbone: nn.Module, spec: BackboneSpec, layers: tuple[str, ...]):
+        super().__init__()
+        self.layers = spec.check_layers(tuple(layers))
+        stages = spec.trunk(backbone)
+        names = [name for name, _ in stages]
+        last = max(names.index(layer) for layer in self.layers)
+        # Stages past the deepest requested layer are dropped: they would cost time and memory for nothing.
+        self.stages = nn.ModuleDict(OrderedDict(
+            (name.replace(".", "_"), module) for name, module in stages[: last + 1]))
+        self._names = names[: last + 1]
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features: dict[str, torch.Tensor] = {}
+        output = images
+        for name, module in zip(self._names, self.stages.values()):
+            output = module(output)
+            if name in self.layers:
+                features[name] = output
+        return features
+
+
+def create_feature_extractor(name: str, layers: str | tuple[str, ...], weights: str | os.PathLike | None = None,
+                             seed: int = 0) -> tuple[FeatureExtractor, ResolvedWeights]:
+    """Build backbone `name` with its weights, wrapped to return the given layers (names or strides)."""
+    spec = get_backbone_spec(name)
+    model, resolved = build_backbone(name, weights, seed)
+    return FeatureExtractor(model, spec, spec.resolve_layers(layers)), resolved
+
+
+@functools.lru_cache(maxsize=4)
+def shared_feature_extractor(name: str, layers: tuple[str, ...], weights: str, seed: int,
+                             device: str) -> tuple[FeatureExtractor, ResolvedWeights]:
+    """One extractor per (backbone, layers, weights, device), shared by every model that asks for it."""
+    # Several models of one backbone (the app's compare page) share one extractor instead of one each.
+    extractor, resolved = create_feature_extractor(name, layers, weights or None, seed)
+    return extractor.to(device), resolved

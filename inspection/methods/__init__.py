@@ -1,0 +1,2 @@
+"""One module per method. The registry imports every module in this folder and lists each `AnomalyModel`
+subclass under the `name` literal of its class body: adding a method is adding a file here."""

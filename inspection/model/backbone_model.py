@@ -1,0 +1,94 @@
+"""The part every method on pretrained backbone features shares: backbone parameters, the extractor, and the
+weights it was fitted with (refused on load when other weights are found)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import ModelFileError
+from ..features.backbones import BACKBONES, DEFAULT_BACKBONE, get_backbone_spec
+from ..features.extractor import shared_feature_extractor
+from ..params import Param, ParamSet, params
+from .base import AnomalyModel
+from .header import BackboneRecord, ModelHeader
+
+
+def _check_layers(values: Mapping[str, Any]) -> None:
+    if values["layers"]:  # empty: the method's default strides (as files of version 0.1 store it)
+        get_backbone_spec(values["backbone"]).resolve_layers(values["layers"])
+
+
+class BackboneModel(AnomalyModel):
+    """An AnomalyModel that scores the intermediate features of a pretrained backbone."""
+
+    #: The strides of the feature maps the method uses by default, shallowest first: each backbone answers
+    #: with its deepest layer at that stride (e.g. 8, 16 → blocks.2, blocks.4 of EfficientNet-Lite0).
+    feature_strides: ClassVar[tuple[int, ...]] = (8, 16)
+    stage_labels: ClassVar[dict[str, str]] = {"features": "Extracting features of the good images"}
+
+    @classmethod
+    def param_set(cls) -> ParamSet:
+        default_layers = ",".join(str(stride) for stride in cls.feature_strides)
+        examples = "; ".join(f"{name}: {', '.join(spec.resolve_layers(default_layers))}"
+                             for name, spec in BACKBONES.items() if name in (DEFAULT_BACKBONE, "mobilenet_v2"))
+        backbone_params = params(
+            Param("backbone", str, DEFAULT_BACKBONE, "Pretrained network whose intermediate features are compared.",
+                  choices=tuple(BACKBONES), group="backbone"),
+            Param("weights", str, "", "Backbone weights: empty for the ImageNet weights found automatically, a "
+                  "file path, or 'random' (untrained; for tests of the mechanics only).", group="backbone"),
+            Param("layers", str, default_layers, "Feature layers, comma-separated: layer names, or strides (the "
+                  f"deepest layer at that stride). The default {default_layers} means {examples}.",
+                  group="backbone"),
+            rules=(_check_layers,))
+        return super().param_set() + backbone_params
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        # Files of version 0.1 stored "" for the default layers.
+        return get_backbone_spec(self.params["backbone"]).resolve_layers(
+            self.params["layers"] or ",".join(str(stride) for stride in self.feature_strides))
+
+    def layer_channels(self) -> list[int]:
+        spec = get_backbone_spec(self.params["backbone"])
+        return [spec.layers[layer].channels for layer in self.layers]
+
+    def layer_strides(self) -> list[int]:
+        spec = get_backbone_spec(self.params["backbone"])
+        return [spec.layers[layer].stride for layer in self.layers]
+
+    def default_normalization(self) -> str:
+        return get_backbone_spec(self.params["backbone"]).default_normalization
+
+    def _setup(self) -> None:
+        self.extractor, self.resolved_weights = shared_feature_extractor(
+            self.params["backbone"], self.layers, self.params["weights"], self.params["seed"], str(self.device))
+
+    def input_normalization(self) -> str:
+        # The normalisation belongs to the weights actually found (e.g. [-1, 1] for TF-Lite conversions).
+        return self.resolved_weights.normalization
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps of the chosen layers, shallowest first."""
+        by_name = self.extractor(images)
+        return [by_name[layer] for layer in self.layers]
+
+    def _backbone_record(self) -> BackboneRecord:
+        weights = self.resolved_weights
+        return BackboneRecord(self.params["backbone"], list(self.layers), weights.source, weights.normalization,
+                              weights.fingerprint)
+
+    def _check_header(self, header: ModelHeader) -> None:
+        saved = header.backbone
+        if saved is None or saved.name not in BACKBONES:
+            raise ModelFileError(f"the model was made with backbone {saved.name if saved else None!r}, unknown to "
+                                 "this version")
+        self._ensure_setup()
+        found = self.resolved_weights
+        if saved.weights_fingerprint != found.fingerprint:
+            raise ModelFileError(
+                f"the model was made with other {saved.name} weights ({saved.weights_fingerprint}, from "
+                f"{saved.weights_source}) than those found now ({found.fingerprint}, from {found.source}); its "
+                "scores would be meaningless. Point 'weights' at the original file or retrain.")

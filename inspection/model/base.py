@@ -1,0 +1,317 @@
+"""The interface every method shares: `AnomalyModel`.
+
+A method is a class with parameters set in ``__init__`` (declared once, validated, saved with the model),
+``fit(good_images)`` that learns from good images only, ``predict(images)`` that returns anomaly maps at
+the working resolution plus image scores, and ``save``/``load`` of one file. Subclasses implement four
+small hooks: ``_fit_batches``, ``_score``, ``_state`` and ``_load_state``.
+
+Calibration happens inside ``fit``: a seeded share of the good images is held out from learning and
+scored afterwards; the thresholds and the fixed score normalisation come from those held-out scores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..data.preprocess import INTENSITY_MODES, NORMALIZATIONS, RESIZE_MODES, Preprocessing
+from ..device import DEVICE_CHOICES, resolve_device
+from ..errors import ModelFileError, ParameterError
+from ..params import Param, ParamSet, params
+from .batching import item_name, iter_batches, split_holdout
+from .calibration import Calibration
+from .header import BackboneRecord, ModelHeader, ModelInfo
+from .modelfile import parse_header, read_model_file, resolve_model_path, write_model_file
+from .prediction import Prediction
+from .progress import Progress, ProgressCallback, no_progress
+
+
+def _check_resize_and_crop(values: Mapping[str, Any]) -> None:
+    if values["resize_mode"] == "center_crop" and values["resize"] < values["crop"]:
+        raise ParameterError(f"parameter 'resize' ({values['resize']}) must be at least 'crop' ({values['crop']}) "
+                             "in center_crop mode: the crop is cut out of the resized image")
+
+
+def _check_device_available(values: Mapping[str, Any]) -> None:
+    resolve_device(values["device"])
+
+
+COMMON_PARAMS = params(
+    Param("seed", int, 0, "Random seed: fixes the held-out split and every random choice of the method.",
+          minimum=0, group="calibration"),
+    Param("device", str, "auto", "Where to compute: 'auto' (GPU when there is one), 'cpu' or 'cuda'.",
+          choices=DEVICE_CHOICES, group="calibration"),
+    Param("resize_mode", str, "center_crop", "center_crop: resize the shorter side, cut the centre square; "
+          "full: resize the whole frame to a square (nothing cut off).", choices=RESIZE_MODES, group="preprocessing"),
+    Param("resize", int, 256, "Shorter side after resizing (center_crop mode).", minimum=16, maximum=4096,
+          group="preprocessing"),
+    Param("crop", int, 224, "Working resolution: side of the square the model sees.", minimum=16, maximum=4096,
+          group="preprocessing"),
+    Param("intensity", str, "none", "none: pixel values as they are; standardize: set each image's brightness "
+          "and contrast to fixed values (for lighting that drifts between captures).", choices=INTENSITY_MODES,
+          group="preprocessing"),
+    Param("holdout_fraction", float, 0.1, "Share of the good training images held out from fitting to "
+          "calibrate the thresholds.", minimum=0.0, maximum=0.5, group="calibration"),
+    Param("min_holdout", int, 10, "At least this many good images are held out (when there are enough).",
+          minimum=0, group="calibration"),
+    Param("image_fpr", float, 0.05, "Target false-positive rate of the image verdict on good images.",
+          minimum=1e-6, maximum=0.999999, group="calibration"),
+    Param("pixel_fpr", float, 0.05, "Target false-positive rate of the defect mask on good pixels.",
+          minimum=1e-6, maximum=0.999999, group="calibration"),
+    Param("batch_size", int, 16, "Images per forward pass.", minimum=1, maximum=1024, group="calibration"),
+    rules=(_check_resize_and_crop, _check_device_available),
+)
+
+
+class AnomalyModel(ABC):
+    """Base class of every method: parameters, fit/predict, calibration, one-file save/load."""
+
+    #: Registry name, as a literal in each method's class body: the registry finds methods by it.
+    name: ClassVar[str] = ""
+    #: One line on what the method learns and how it scores (shown in the CLI and the app).
+    description: ClassVar[str] = ""
+    #: The method's own parameters (the common ones are added by `param_set`).
+    method_params: ClassVar[ParamSet] = ParamSet()
+    #: Whether `predict` also returns reconstructed images, and why not when it does not.
+    has_reconstruction: ClassVar[bool] = False
+    no_reconstruction_reason: ClassVar[str] = "this method scores features; it does not reconstruct the image"
+    #: Whether fitting trains weights by gradient descent (then it runs with autograd on and reports a loss).
+    trains_by_gradient: ClassVar[bool] = False
+    #: Human-readable names of the progress stages this method's fitting reports.
+    stage_labels: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, **params: Any):
+        self.params: dict[str, Any] = self.param_set().resolve(params)
+        self.preprocessing = Preprocessing(self.params["resize_mode"], self.params["resize"], self.params["crop"],
+                                           self.default_normalization(), self.params["intensity"])
+        self.calibration: Calibration | None = None
+        self.info = ModelInfo()
+
+    # --- declarations ---------------------------------------------------------------------------------
+
+    @classmethod
+    def param_set(cls) -> ParamSet:
+        return COMMON_PARAMS + cls.method_params
+
+    def get_params(self) -> dict[str, Any]:
+        """The parameters, as resolved by the declarations (scikit-learn's contract)."""
+        return dict(self.params)
+
+    def __repr__(self) -> str:
+        defaults = self.param_set().defaults()
+        changed = ", ".join(f"{key}={value!r}" for key, value in self.params.items() if value != defaults[key])
+        return f"{type(self).__name__}({changed})"
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.params["device"])
+
+    @property
+    def fitted(self) -> bool:
+        """True once the learned state exists (after `fit` or `load`)."""
+        state = self._state()
+        return bool(state) and all(tensor is not None for tensor in state.values())
+
+    def default_normalization(self) -> str:
+        return "inception"
+
+    def input_normalization(self) -> str:
+        """The input normalisation fitting uses (known after `_setup`; backbone methods take their weights')."""
+        return self.default_normalization()
+
+    # --- hooks for subclasses ---------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        """Build what the method needs before fitting or scoring (e.g. the backbone). Called once."""
+
+    @abstractmethod
+    def _fit_batches(self, batches: Callable[[], Iterator[torch.Tensor]], n_images: int,
+                     progress: ProgressCallback) -> None:
+        """Learn from good images; `batches()` gives a fresh pass over them (normalised, on the device)."""
+
+    @abstractmethod
+    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps [B, H, W] at the working resolution and image scores [B], for a normalised batch."""
+
+    @abstractmethod
+    def _state(self) -> dict[str, torch.Tensor | None]:
+        """Learned tensors to save (None before fitting)."""
+
+    @abstractmethod
+    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore learned tensors (on self.device); ModelFileError when they do not fit the parameters."""
+
+    def _reconstruct(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Reconstructed images [B, 3, H, W] (normalised like the input), for methods that have one."""
+        return None
+
+    def _backbone_record(self) -> BackboneRecord | None:
+        """The backbone and weights the model was fitted with, for feature methods."""
+        return None
+
+    def _check_header(self, header: ModelHeader) -> None:
+        """Raise ModelFileError when a loaded header does not fit this environment (e.g. other weights)."""
+
+    # --- public interface -------------------------------------------------------------------------------
+
+    def fit(self, images: Sequence[Any], progress: ProgressCallback | None = None) -> AnomalyModel:
+        """Learn from good images (paths or RGB arrays); calibrate on a seeded held-out share of them."""
+        images = list(images)
+        if not images:
+            raise ValueError("no good images to fit on")
+        progress = progress or no_progress
+        started = time.perf_counter()
+        torch.manual_seed(self.params["seed"])
+        self._ensure_setup()
+        self.preprocessing = replace(self.preprocessing, normalization=self.input_normalization())
+        fit_index, holdout_index = split_holdout(len(images), self.params["holdout_fraction"],
+                                                 self.params["min_holdout"], self.params["seed"])
+        fit_images = [images[i] for i in fit_index]
+        if not fit_images:
+            raise ValueError("no images left to fit on after holding out the calibration images")
+        device = self.device
+
+        def batches() -> Iterator[torch.Tensor]:
+            for tensor, _ in iter_batches(fit_images, self.preprocessing, self.params["batch_size"]):
+                yield tensor.to(device)
+
+        with torch.enable_grad() if self.trains_by_gradient else torch.no_grad():
+            self._fit_batches(batches, len(fit_images), progress)
+        calibration_images = [images[i] for i in holdout_index] if len(holdout_index) else fit_images
+        progress(Progress("calibrate", 0, len(calibration_images)))
+        prediction = self.predict(calibration_images)
+        self.calibration = Calibration.from_good(
+            prediction.raw_scores, prediction.raw_maps, self.params["image_fpr"], self.params["pixel_fpr"],
+            [item_name(item) for item in calibration_images])
+        progress(Progress("calibrate", len(calibration_images), len(calibration_images)))
+        self.info.update(
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            n_fit_images=len(fit_images),
+            n_heldout_images=int(len(holdout_index)),
+            calibrated_on="held-out good images" if len(holdout_index) else
+                          "the fitting images (no held-out images: thresholds are optimistic)",
+            fit_seconds=round(time.perf_counter() - started, 3))
+        return self
+
+    def predict(self, images: Sequence[Any], batch_size: int | None = None,
+                progress: ProgressCallback | None = None) -> Prediction:
+        """Anomaly maps (working resolution) and image scores for paths or RGB arrays."""
+        self._require_fitted()
+        images = list(images)
+        maps, scores, geometries, reconstructions = [], [], [], []
+        done = 0
+        for tensor, batch_geometries in iter_batches(images, self.preprocessing,
+                                                     batch_size or self.params["batch_size"]):
+            batch_maps, batch_scores, batch_reconstruction = self.predict_tensor(tensor)
+            maps.append(batch_maps)
+            scores.append(batch_scores)
+            geometries.extend(batch_geometries)
+            if batch_reconstruction is not None:
+                reconstructions.append(batch_reconstruction)
+            done += len(batch_geometries)
+            if progress is not None:
+                progress(Progress("predict", done, len(images)))
+        height, width = self.preprocessing.size
+        return Prediction(
+            np.concatenate(maps) if maps else np.zeros((0, height, width), np.float32),
+            np.concatenate(scores) if scores else np.zeros(0),
+            geometries, self.calibration,
+            np.concatenate(reconstructions) if reconstructions else None)
+
+    @torch.no_grad()
+    def predict_tensor(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Score an already normalised batch: (maps [B,H,W] float32, scores [B], reconstructions or None)."""
+        self._require_fitted()
+        images = images.to(self.device)
+        maps, scores = self._score(images)
+        reconstruction = self._reconstruct(images) if self.has_reconstruction else None
+        if reconstruction is not None:
+            reconstruction = self._denormalize(reconstruction)
+        return (maps.float().cpu().numpy(), scores.double().cpu().numpy(), reconstruction)
+
+    def _denormalize(self, images: torch.Tensor) -> np.ndarray:
+        mean, std = NORMALIZATIONS[self.preprocessing.normalization]
+        mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+        rgb = (images * std_t + mean_t).clamp(0, 1).mul(255).round().byte()
+        return rgb.permute(0, 2, 3, 1).cpu().numpy()
+
+    # --- thresholds -------------------------------------------------------------------------------------
+
+    def set_thresholds(self, image_threshold: float | None = None, pixel_threshold: float | None = None) -> None:
+        """Replace the saved thresholds (raw units); the score normalisation stays fixed."""
+        calibration = self._require_calibrated()
+        for name, value in (("image threshold", image_threshold), ("pixel threshold", pixel_threshold)):
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if image_threshold is not None:
+            calibration.image_threshold = float(image_threshold)
+        if pixel_threshold is not None:
+            calibration.pixel_threshold = float(pixel_threshold)
+
+    # --- persistence ------------------------------------------------------------------------------------
+
+    def header(self) -> ModelHeader:
+        """The model's file header: settings, preprocessing, seed, calibration, metadata, backbone."""
+        return ModelHeader(method=self.name, params=dict(self.params), preprocessing=self.preprocessing,
+                           seed=self.params["seed"], package_version=__version__, calibration=self.calibration,
+                           info=self.info, backbone=self._backbone_record())
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one file: learned tensors + settings, preprocessing, seed, calibration and metadata."""
+        self._require_fitted()
+        return write_model_file(path, self._state(), self.header().to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | None = None) -> AnomalyModel:
+        """Load a model of this method saved by `save` (any method: `inspection.registry.load_model`)."""
+        path = resolve_model_path(path)
+        tensors, stored = read_model_file(path)
+        header = parse_header(path, stored)
+        if header.method != cls.name:
+            raise ModelFileError(f"{path.name} holds a {header.method!r} model, not {cls.name or 'a method'}: "
+                                 "load it with inspection.registry.load_model")
+        values = dict(header.params)
+        if device is not None:
+            values["device"] = device
+        elif values.get("device") not in ("auto", "cpu"):
+            values["device"] = "auto"  # a model trained on a GPU still loads on a machine without one
+        try:
+            model = cls(**values)
+        except ParameterError as error:
+            raise ModelFileError(f"{path.name}: its settings are not valid here: {error}") from None
+        model.preprocessing = header.preprocessing
+        model._check_header(header)
+        model._ensure_setup()
+        device_now = model.device
+        model._load_state({name: tensor.to(device_now) for name, tensor in tensors.items()})
+        model.calibration = header.calibration
+        model.info = header.info
+        return model
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    def _ensure_setup(self) -> None:
+        if not getattr(self, "_is_set_up", False):
+            self._setup()
+            self._is_set_up = True
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise RuntimeError(f"the {self.name} model is not fitted yet: call fit(good_images) first")
+
+    def _require_calibrated(self) -> Calibration:
+        if self.calibration is None:
+            raise ValueError("the model has no calibration: fit it first")
+        return self.calibration

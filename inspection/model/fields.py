@@ -1,0 +1,64 @@
+"""Reading typed values out of a model file's JSON header: each wrong field is one error that names it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ModelFileError
+
+
+def require_mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ModelFileError(f"field {where!r} must be an object, got {type(value).__name__}")
+    return dict(value)
+
+
+def require_keys(values: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
+    missing = [key for key in keys if key not in values]
+    if missing:
+        raise ModelFileError(f"field {where!r} lacks {', '.join(repr(key) for key in missing)}")
+
+
+def require_no_other_keys(values: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(values) - set(keys))
+    if unknown:
+        raise ModelFileError(f"field {where!r} has unknown entries {unknown}")
+
+
+def require_number(value: Any, where: str, *, minimum: float | None = None, allow_none: bool = False,
+                   integer: bool = False) -> Any:
+    """A finite number (an int when `integer`), at least `minimum`; None only when `allow_none`."""
+    if value is None and allow_none:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        expected = "an integer" if integer else "a number"
+        raise ModelFileError(f"field {where!r} must be {expected}, got {value!r}")
+    if not math.isfinite(value):
+        raise ModelFileError(f"field {where!r} must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ModelFileError(f"field {where!r} must be >= {minimum}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def require_numbers(value: Any, where: str) -> list[float]:
+    """A list of finite numbers."""
+    if not isinstance(value, list):
+        raise ModelFileError(f"field {where!r} must be a list of numbers, got {type(value).__name__}")
+    return [require_number(item, f"{where}[{index}]") for index, item in enumerate(value)]
+
+
+def require_text(value: Any, where: str, *, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str):
+        raise ModelFileError(f"field {where!r} must be text, got {value!r}")
+    return value
+
+
+def require_texts(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list):
+        raise ModelFileError(f"field {where!r} must be a list of texts, got {type(value).__name__}")
+    return [require_text(item, f"{where}[{index}]") for index, item in enumerate(value)]

@@ -1,0 +1,66 @@
+"""A prediction: raw anomaly maps and image scores of a batch, with what is needed to normalise and show them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.preprocess import Geometry, map_to_original
+from ..scores.regions import Region, find_regions
+from .calibration import Calibration
+
+
+@dataclass
+class Prediction:
+    """Raw maps and scores of a batch of images, with what is needed to normalise and display them."""
+
+    raw_maps: np.ndarray  # [N, H, W] float32 at the working resolution
+    raw_scores: np.ndarray  # [N]
+    geometries: list[Geometry]
+    calibration: Calibration | None
+    reconstructions: np.ndarray | None = None  # [N, H, W, 3] uint8, for methods that reconstruct
+
+    @property
+    def anomaly_maps(self) -> np.ndarray:
+        """Maps on the model's fixed scale (pixel threshold at 0.5 after calibration); raw when uncalibrated."""
+        if self.calibration is None:
+            return self.raw_maps
+        return self.calibration.pixel_scale.normalize(self.raw_maps).astype(np.float32)
+
+    @property
+    def image_scores(self) -> np.ndarray:
+        """Scores on the model's fixed scale (saved image threshold at 0.5); raw when uncalibrated."""
+        if self.calibration is None:
+            return self.raw_scores
+        return np.asarray(self.calibration.image_scale.normalize(self.raw_scores), dtype=np.float64)
+
+    @property
+    def verdicts(self) -> np.ndarray:
+        """True where an image is a defect at the saved image threshold."""
+        if self.calibration is None:
+            raise ValueError("the model is not calibrated: fit it first")
+        return self.raw_scores > self.calibration.image_threshold
+
+    def defect_masks(self, pixel_threshold: float | None = None) -> np.ndarray:
+        """Binary masks (raw map > pixel threshold; the saved one by default)."""
+        if pixel_threshold is None:
+            if self.calibration is None:
+                raise ValueError("the model is not calibrated: give a threshold")
+            pixel_threshold = self.calibration.pixel_threshold
+        return self.raw_maps > pixel_threshold
+
+    def regions(self, index: int, pixel_threshold: float | None = None, min_area: int = 16) -> list[Region]:
+        """Defect regions of image `index` (boxes in working-resolution pixels, normalised scores)."""
+        if self.calibration is None and pixel_threshold is None:
+            raise ValueError("the model is not calibrated: give a threshold")
+        raw_threshold = self.calibration.pixel_threshold if pixel_threshold is None else pixel_threshold
+        if self.calibration is None:
+            return find_regions(self.raw_maps[index], raw_threshold, min_area=min_area)
+        scale = self.calibration.pixel_scale
+        return find_regions(scale.normalize(self.raw_maps[index]), float(scale.normalize(raw_threshold)),
+                            min_area=min_area)
+
+    def map_on_original(self, index: int) -> np.ndarray:
+        """The normalised map of image `index` placed on its original pixel grid (NaN = not inspected)."""
+        return map_to_original(self.anomaly_maps[index], self.geometries[index])

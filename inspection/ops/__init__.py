@@ -1,0 +1,1 @@
+"""Tensor building blocks shared by methods: chunked nearest neighbours, coreset selection, smoothing."""

@@ -1,0 +1,1 @@
+"""What is computed from scores and maps alone (NumPy): metrics, thresholds, defect regions."""

@@ -1,0 +1,78 @@
+"""What the app keeps between reruns: loaded models, forward passes, decoded images, dataset listings.
+
+Every cache key includes the file's modification time, so a rewritten model or image is never served stale.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from inspection.data.datasets import Dataset
+from inspection.data.demo import demo_dataset
+from inspection.data.images import load_image
+from inspection.model.base import AnomalyModel
+from inspection.model.prediction import Prediction
+from inspection.registry import load_model
+
+from .browse import thumbnail
+from .library import ModelEntry
+from .sources import DataSource, open_source
+
+
+def file_key(path: Path) -> str:
+    """The cache key of an image file: its path and version."""
+    return f"{path}:{path.stat().st_mtime}"
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=6)
+def cached_model(path: str, modified: float) -> AnomalyModel:
+    """A loaded model; `modified` (the file's mtime) makes a rewritten file load afresh."""
+    return load_model(path)
+
+
+@st.cache_resource(show_spinner=False, max_entries=128)
+def cached_prediction(path: str, modified: float, image_key: str, _image: np.ndarray) -> Prediction:
+    """One forward pass per (model file version, image): sliders and reruns reuse it."""
+    return cached_model(path, modified).predict([_image])
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def cached_thumbnail(path: str, modified: float, size: int = 160) -> np.ndarray:
+    """A dataset thumbnail, decoded once per file version."""
+    return thumbnail(path, size)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def cached_image(path: str, modified: float) -> np.ndarray:
+    """A decoded dataset image (the few recently shown ones stay in memory)."""
+    return load_image(path)
+
+
+@st.cache_resource(show_spinner="Listing the dataset…", ttl=30, max_entries=8)
+def cached_dataset(kind: str, root: str, category: str | None) -> Dataset:
+    """A dataset listing (directory entries only), refreshed every 30 s so that new files show up."""
+    return open_source(DataSource(kind, root, category))
+
+
+@st.cache_resource(show_spinner="Generating the demo dataset (first start only)…")
+def cached_demo_root() -> str:
+    """The demo dataset's folder, generated on the first start."""
+    return str(demo_dataset())
+
+
+def load_path_image(path: Path) -> np.ndarray:
+    """A dataset image file as RGB, cached per file version."""
+    return cached_image(str(path), path.stat().st_mtime)
+
+
+def predict_image(entry: ModelEntry, image: np.ndarray, image_key: str) -> Prediction:
+    """The model's prediction for one image, computed once per (model file version, image key)."""
+    return cached_prediction(str(entry.path), entry.modified, image_key, image)
+
+
+def model_of(entry: ModelEntry) -> AnomalyModel:
+    """The loaded model of a models-folder entry (cached)."""
+    return cached_model(str(entry.path), entry.modified)

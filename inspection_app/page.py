@@ -1,0 +1,98 @@
+"""The frame of every page: title and caption, the compute device, errors as messages (never a traceback),
+the shared colour bar, and widgets whose value survives page switches."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import streamlit as st
+
+from inspection.device import describe_device, resolve_device
+from inspection.errors import friendly_error, is_user_error
+
+from .charts import colorbar_figure
+
+APP_NAME = "Visual inspection"
+
+
+def page_setup(title: str, caption: str) -> None:
+    """Page config, title, a caption saying what the page is for, and the device in the sidebar."""
+    st.set_page_config(page_title=f"{title} · {APP_NAME}", page_icon="🔍", layout="wide")
+    st.title(title)
+    st.caption(caption)
+    device = resolve_device("auto")
+    note = "" if device.type == "cuda" else " · no GPU found, computing on the CPU"
+    st.sidebar.caption(f"Compute: **{describe_device(device)}**{note}")
+
+
+def show_error(error: BaseException) -> None:
+    """A friendly message in the page; the traceback only for program errors, folded away."""
+    st.error(friendly_error(error), icon=":material/warning:")
+    if not is_user_error(error):
+        with st.expander("Details for a bug report"):
+            st.code("".join(traceback.format_exception(error)))
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show any error of the block as a message in the page instead of a traceback (the page goes on)."""
+    # st.rerun/st.stop raise BaseException subclasses: they pass through untouched.
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - every error becomes a message, none a crash
+        show_error(error)
+
+
+def colorbar(key: str = "colorbar") -> None:
+    """The shared colour scale of every heatmap."""
+    st.plotly_chart(colorbar_figure(), config={"displayModeBar": False}, key=key)
+    st.caption("Heatmap colours: one fixed scale per model — 0 is a calm good surface, 0.5 the model's pixel "
+               "threshold, 1 and above far above it. Grey hatching: outside the inspected crop.")
+
+
+# ------------------------------------------------------------------------------------------ kept widgets
+
+
+def _kept(key: str, default: Any, allowed: Sequence[Any] | None = None) -> None:
+    """Prepare a widget's state so it survives page switches (Streamlit drops state of unrendered widgets)."""
+    store = f"_kept_{key}"
+    value = st.session_state.get(key, st.session_state.get(store, default))
+    if allowed is not None and value not in allowed:
+        value = default
+    st.session_state[key] = value
+
+
+def _keep(key: str) -> None:
+    """Remember a widget's value outside the widget's own state (which a page switch clears)."""
+    st.session_state[f"_kept_{key}"] = st.session_state.get(key)
+
+
+def kept_selectbox(container: Any, label: str, options: Sequence[Any], key: str, default: Any = None,
+                   **kwargs: Any) -> Any:
+    """st.selectbox whose choice survives page switches (and falls back to `default` when no longer offered)."""
+    options = list(options)
+    _kept(key, default if default in options else (options[0] if options else None), options)
+    value = container.selectbox(label, options, key=key, **kwargs)
+    _keep(key)
+    return value
+
+
+def kept_radio(container: Any, label: str, options: Sequence[Any], key: str, default: Any = None,
+               **kwargs: Any) -> Any:
+    """st.radio whose choice survives page switches."""
+    options = list(options)
+    _kept(key, default if default in options else options[0], options)
+    value = container.radio(label, options, key=key, **kwargs)
+    _keep(key)
+    return value
+
+
+def kept_text_input(container: Any, label: str, key: str, default: str = "", **kwargs: Any) -> str:
+    """st.text_input whose text survives page switches."""
+    _kept(key, default)
+    value = container.text_input(label, key=key, **kwargs)
+    _keep(key)
+    return value

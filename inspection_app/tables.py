@@ -1,0 +1,36 @@
+"""Table rows of the app: models' recorded metrics and metrics measured now, with the same columns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from inspection.evaluate import round_metrics
+
+
+def metric_cells(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline metric columns of a table row (None where a metric was not measured)."""
+    numbers = {key: float(value) for key, value in metrics.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    rounded = round_metrics(numbers, 3)
+    speed = numbers.get("predict_ms_per_image")
+    return {"image AUROC": rounded.get("image_auroc"), "pixel AUROC": rounded.get("pixel_auroc"),
+            "AUPRO": rounded.get("aupro"), "ms / image": None if speed is None else round(speed, 1)}
+
+
+def metric_rows(entries: Sequence[Any]) -> list[dict[str, Any]]:
+    """One row per model (ModelEntry): metrics and speed as recorded at training."""
+    rows = []
+    for entry in entries:
+        row = entry.row()
+        row.pop("file", None)
+        row["device"] = entry.metrics.get("device", "—")
+        row["test images"] = entry.metrics.get("n_test")
+        rows.append(row)
+    return rows
+
+
+def evaluation_row(name: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A row of metrics measured now (same keys as metric_rows' metric columns)."""
+    return {"name": name, **metric_cells(metrics), "device": metrics.get("device", "—"),
+            "test images": metrics.get("n_test")}

@@ -1,0 +1,155 @@
+"""What the Threshold page shows of one model at one level (image verdict or pixel mask), computed without
+Streamlit: the slider's range on the model's scale, the rates at a threshold, histograms, the ROC curve."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from inspection.model.calibration import Calibration
+from inspection.model.header import ModelHeader
+from inspection.operating import (
+    OperatingPoint,
+    PixelSummary,
+    ScoreTable,
+    image_operating_point,
+    image_roc,
+    image_threshold_for_fpr,
+    pixel_operating_point,
+    pixel_roc,
+    pixel_summary,
+    pixel_threshold_for_fpr,
+    recorded_test_scores,
+)
+from inspection.scores.metrics import image_auroc
+from inspection.scores.thresholds import ScoreScale
+
+LEVELS = ("image", "pixel")
+
+
+def confusion_rows(point: OperatingPoint, counts: bool = True) -> list[dict[str, Any]]:
+    """A 2×2 confusion matrix as table rows (actual × predicted)."""
+    matrix = point.confusion
+    if not matrix:
+        return []
+
+    def shown(value: float) -> Any:
+        return int(round(value)) if counts else f"{value:.2%}"
+
+    return [{"actual": "defect", "predicted defect": shown(matrix["tp"]), "predicted good": shown(matrix["fn"])},
+            {"actual": "good", "predicted defect": shown(matrix["fp"]), "predicted good": shown(matrix["tn"])}]
+
+
+def slider_bounds(values: Iterable[float], threshold: float) -> tuple[float, float]:
+    """A slider range (normalised units) covering the scores and the threshold, with a margin."""
+    finite = np.asarray([value for value in values if math.isfinite(value)] + [threshold, 0.0, 1.0], np.float64)
+    low, high = float(finite.min()), float(finite.max())
+    margin = 0.05 * (high - low or 1.0)
+    return round(low - margin, 3), round(high + margin, 3)
+
+
+def format_rate(value: float) -> str:
+    """A rate as a percentage; '—' when it is undefined (NaN)."""
+    return "—" if value is None or not math.isfinite(value) else f"{value:.1%}"
+
+
+@dataclass
+class ThresholdLevel:
+    """One model at one level: its calibration, scale, saved threshold and recorded test scores."""
+
+    level: str  # "image" | "pixel"
+    calibration: Calibration
+    table: ScoreTable
+    summary: PixelSummary
+    recorded_pixel_auroc: float | None = None
+
+    @property
+    def image_level(self) -> bool:
+        return self.level == "image"
+
+    @property
+    def scale(self) -> ScoreScale:
+        return self.calibration.image_scale if self.image_level else self.calibration.pixel_scale
+
+    @property
+    def saved_raw(self) -> float:
+        return self.calibration.image_threshold if self.image_level else self.calibration.pixel_threshold
+
+    @property
+    def saved_normalised(self) -> float:
+        return float(self.scale.normalize(self.saved_raw))
+
+    @property
+    def saved_target_fpr(self) -> float:
+        return float(self.calibration.image_fpr if self.image_level else self.calibration.pixel_fpr)
+
+    @property
+    def has_test(self) -> bool:
+        """Whether the test split had both kinds (images; or good and defect pixels) when it was evaluated."""
+        return self.table.has_both_classes if self.image_level else self.summary.available
+
+    def slider_range(self) -> tuple[float, float]:
+        """The slider's bounds on the model's scale: every recorded score and the saved threshold."""
+        if self.image_level:
+            values = list(self.scale.normalize(self.table.scores)) + list(
+                self.scale.normalize(self.calibration.heldout_scores))
+        else:
+            values = list(self.scale.normalize(self.summary.good[::10])) + list(
+                self.scale.normalize(self.summary.defect[::10]))
+        return slider_bounds(values, self.saved_normalised)
+
+    def raw(self, normalised: float) -> float:
+        return float(self.scale.denormalize(normalised))
+
+    def point(self, raw_threshold: float) -> OperatingPoint:
+        """Rates on the test split (and the held-out good images) at a raw threshold."""
+        if self.image_level:
+            return image_operating_point(self.table, self.calibration, raw_threshold)
+        return pixel_operating_point(self.summary, self.calibration, raw_threshold)
+
+    def threshold_for_fpr(self, target_fpr: float) -> float:
+        """The raw threshold meeting a target FPR on the held-out good images (or pixels)."""
+        if self.image_level:
+            return image_threshold_for_fpr(self.calibration, target_fpr)
+        return pixel_threshold_for_fpr(self.calibration, target_fpr)
+
+    def histogram(self) -> dict[str, Any]:
+        """Good and defect values on the model's scale, a title, and whether they are quantiles (pixels)."""
+        scale = self.scale
+        if self.image_level:
+            good = self.table.good if self.table.scores.size else np.asarray(self.calibration.heldout_scores)
+            return {"good": scale.normalize(good), "defect": scale.normalize(self.table.defect),
+                    "title": "Image scores of the test split" if self.table.scores.size
+                    else "Image scores of held-out good images", "weights_are_quantiles": False}
+        good = self.summary.good if self.summary.good.size else np.asarray(self.calibration.heldout_pixel_quantiles)
+        return {"good": scale.normalize(good), "defect": scale.normalize(self.summary.defect),
+                "title": "Pixel scores of the test split", "weights_are_quantiles": True}
+
+    def roc(self) -> tuple[dict[str, np.ndarray], float | None]:
+        """The test split's ROC curve and its AUROC."""
+        if self.image_level:
+            return image_roc(self.table), image_auroc(self.table.scores, self.table.labels)
+        return pixel_roc(self.summary), self.recorded_pixel_auroc
+
+    @property
+    def counts_known(self) -> bool:
+        """Whether the confusion matrix holds counts (images, or pixels with recorded counts) or shares."""
+        return self.image_level or bool(self.summary.counts)
+
+    def is_saved(self, raw_threshold: float) -> bool:
+        return math.isclose(raw_threshold, self.saved_raw, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def threshold_level(header: ModelHeader, level: str) -> ThresholdLevel:
+    """The Threshold page's view of a model file's header at one level."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if header.calibration is None:
+        raise ValueError("the model has no calibration (thresholds): retrain it")
+    pixel_auroc = header.info.metrics.get("pixel_auroc")
+    return ThresholdLevel(level, header.calibration, recorded_test_scores(header.info), pixel_summary(header.info),
+                          float(pixel_auroc) if isinstance(pixel_auroc, (int, float)) else None)

@@ -1,0 +1,88 @@
+"""Starting trainings from a page and following them: the default model, the refusal when one runs, progress."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from inspection.registry import get_method
+
+from .caches import cached_demo_root
+from .charts import loss_figure
+from .jobs import MANAGER, TrainingRequest
+from .library import models_dir, unique_model_path
+from .page import show_error
+from .sidebar import select_model
+
+DEFAULT_METHOD = "patchcore"
+
+
+def default_training_request(name: str = "surface patchcore (default)") -> TrainingRequest:
+    """PatchCore with EfficientNet-Lite0 on the built-in demo dataset, every setting at its default."""
+    params = get_method(DEFAULT_METHOD).param_set().defaults()
+    return TrainingRequest(DEFAULT_METHOD, params, cached_demo_root(), None,
+                           str(unique_model_path(models_dir(), name)), name)
+
+
+def start_training(request: TrainingRequest) -> str | None:
+    """Start a training in the background worker; shows the refusal when one is already running."""
+    try:
+        job_id = MANAGER.start(request)
+    except Exception as error:  # noqa: BLE001 - TrainingBusyError, an unwritable folder, …
+        show_error(error)
+        return None
+    st.session_state["job_id"] = job_id
+    return job_id
+
+
+def _monitor_body() -> None:
+    """Progress of the session's job, another session's running job, or how the session's last job ended."""
+    job_id = st.session_state.get("job_id")
+    state = MANAGER.state(job_id) if job_id else None
+    active = MANAGER.active()
+    if active is not None and (state is None or active.job_id != state.job_id):
+        st.info(f"A training started in another browser session is running: "
+                f"{active.request.display_name} — {active.describe()}")
+        st.progress(active.fraction, text=active.describe())
+    if state is None:
+        return
+    if state.active:
+        st.progress(state.fraction, text=state.describe())
+        if state.losses:
+            st.plotly_chart(loss_figure(state.losses), key="loss-live")
+        if st.button("Stop training", key="stop_training"):
+            MANAGER.cancel(state.job_id)
+        return
+    if st.session_state.get("job_seen") != state.job_id:
+        st.session_state["job_seen"] = state.job_id
+        if state.status == "done":
+            select_model(state.result_path)
+        st.rerun(scope="app")  # refresh the model lists and pickers of the whole page
+    if state.status == "done":
+        st.success(f"Trained **{state.request.display_name}** in {state.elapsed:.0f} s → "
+                   f"`{Path(state.result_path).name}`", icon=":material/check_circle:")
+    elif state.status == "cancelled":
+        st.warning(f"Training {state.request.display_name!r} was stopped; nothing was saved.")
+    else:
+        st.error(f"Training {state.request.display_name!r} failed: {state.error}", icon=":material/warning:")
+
+
+# Polls every second, but only while there is something to watch (an idle page does not rerun by itself).
+_polling_monitor = st.fragment(run_every=1.0)(_monitor_body)
+
+
+def training_monitor() -> None:
+    """Progress of this session's training (or of one started elsewhere), live while one runs."""
+    job_id = st.session_state.get("job_id")
+    state = MANAGER.state(job_id) if job_id else None
+    unseen = state is not None and st.session_state.get("job_seen") != state.job_id
+    if MANAGER.active() is not None or unseen:
+        _polling_monitor()
+    else:
+        _monitor_body()
+
+
+def wait_note() -> None:
+    """The caption under a training form."""
+    st.caption("Training runs in the background: you may switch pages; its progress stays here.")
