@@ -31,7 +31,7 @@ if not entries:
 training.training_monitor()
 
 origin = page.kept_radio(st, "Images", ["upload", "dataset"], "home_origin", horizontal=True,
-                       format_func={"upload": "Upload", "dataset": "Pick from the dataset"}.get)
+                         format_func={"upload": "Upload", "dataset": "Pick from the dataset"}.get)
 images: list[tuple[str, str, object]] = []  # (name, cache key, RGB array)
 if origin == "upload":
     uploads = st.file_uploader(f"Images to inspect ({', '.join(UPLOAD_TYPES)}; up to {max_upload_mb()} MB each)",

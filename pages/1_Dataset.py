@@ -43,7 +43,7 @@ per_page = page.kept_selectbox(filters[2], "Per page", [12, 24, 48, 96], "datase
 samples = filter_samples(dataset, split, defect_type)
 pages = page_count(len(samples), per_page)
 page_number = filters[3].number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1,
-                               key=f"dataset_page-{split}-{defect_type}-{per_page}")
+                                      key=f"dataset_page-{split}-{defect_type}-{per_page}")
 st.caption(f"{len(samples)} images; page {page_number} of {pages}. Click **Enlarge** under a thumbnail to enlarge it.")
 
 selected = st.session_state.get("dataset_selected")

@@ -48,9 +48,9 @@ st.subheader("New model")
 training.training_monitor()
 registered = methods()
 method = page.kept_selectbox(st, "Method", list(registered), "train_method", default=training.DEFAULT_METHOD,
-                           format_func=lambda name: f"{name} — {registered[name].description}",
-                           help="Every registered method appears here; its parameters below come from its "
-                                "declarations.")
+                             format_func=lambda name: f"{name} — {registered[name].description}",
+                             help="Every registered method appears here; its parameters below come from its "
+                                  "declarations.")
 method_cls = registered[method]
 if dataset is None:
     st.info("Choose a dataset in the sidebar first.")

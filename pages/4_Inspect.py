@@ -18,7 +18,7 @@ dataset = sidebar.data_source_picker()
 entry = sidebar.require_model()
 
 origin = page.kept_radio(st, "Image", ["dataset", "upload"], "inspect_origin", horizontal=True,
-                       format_func={"dataset": "From the dataset", "upload": "Upload"}.get)
+                         format_func={"dataset": "From the dataset", "upload": "Upload"}.get)
 image = name = image_key = None
 sample = None
 if origin == "upload":
