@@ -11,13 +11,17 @@ import json
 import multiprocessing
 import platform
 import resource
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
 
 from . import __version__
@@ -52,15 +56,16 @@ def _find_root(data_roots: Sequence[str], category: str) -> str:
     raise ParameterError(f"category {category!r} not found under {list(data_roots)}")
 
 
-def bench_one(method: str, data_root: str, category: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Fit, evaluate and measure one method on one category (in the current process)."""
+def bench_one(method: str, data_root: str, category: str, params: dict[str, Any],
+              save_to: str | None = None) -> dict[str, Any]:
+    """Fit, evaluate and measure one method on one category (in the current process); save it when asked."""
     from .pipeline import train
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    result = train(method, params, data_root, category)
+    result = train(method, params, data_root, category, save_to)
     model = result.model
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    peak_mib = peak_rss_mib()
     row = {"method": method, "category": category, "backbone": model.params.get("backbone", "-"),
            "params": model.params, "preprocessing": model.preprocessing.to_dict(),
            "fit_seconds": round(model.info.fit_seconds, 2), "peak_memory_mib": round(peak_mib, 1),
@@ -71,39 +76,103 @@ def bench_one(method: str, data_root: str, category: str, params: dict[str, Any]
     return row
 
 
-def bench_in_fresh_process(method: str, data_root: str, category: str, params: dict[str, Any]) -> dict[str, Any]:
-    """`bench_one` in a new process of its own (errors come back as raised in it)."""
+def peak_rss_mib() -> float:
+    """The peak resident memory of this process so far, in MiB.
+
+    Linux's VmHWM, not getrusage's ru_maxrss: a process started by fork + exec inherits its parent's ru_maxrss,
+    which would count the bench's own memory in every run.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; elsewhere a best effort
+
+
+def in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` in a new process of its own (errors come back as raised in it)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(bench_one, method, data_root, category, params).result()
+        return pool.submit(function, *args).result()
+
+
+def predict_peak_rss(model_path: str, image_path: str, out: str) -> float:
+    """Peak resident memory (MiB) of this process after scoring one image file the way `predict` does."""
+    from .batch import score_files
+    from .registry import load_model
+
+    summary = score_files(load_model(model_path), [(Path(image_path), image_path)], Path(out), batch_size=1)
+    if summary.scored != 1:
+        raise RuntimeError(f"predict of {image_path} failed (see {summary.csv_path})")
+    return peak_rss_mib()
+
+
+def write_test_image(path: Path, side: int) -> Path:
+    """A side×side grayscale PNG of smooth stripes (a stand-in for a line camera's frame)."""
+    rows, columns = np.ogrid[0:side, 0:side]
+    cv2.imwrite(str(path), (np.sin(columns / 50.0) * 60 + np.cos(rows / 70.0) * 60 + 128).astype(np.uint8))
+    return path
+
+
+def large_image_memory(model_path: Path, side: int, scratch: Path) -> dict[str, Any]:
+    """Peak RSS of `predict` on one side×side grayscale PNG, and on a small one for comparison (fresh processes)."""
+    large, small = write_test_image(scratch / f"gray_{side}.png", side), write_test_image(scratch / "gray_256.png", 256)
+    return {"side": side, "megapixels": round(side * side / 1e6, 1),
+            "peak_rss_mib": round(in_fresh_process(predict_peak_rss, str(model_path), str(large),
+                                                   str(scratch / "out-large")), 1),
+            "peak_rss_small_mib": round(in_fresh_process(predict_peak_rss, str(model_path), str(small),
+                                                         str(scratch / "out-small")), 1)}
 
 
 def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Sequence[str], out: Path,
-              settings: Sequence[str] = (), device: str | None = None, quiet: bool = False) -> list[dict[str, Any]]:
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
+              settings: Sequence[str] = (), device: str | None = None, quiet: bool = False,
+              large_image: int | None = None) -> list[dict[str, Any]]:
+    """Every method on every category, each in a fresh process; with `large_image`, also the peak memory of
+    scoring one large_image×large_image grayscale PNG with the first of those models."""
+    from .registry import get_method
+
+    # Every run's settings and data are checked before the first run starts, or anything is written.
+    runs = []
     for category in categories:
         root = _find_root(data_roots, category)
         for method in methods:
-            params = parse_settings(settings, category)
-            if device:
-                params["device"] = device
-            if not quiet:
-                print(f"bench: {method} on {category} …", file=sys.stderr, flush=True)
-            results.append(bench_in_fresh_process(method, root, category, params))
-            if not quiet:
-                row = results[-1]
-                print(f"  image {row['image_auroc']:.4f} pixel {row['pixel_auroc']:.4f} aupro {row['aupro']:.4f} "
-                      f"fit {row['fit_seconds']:.1f}s predict {row['predict_ms_per_image']:.1f}ms "
-                      f"peak {row['peak_memory_mib']:.0f}MiB", file=sys.stderr, flush=True)
+            params = {**parse_settings(settings, category), **({"device": device} if device else {})}
+            get_method(method).param_set().resolve(params)
+            runs.append((method, root, category, params))
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-"))
+    first_model = scratch / "first.safetensors"
+    results = []
+    for method, root, category, params in runs:
+        if not quiet:
+            print(f"bench: {method} on {category} …", file=sys.stderr, flush=True)
+        save_to = str(first_model) if large_image and not results else None
+        results.append(in_fresh_process(bench_one, method, root, category, params, save_to))
+        if not quiet:
+            row = results[-1]
+            print(f"  image {row['image_auroc']:.4f} pixel {row['pixel_auroc']:.4f} aupro {row['aupro']:.4f} "
+                  f"fit {row['fit_seconds']:.1f}s predict {row['predict_ms_per_image']:.1f}ms "
+                  f"peak {row['peak_memory_mib']:.0f}MiB", file=sys.stderr, flush=True)
     environment = {"inspection": __version__, "torch": torch.__version__, "python": platform.python_version(),
                    "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
                    "date": time.strftime("%Y-%m-%d")}
-    (out / "results.json").write_text(json.dumps({"environment": environment, "results": results}, indent=2))
-    (out / "results.md").write_text(markdown_table(results, environment))
+    report: dict[str, Any] = {"environment": environment, "results": results}
+    try:
+        if large_image and results:
+            if not quiet:
+                print(f"bench: predict memory on a {large_image}×{large_image} image …", file=sys.stderr, flush=True)
+            report["large_image"] = {"model": f"{results[0]['method']} / {results[0]['category']}",
+                                     **large_image_memory(first_model, large_image, scratch)}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    (out / "results.md").write_text(markdown_table(results, environment, report.get("large_image")))
     return results
 
 
-def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any]) -> str:
+def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any],
+                   large_image: dict[str, Any] | None = None) -> str:
     lines = ["| " + " | ".join(title for _, title in _COLUMNS) + " |",
              "|" + "---|" * len(_COLUMNS)]
     for row in results:
@@ -126,6 +195,11 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
              "included, decoding excluded. peak MiB: the run's own process (fit + evaluation).",
              "Preprocessing per category: " + "; ".join(
                  f"{category}: {describe_preprocessing(p)}" for category, p in preprocessing.items())]
+    if large_image:
+        notes.append(f"Large image: `predict` of one {large_image['side']}×{large_image['side']} grayscale PNG "
+                     f"({large_image['megapixels']} Mpx) with {large_image['model']}: peak RSS "
+                     f"{large_image['peak_rss_mib']:.0f} MiB (a 256×256 one: {large_image['peak_rss_small_mib']:.0f} "
+                     "MiB), whole process.")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 

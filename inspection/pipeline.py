@@ -13,6 +13,7 @@ from .evaluate import Evaluation, evaluate, record_evaluation
 from .model.base import AnomalyModel
 from .model.modelfile import MODEL_SUFFIX
 from .model.progress import Progress, ProgressCallback, no_progress
+from .outputs import check_output_file
 from .registry import create_model, get_method
 
 #: Stages every training reports after the method's own (the method's labels come from its class).
@@ -71,7 +72,9 @@ def train(method: str, params: dict[str, Any], data: str | os.PathLike, category
           progress: ProgressCallback | None = None) -> TrainingResult:
     """Fit `method` with `params` on a dataset's good images, evaluate it, and save it to `out` (when given)."""
     progress = progress or no_progress
-    model = create_model(method, **params)  # settings are checked before any data is read
+    model = create_model(method, **params)  # settings and the destination are checked before any data is read
+    if out is not None:
+        check_output_file(model_path(out))
     dataset = open_dataset(data, category)
     evaluation = fit_on_dataset(model, dataset, progress=progress, evaluate_test=evaluate_test)
     if display_name:

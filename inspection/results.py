@@ -15,6 +15,9 @@ from .model.prediction import Prediction
 from .scores.regions import Region
 from .visualize import box_to_original, draw_boxes, mask_overlay, overlay
 
+#: Images are decoded for display and scoring at most this large (longer side, px): far above any model's working
+#: resolution, and a 100 Mpx frame's heatmap then costs megabytes, not gigabytes.
+DISPLAY_MAX_SIDE = 4096
 
 def verdict_label(is_defect: bool) -> str:
     """The word a page shows for a verdict."""

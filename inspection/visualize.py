@@ -25,10 +25,15 @@ def colorize(anomaly_map: np.ndarray, vmin: float = SCALE_MIN, vmax: float = SCA
              colormap: str = COLORMAP) -> np.ndarray:
     """H×W float map → H×W×3 uint8 RGB on a fixed scale; NaN (not inspected) becomes mid grey."""
     values = np.asarray(anomaly_map, dtype=np.float32)
-    unit = np.clip((values - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    # One float temporary, reused in place: a 4096² map costs 64 MB here, not several times that.
+    unit = np.subtract(values, vmin, dtype=np.float32)
+    unit *= 255.0 / max(vmax - vmin, 1e-12)
+    np.clip(unit, 0.0, 255.0, out=unit)
+    not_inspected = np.isnan(unit)
+    unit[not_inspected] = 0.0
     lookup = (colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
-    rgb = lookup[np.nan_to_num(unit * 255, nan=0).astype(np.uint8)]
-    rgb[np.isnan(values)] = 128
+    rgb = lookup[unit.astype(np.uint8)]
+    rgb[not_inspected] = 128
     return rgb
 
 
@@ -37,16 +42,15 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.45, vmi
     """Heatmap blended over an RGB image of the same size; not-inspected pixels dimmed and hatched."""
     if image.shape[:2] != anomaly_map.shape:
         raise ValueError(f"map of shape {anomaly_map.shape} does not match image of shape {image.shape[:2]}")
-    heat = colorize(anomaly_map, vmin, vmax).astype(np.float32)
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * heat
+    blended = cv2.addWeighted(np.ascontiguousarray(image), 1 - alpha, colorize(anomaly_map, vmin, vmax), alpha, 0)
     outside = np.isnan(anomaly_map)
     if outside.any():
-        rows, cols = np.indices(anomaly_map.shape)
+        rows, cols = np.nonzero(outside)
         hatch = ((rows + cols) // 6) % 2 == 0
-        dimmed = 0.35 * image.astype(np.float32) + 0.65 * 110
-        blended[outside] = dimmed[outside]
-        blended[outside & hatch] *= 0.8
-    return np.clip(blended, 0, 255).astype(np.uint8)
+        dimmed = 0.35 * image[rows, cols].astype(np.float32) + 0.65 * 110
+        dimmed[hatch] *= 0.8
+        blended[rows, cols] = np.clip(dimmed, 0, 255).astype(np.uint8)
+    return blended
 
 
 def box_to_original(region: Region, geometry: Geometry) -> tuple[int, int, int, int]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from inspection.errors import BusyError, friendly_error
 from inspection.model.progress import Progress
+from inspection.outputs import check_output_file
 from inspection.pipeline import stage_label, train
 
 try:  # POSIX only; elsewhere the process lock alone guards the models folder
@@ -163,7 +164,8 @@ class TrainingManager:
                     f"a training is already running ({running.request.display_name!r}, "
                     f"{running.stage_label.lower()}, {running.elapsed:.0f} s so far): wait until it has finished "
                     "or stop it, then start yours")
-            # Take the folder lock here, in the caller, so that a refusal is raised to the caller.
+            # Check the destination and take the folder lock here, in the caller, so that a refusal is raised to it.
+            check_output_file(request.out_path)
             lock = FolderLock(folder)
             lock.acquire()
             job_id = uuid.uuid4().hex[:12]

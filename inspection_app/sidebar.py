@@ -111,10 +111,10 @@ def _download_source(sidebar: Any) -> DataSource | None:
 
 
 def model_entries() -> list[ModelEntry]:
-    """The models folder's models; unreadable files are named in the sidebar, not raised."""
+    """The models folder's usable models; unusable files are named in the sidebar (never raised, never picked)."""
     entries, problems = list_models(models_dir())
     for problem in problems:
-        st.sidebar.warning(f"Skipped a file in the models folder: {problem}")
+        st.sidebar.warning(f"Model file {problem} (see the Train page)", icon=":material/block:")
     return entries
 
 

@@ -16,6 +16,7 @@ from inspection_app.library import (
     delete_model,
     models_dir,
     rename_model,
+    scan_models,
     unique_model_path,
     validate_name,
 )
@@ -109,3 +110,20 @@ else:
                 st.session_state.pop("manage_confirm", None)
                 st.toast(f"Deleted {by_path[chosen].name}")
                 st.rerun()
+
+unusable = scan_models(models_dir())[1]
+if unusable:
+    st.subheader("Unusable files in the models folder")
+    st.caption("These files cannot be loaded by this version; they are never offered in the model pickers.")
+    st.dataframe([{"file": item.path.name, "reason": item.reason} for item in unusable], hide_index=True,
+                 width="stretch")
+    by_file = {str(item.path): item for item in unusable}
+    chosen_file = st.selectbox("Unusable file to delete", list(by_file), key="manage_unusable",
+                               format_func=lambda path: by_file[path].path.name)
+    confirm_file = st.checkbox("Yes, delete this file", key="manage_unusable_confirm")
+    if st.button("Delete file", key="manage_unusable_delete", disabled=not confirm_file):
+        with page.user_errors():
+            delete_model(chosen_file, models_dir())
+            st.session_state.pop("manage_unusable_confirm", None)
+            st.toast(f"Deleted {by_file[chosen_file].path.name}")
+            st.rerun()

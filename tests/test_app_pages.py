@@ -518,3 +518,43 @@ def test_asking_for_a_gpu_without_one_is_a_message(models: Path) -> None:
     assert not at.exception
     assert "no CUDA GPU is available here" in at.error[0].value
     assert "cpu" in at.sidebar.caption[0].value
+
+
+# ------------------------------------------------------------------------------------------- damaged models
+
+
+def _damaged_models(folder: Path, good: Path) -> list[str]:
+    """Beside a good model: a header whose info is a list, an unknown backbone, a NaN threshold, a pickle."""
+    names = []
+    for name, change in [("info-list", lambda header: {**header, "info": [1, 2]}),
+                         ("evil-backbone", lambda header: {**header, "backbone": "evil"}),
+                         ("unknown-backbone", lambda header: {**header, "backbone": {**header["backbone"],
+                                                                                     "name": "evil"}}),
+                         ("nan-threshold", lambda header: {**header, "calibration": {
+                             **header["calibration"], "image_threshold": float("nan")}})]:
+        update_header(copy_model(good, folder, f"{name}.safetensors"), change)
+        names.append(f"{name}.safetensors")
+    (folder / "pickle.safetensors").write_bytes(b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00.")
+    return names + ["pickle.safetensors"]
+
+
+def test_pages_stay_usable_with_damaged_model_files(models: Path, small_model: Path, demo_root: Path) -> None:
+    good = copy_model(small_model, models)
+    damaged = _damaged_models(models, good)
+    home = run_page("app.py", home_origin="dataset")
+    assert not home.exception
+    assert home.selectbox(key="model").value == str(good)  # the default pick is never an unusable file
+    assert len(home.sidebar.warning) == len(damaged)
+    assert any("info-list.safetensors: unusable" in warning.value for warning in home.sidebar.warning)
+    assert home.metric[1].value in ("GOOD", "DEFECT")  # the good model still scores the picked image
+    train = run_page("pages/2_Train.py")
+    assert not train.exception
+    listed = train.dataframe[-1].value
+    assert sorted(listed["file"]) == sorted(damaged)
+    assert all(reason for reason in listed["reason"])
+    train.selectbox(key="manage_unusable").set_value(str(models / "pickle.safetensors"))
+    train.checkbox(key="manage_unusable_confirm").check().run()
+    train.button(key="manage_unusable_delete").click().run()
+    assert not (models / "pickle.safetensors").exists() and good.exists()
+    compare = run_page("pages/5_Compare.py")
+    assert not compare.exception and compare.multiselect(key="compare_models").value == [str(good)]

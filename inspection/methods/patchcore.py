@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import ModelFileError
 from ..model.backbone_model import BackboneModel
+from ..model.fields import require_tensor
 from ..model.progress import Progress, ProgressCallback
 from ..ops.coreset import greedy_coreset, random_projection
 from ..ops.knn import nearest_neighbors
@@ -112,9 +113,9 @@ class PatchCore(BackboneModel):
         return {"memory_bank": self.memory_bank}
 
     def _load_state(self, state: dict[str, torch.Tensor]) -> None:
-        bank = state.get("memory_bank")
-        if bank is None or bank.ndim != 2 or bank.shape[1] != self.embedding_dim:
-            raise ModelFileError(f"memory bank of shape {None if bank is None else tuple(bank.shape)} does not fit "
-                                 f"backbone {self.params['backbone']} layers {self.layers} "
-                                 f"({self.embedding_dim} channels expected)")
+        bank = require_tensor(state, "memory_bank", ndim=2)
+        if bank.shape[1] != self.embedding_dim or bank.shape[0] == 0:
+            raise ModelFileError(f"memory bank of shape {tuple(bank.shape)} does not fit backbone "
+                                 f"{self.params['backbone']} layers {self.layers} ({self.embedding_dim} channels "
+                                 "expected)")
         self.memory_bank = bank.float()

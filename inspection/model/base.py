@@ -27,7 +27,7 @@ import torch
 from .. import __version__
 from ..data.preprocess import INTENSITY_MODES, NORMALIZATIONS, RESIZE_MODES, Preprocessing
 from ..device import DEVICE_CHOICES, resolve_device
-from ..errors import ModelFileError, ParameterError
+from ..errors import InspectionError, ModelFileError, ParameterError
 from ..params import Param, ParamSet, params
 from .batching import item_name, iter_batches, split_holdout
 from .calibration import Calibration
@@ -292,10 +292,15 @@ class AnomalyModel(ABC):
         except ParameterError as error:
             raise ModelFileError(f"{path.name}: its settings are not valid here: {error}") from None
         model.preprocessing = header.preprocessing
-        model._check_header(header)
-        model._ensure_setup()
-        device_now = model.device
-        model._load_state({name: tensor.to(device_now) for name, tensor in tensors.items()})
+        try:
+            model._check_header(header)
+            model._ensure_setup()
+            device_now = model.device
+            model._load_state({name: tensor.to(device_now) for name, tensor in tensors.items()})
+        except InspectionError as error:  # missing weights, tensors that do not fit, …: say which file
+            if path.name in str(error):
+                raise
+            raise type(error)(f"{path.name}: {error}") from None
         model.calibration = header.calibration
         model.info = header.info
         return model

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 import tempfile
 from collections.abc import Callable
@@ -64,8 +65,12 @@ def write_model_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
     """The header as stored (JSON), read from the first bytes of the file; the tensors are not loaded."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {str(path)!r} does not exist")
+    try:
+        info = os.stat(path)
+    except OSError:
+        raise ModelFileError(f"model file {str(path)!r} does not exist") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelFileError(f"{str(path)!r} is not a regular file (a folder, pipe or device): not a model file")
     try:
         with open(path, "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
