@@ -27,6 +27,7 @@ import torch
 from . import __version__
 from .data.datasets import list_categories
 from .errors import ParameterError
+from .threads import configure_threads, thread_settings
 
 _COLUMNS = (("method", "method"), ("category", "category"), ("backbone", "backbone"),
             ("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"),
@@ -49,7 +50,7 @@ def parse_settings(settings: Sequence[str], category: str) -> dict[str, str]:
     return chosen
 
 
-def _find_root(data_roots: Sequence[str], category: str) -> str:
+def find_root(data_roots: Sequence[str], category: str) -> str:
     for root in data_roots:
         if Path(root, category).is_dir() and category in list_categories(root):
             return root
@@ -61,6 +62,8 @@ def bench_one(method: str, data_root: str, category: str, params: dict[str, Any]
     """Fit, evaluate and measure one method on one category (in the current process); save it when asked."""
     from .pipeline import train
 
+    configure_threads()
+    before = thread_settings()  # the load when the run starts: timings taken under load say so
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     result = train(method, params, data_root, category, save_to)
@@ -70,7 +73,8 @@ def bench_one(method: str, data_root: str, category: str, params: dict[str, Any]
            "params": model.params, "preprocessing": model.preprocessing.to_dict(),
            "fit_seconds": round(model.info.fit_seconds, 2), "peak_memory_mib": round(peak_mib, 1),
            "n_fit_images": model.info.n_fit_images, "n_heldout_images": model.info.n_heldout_images,
-           **result.metrics}
+           **result.metrics, **before,
+           "load_average_1min_after": thread_settings()["load_average_1min"]}
     if model.device.type == "cuda":
         row["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(model.device) / 2**20, 1)
     return row
@@ -135,7 +139,7 @@ def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Seq
     # Every run's settings and data are checked before the first run starts, or anything is written.
     runs = []
     for category in categories:
-        root = _find_root(data_roots, category)
+        root = find_root(data_roots, category)
         for method in methods:
             params = {**parse_settings(settings, category), **({"device": device} if device else {})}
             get_method(method).param_set().resolve(params)
@@ -185,6 +189,8 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
                 cells.append(f"{value:.1f}")
             elif key == "peak_memory_mib":
                 cells.append(f"{value:.0f}")
+            elif key == "device":
+                cells.append(str(value) + _load_warning(row))
             else:
                 cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
@@ -192,7 +198,9 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
     notes = [f"Measured {environment['date']} with inspection {environment['inspection']}, torch "
              f"{environment['torch']}, {environment['cpu_threads']} CPU threads ({environment['machine']}).",
              "predict ms/img: median of one preprocessed image at batch 1 after warm-up, map at input resolution "
-             "included, decoding excluded. peak MiB: the run's own process (fit + evaluation).",
+             "included, decoding excluded. peak MiB: the run's own process (fit + evaluation), its peak resident "
+             "memory (VmHWM). Each run records its threads, wait policy and the machine's load average; a run that "
+             "started or ended with a load above its cores is marked ⚠.",
              "Preprocessing per category: " + "; ".join(
                  f"{category}: {describe_preprocessing(p)}" for category, p in preprocessing.items())]
     if large_image:
@@ -201,6 +209,20 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
                      f"{large_image['peak_rss_mib']:.0f} MiB (a 256×256 one: {large_image['peak_rss_small_mib']:.0f} "
                      "MiB), whole process.")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def under_load(row: dict[str, Any]) -> bool:
+    """Whether a run started or ended with more runnable work than cores (its timings are not quiet ones)."""
+    cores = row.get("cores_available") or 0
+    loads = [row.get("load_average_1min"), row.get("load_average_1min_after")]
+    return bool(cores) and any(load is not None and load > cores for load in loads)
+
+
+def _load_warning(row: dict[str, Any]) -> str:
+    if not under_load(row):
+        return ""
+    load = max(value for value in (row.get("load_average_1min"), row.get("load_average_1min_after")) if value)
+    return f" ⚠ measured under load ({load:.1f} on {row['cores_available']} cores)"
 
 
 def describe_preprocessing(preprocessing: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from .model.progress import Progress
 from .outputs import check_output_file, check_output_folder
 from .params import Param
 from .registry import backbones, get_method, load_model, methods
+from .threads import configure_threads
 
 
 class ProgressBars:
@@ -158,6 +159,14 @@ def command_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     check_output_folder(args.out)
+    if args.contention:
+        from .bench import find_root
+        from .contention import run_contention
+
+        for category in args.categories:
+            run_contention(find_root(args.data, category), category, Path(args.out), method=args.methods[0],
+                           quiet=args.quiet)
+        return 0
     large_image = None if args.large_image is None else _LARGE_IMAGE.coerce(args.large_image)
     run_bench(methods=args.methods, data_roots=args.data, categories=args.categories, out=Path(args.out),
               settings=args.set or [], device=_device(args), quiet=args.quiet, large_image=large_image)
@@ -243,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", nargs="*", metavar="[CATEGORY:]NAME=VALUE",
                        help="parameter overrides, for all runs or for one category "
                             "(e.g. magnetic_tile:resize_mode=full)")
+    bench.add_argument("--contention", action="store_true",
+                       help="instead of accuracy: time predict and fit quiet and beside busy neighbours (the first "
+                            "method, each category); writes contention.json and contention.md")
     bench.add_argument("--large-image", default=None, metavar="SIDE",
                        help="also measure the peak memory of predict on one SIDE×SIDE grayscale PNG (e.g. 9999)")
     bench.set_defaults(handler=command_bench)
@@ -260,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        configure_threads()
         return args.handler(args)
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)

@@ -12,6 +12,7 @@ import streamlit as st
 
 from inspection.device import describe_device, resolve_device
 from inspection.errors import friendly_error, is_user_error
+from inspection.threads import configure_threads
 
 from .charts import colorbar_figure
 
@@ -21,6 +22,7 @@ APP_NAME = "Visual inspection"
 def page_setup(title: str, caption: str) -> None:
     """Page config, title, a caption saying what the page is for, and the device in the sidebar."""
     st.set_page_config(page_title=f"{title} · {APP_NAME}", page_icon="🔍", layout="wide")
+    configure_threads()  # the cores this server may use (trainings run in processes of their own)
     st.title(title)
     st.caption(caption)
     device = resolve_device("auto")

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from app_testing import train_small_model
+from inspection.data.demo import generate_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("INSPECTION_CHROMIUM", "/usr/bin/chromium"))
@@ -275,3 +277,38 @@ def test_train_upload_threshold_and_every_page(app: dict, page, tmp_path: Path) 
 
     step("done")
     assert "Traceback" not in app["log"].read_text()
+
+
+def _upload_and_time(page, app: dict, image: Path) -> float:
+    """Seconds from choosing a file on Home until its score is shown."""
+    open_page(page, app, "")
+    started = time.monotonic()
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(image)])
+    page.locator(".st-key-result-0 [data-testid='stMetricValue']").first.wait_for(timeout=120_000)
+    return time.monotonic() - started
+
+
+def test_inspection_stays_fast_while_a_training_runs(app: dict, page, tmp_path: Path) -> None:
+    """Upload on Home while a training job runs: the result comes within 5× the quiet time."""
+    generate_demo_dataset(app["data"])  # done already when the test above ran; the same files either way
+    if not list(app["models"].glob("*.safetensors")):
+        train_small_model(app["data"] / "surface", app["models"] / "quick.safetensors", "quick")
+    demo = app["data"] / "surface" / "test"
+    images = [Path(shutil.copyfile(demo / "good" / f"{index:03d}.png", tmp_path / f"part{index}.png"))
+              for index in range(1, 8)]  # each a new upload: its forward pass is not cached
+    _upload_and_time(page, app, images[0])  # warms the model cache
+    quiet = statistics.median(_upload_and_time(page, app, image) for image in images[1:4])
+    models_before = len(list(app["models"].glob("*.safetensors")))
+    open_page(page, app, "Train")
+    page.locator('[data-testid="stBaseButton-primaryFormSubmit"]').click()
+    page.get_by_role("button", name="Stop training").wait_for(timeout=60_000)  # the job is running
+    time.sleep(5)  # past its start-up: extracting features of the good images
+    loaded = statistics.median(_upload_and_time(page, app, image) for image in images[4:7])
+    print(f"upload on Home (median of 3): quiet {quiet:.2f} s, while training {loaded:.2f} s", flush=True)
+    # Measured while the training ran: it writes its file only at its very end.
+    assert len(list(app["models"].glob("*.safetensors"))) == models_before, "the training ended too soon"
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S  # let the training end before the next test
+    while len(list(app["models"].glob("*.safetensors"))) == models_before:
+        assert time.monotonic() < deadline, "the training started during the test did not finish"
+        time.sleep(1)
+    assert loaded <= 5 * quiet, f"quiet {quiet:.2f} s, while a training runs {loaded:.2f} s"
