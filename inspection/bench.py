@@ -31,6 +31,8 @@ from .threads import configure_threads, thread_settings
 
 _COLUMNS = (("method", "method"), ("category", "category"), ("backbone", "backbone"),
             ("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"),
+            ("region_recall", "regions found"), ("false_boxes_per_good_image", "false boxes / good"),
+            ("mask_iou", "mask IoU"),
             ("fit_seconds", "fit s"), ("predict_ms_per_image", "predict ms/img"),
             ("peak_memory_mib", "peak MiB"), ("device", "device"))
 
@@ -185,6 +187,8 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
             value = row.get(key, "")
             if key in {"image_auroc", "pixel_auroc", "aupro"}:
                 cells.append(f"{value:.4f}")
+            elif key in {"region_recall", "false_boxes_per_good_image", "mask_iou"}:
+                cells.append(f"{value:.2f}" if isinstance(value, float) else "—")
             elif key in {"fit_seconds", "predict_ms_per_image"}:
                 cells.append(f"{value:.1f}")
             elif key == "peak_memory_mib":

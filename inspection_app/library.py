@@ -57,9 +57,9 @@ class ModelEntry:
 
     def row(self) -> dict[str, Any]:
         """A table row: name, method, backbone, category, date and the headline test metrics."""
-        return {"name": self.name, "method": self.method, "backbone": self.backbone or "—",
-                "category": self.category or "—", "created": format_created(self.created),
-                **metric_cells(self.metrics), "file": self.path.name}
+        return {"name": self.name, "category": self.category or "—", "method": self.method,
+                "backbone": self.backbone or "—", **metric_cells(self.metrics),
+                "created": format_created(self.created), "file": self.path.name}
 
 
 def format_created(created: str) -> str:

@@ -42,11 +42,10 @@ def param_widget(container: Any, spec: FieldSpec, key: str) -> Any:
     if spec.widget == "float":
         return container.number_input(spec.label, min_value=spec.minimum, max_value=spec.maximum,
                                       value=spec.default, step=spec.step, format="%g", help=spec.help, key=key)
-    return container.text_input(spec.label, value=spec.default, help=spec.help, key=key)
+    return container.text_input(spec.label, value=spec.default, help=spec.help, key=key, placeholder=spec.note)
 
 
 st.subheader("New model")
-training.training_monitor()
 registered = methods()
 method = page.kept_selectbox(st, "Method", list(registered), "train_method", default=training.DEFAULT_METHOD,
                              format_func=lambda name: f"{name} — {registered[name].description}",
@@ -70,7 +69,9 @@ with st.form(f"train-form-{method}"):
                            help="Image AUROC, pixel AUROC, AUPRO and speed, kept in the model file.")
     st.caption(f"Data: **{dataset.category}** — {len(dataset.train)} good training images, "
                f"{len(dataset.test)} test images. Saved to `{models_dir()}`.")
-    submitted = st.form_submit_button("Train", type="primary", icon=":material/rocket_launch:")
+    running = training.training_running()
+    submitted = st.form_submit_button("Train", type="primary", icon=":material/rocket_launch:", disabled=running,
+                                      help="A training is running: wait until it has ended." if running else None)
 if submitted:
     with page.user_errors():
         params = resolve_form(method_cls, values)
@@ -80,6 +81,7 @@ if submitted:
                                   evaluate=evaluate and bool(dataset.test))
         if training.start_training(request):
             st.rerun()
+training.training_monitor()  # here, right under the button that starts a training
 training.wait_note()
 
 st.divider()
@@ -103,11 +105,13 @@ else:
                 st.toast(f"Renamed to {new_name.strip()}")
                 st.rerun()
     with delete_column:
-        confirm = st.checkbox("Yes, delete this model file", key="manage_confirm")
+        # A new key after every delete: the confirmation starts unticked again, for the next model too.
+        deletions = st.session_state.get("deletions", 0)
+        confirm = st.checkbox("Yes, delete this model file", key=f"manage_confirm-{deletions}")
         if st.button("Delete", key="manage_delete", disabled=not confirm):
             with page.user_errors():
                 delete_model(chosen, models_dir())
-                st.session_state.pop("manage_confirm", None)
+                st.session_state["deletions"] = deletions + 1
                 st.toast(f"Deleted {by_path[chosen].name}")
                 st.rerun()
 
@@ -120,10 +124,11 @@ if unusable:
     by_file = {str(item.path): item for item in unusable}
     chosen_file = st.selectbox("Unusable file to delete", list(by_file), key="manage_unusable",
                                format_func=lambda path: by_file[path].path.name)
-    confirm_file = st.checkbox("Yes, delete this file", key="manage_unusable_confirm")
+    deletions = st.session_state.get("deletions", 0)
+    confirm_file = st.checkbox("Yes, delete this file", key=f"manage_unusable_confirm-{deletions}")
     if st.button("Delete file", key="manage_unusable_delete", disabled=not confirm_file):
         with page.user_errors():
             delete_model(chosen_file, models_dir())
-            st.session_state.pop("manage_unusable_confirm", None)
+            st.session_state["deletions"] = deletions + 1
             st.toast(f"Deleted {by_file[chosen_file].path.name}")
             st.rerun()

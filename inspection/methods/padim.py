@@ -33,7 +33,7 @@ class PaDiM(BackboneModel):
         Param("epsilon", float, 0.01, "Added to the covariance's diagonal (εI) so it can be inverted.",
               minimum=0.0, maximum=10.0),
         Param("sigma", float, 4.0, "Gaussian blur of the anomaly map, in pixels (0: none).", minimum=0.0,
-              maximum=64.0),
+              maximum=64.0, note="0 = no blur"),
     )
 
     def __init__(self, **values):
