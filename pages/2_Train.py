@@ -45,6 +45,19 @@ def param_widget(container: Any, spec: FieldSpec, key: str) -> Any:
     return container.text_input(spec.label, value=spec.default, help=spec.help, key=key, placeholder=spec.note)
 
 
+def delete_control(path: str, name: str, confirmation: str, label: str, key: str) -> None:
+    """A confirmation box and a Delete button that deletes `path` only when it is ticked."""
+    # A new key after every delete: the confirmation starts unticked again, for the next file too.
+    deletions = st.session_state.get("deletions", 0)
+    confirm = st.checkbox(confirmation, key=f"{key}_confirm-{deletions}")
+    if st.button(label, key=f"{key}_delete", disabled=not confirm):
+        with page.user_errors():
+            delete_model(path, models_dir())
+            st.session_state["deletions"] = deletions + 1
+            st.toast(f"Deleted {name}")
+            st.rerun()
+
+
 st.subheader("New model")
 registered = methods()
 method = page.kept_selectbox(st, "Method", list(registered), "train_method", default=training.DEFAULT_METHOD,
@@ -105,15 +118,7 @@ else:
                 st.toast(f"Renamed to {new_name.strip()}")
                 st.rerun()
     with delete_column:
-        # A new key after every delete: the confirmation starts unticked again, for the next model too.
-        deletions = st.session_state.get("deletions", 0)
-        confirm = st.checkbox("Yes, delete this model file", key=f"manage_confirm-{deletions}")
-        if st.button("Delete", key="manage_delete", disabled=not confirm):
-            with page.user_errors():
-                delete_model(chosen, models_dir())
-                st.session_state["deletions"] = deletions + 1
-                st.toast(f"Deleted {by_path[chosen].name}")
-                st.rerun()
+        delete_control(chosen, by_path[chosen].name, "Yes, delete this model file", "Delete", "manage")
 
 unusable = scan_models(models_dir())[1]
 if unusable:
@@ -124,11 +129,5 @@ if unusable:
     by_file = {str(item.path): item for item in unusable}
     chosen_file = st.selectbox("Unusable file to delete", list(by_file), key="manage_unusable",
                                format_func=lambda path: by_file[path].path.name)
-    deletions = st.session_state.get("deletions", 0)
-    confirm_file = st.checkbox("Yes, delete this file", key=f"manage_unusable_confirm-{deletions}")
-    if st.button("Delete file", key="manage_unusable_delete", disabled=not confirm_file):
-        with page.user_errors():
-            delete_model(chosen_file, models_dir())
-            st.session_state["deletions"] = deletions + 1
-            st.toast(f"Deleted {by_file[chosen_file].path.name}")
-            st.rerun()
+    delete_control(chosen_file, by_file[chosen_file].path.name, "Yes, delete this file", "Delete file",
+                   "manage_unusable")
