@@ -27,6 +27,7 @@ import pytest
 
 from app_testing import train_small_model
 from inspection.data.demo import generate_demo_dataset
+from inspection.model.modelfile import read_model_header
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("INSPECTION_CHROMIUM", "/usr/bin/chromium"))
@@ -364,6 +365,14 @@ def test_inspection_stays_fast_while_a_training_runs(app: dict, page, tmp_path: 
     quiet = statistics.median(_upload_and_time(page, app, image) for image in images[1:4])
     models_before = len(list(app["models"].glob("*.safetensors")))
     open_page(page, app, "Train")
+    # Four times the default pixels, so that the job outlasts the three uploads on a fast machine as well.
+    page.get_by_text("Preprocessing").click()
+    for label, value in (("resize", "512"), ("crop", "448")):
+        number = page.locator('[data-testid="stNumberInput"]').filter(
+            has=page.get_by_text(label, exact=True)).locator("input")
+        number.fill(value)
+        number.press("Tab")
+    wait_idle(page)
     page.locator('[data-testid="stBaseButton-primaryFormSubmit"]').click()
     page.get_by_role("button", name="Stop training").wait_for(timeout=60_000)  # the job is running
     time.sleep(5)  # past its start-up: extracting features of the good images
@@ -375,6 +384,8 @@ def test_inspection_stays_fast_while_a_training_runs(app: dict, page, tmp_path: 
     while len(list(app["models"].glob("*.safetensors"))) == models_before:
         assert time.monotonic() < deadline, "the training started during the test did not finish"
         time.sleep(1)
+    newest = max(app["models"].glob("*.safetensors"), key=lambda path: path.stat().st_mtime)
+    assert read_model_header(newest).params["crop"] == 448, "the form's resolution did not reach the training"
     assert loaded <= 5 * quiet, f"quiet {quiet:.2f} s, while a training runs {loaded:.2f} s"
 
 
