@@ -16,6 +16,7 @@ import numpy as np
 from inspection.data.datasets import load_sample_mask, open_dataset
 from inspection.data.demo import generate_demo_dataset
 from inspection.data.images import load_image
+from inspection.pipeline import fit_on_dataset
 from inspection.registry import create_model
 from inspection.results import defect_mask_on_original, image_result
 from inspection.visualize import colorbar, mask_overlay
@@ -29,7 +30,8 @@ def _titled(image: np.ndarray, title: str) -> np.ndarray:
 
 def main() -> None:
     dataset = open_dataset(generate_demo_dataset(Path(tempfile.mkdtemp())))
-    model = create_model("patchcore").fit([sample.path for sample in dataset.train])
+    model = create_model("patchcore")
+    fit_on_dataset(model, dataset)  # the evaluation sets the top of the colour scale (the defects' high scores)
     chosen = [next(s for s in dataset.test if s.defect_type == kind) for kind in ("good", "scratch", "hole", "stain")]
     prediction = model.predict([sample.path for sample in chosen])
     rows = []
@@ -43,7 +45,7 @@ def main() -> None:
                  _titled(mask_overlay(image, load_sample_mask(sample), (0, 200, 0)), "ground truth")]
         rows.append(np.hstack([np.pad(cell, ((4, 4), (4, 4), (0, 0)), constant_values=255) for cell in cells]))
     figure = np.vstack(rows)
-    bar = cv2.resize(colorbar(), (16, figure.shape[0] - 40))
+    bar = cv2.resize(colorbar(vmax=model.calibration.colour_max), (16, figure.shape[0] - 40))
     bar = np.pad(bar, ((20, 20), (8, 8), (0, 0)), constant_values=255)
     figure = np.hstack([figure, bar])
     out = Path(__file__).with_name("demo_result.png")

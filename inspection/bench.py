@@ -212,7 +212,29 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
                      f"({large_image['megapixels']} Mpx) with {large_image['model']}: peak RSS "
                      f"{large_image['peak_rss_mib']:.0f} MiB (a 256×256 one: {large_image['peak_rss_small_mib']:.0f} "
                      "MiB), whole process.")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n" + promise_table(results)
+
+
+def promise_table(results: Sequence[dict[str, Any]]) -> str:
+    """Target image FPR vs the FPR measured on unseen good test images (95 % interval), per run and target."""
+    rows = [row for row in results if row.get("fpr_unseen_good_by_target")]
+    if not rows:
+        return ""
+    targets = [entry["target"] for entry in rows[0]["fpr_unseen_good_by_target"]]
+    lines = ["", "Image FPR on good test images that neither fitting nor calibration saw, at the split-conformal "
+             "threshold for each target (95 % Clopper-Pearson interval; the promise when the held-out images are "
+             "too few for the target):", "",
+             "| method | category | held-out good | unseen good | " + " | ".join(f"target {t:.0%}" for t in targets)
+             + " |", "|" + "---|" * (4 + len(targets))]
+    for row in rows:
+        cells = []
+        for entry in row["fpr_unseen_good_by_target"]:
+            low, high = entry["ci"]
+            weaker = f" (promise {entry['promised']:.1%})" if entry["promised"] > entry["target"] + 1e-12 else ""
+            cells.append(f"{entry['fpr']:.1%} [{low:.1%}, {high:.1%}]{weaker}")
+        lines.append(f"| {row['method']} | {row['category']} | {row.get('n_heldout_images', '—')} | "
+                     f"{row['n_unseen_good']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def under_load(row: dict[str, Any]) -> bool:

@@ -22,6 +22,7 @@ from .evaluate import round_metrics
 from .model.base import COMMON_PARAMS
 from .model.modelfile import MODEL_SUFFIX
 from .model.progress import Progress
+from .operating import promise_report
 from .outputs import check_output_file, check_output_folder
 from .params import Param
 from .registry import backbones, get_method, load_model, methods
@@ -111,6 +112,7 @@ def command_fit(args: argparse.Namespace) -> int:
           f"{model.calibration.pixel_threshold:.4g})")
     if result.evaluation is not None:
         print(json.dumps(round_metrics(result.evaluation.metrics), indent=2))
+    print(promise_report(model.calibration, result.evaluation.metrics if result.evaluation is not None else {}))
     return 0
 
 
@@ -152,6 +154,30 @@ def command_predict(args: argparse.Namespace) -> int:
     if summary.scored == 0:
         raise ParameterError(f"none of the {summary.failed} input(s) could be read as an image (reasons in "
                              f"{summary.csv_path})")
+    return 0
+
+
+def command_recalibrate(args: argparse.Namespace) -> int:
+    from .batch import collect_inputs
+    from .recalibrate import recalibrate, undo_recalibration
+
+    if args.undo:
+        header = undo_recalibration(args.model)
+        print(f"restored the thresholds before the last recalibration (image {header.calibration.image_threshold:.4g}, "
+              f"pixel {header.calibration.pixel_threshold:.4g}); {len(header.calibration.history)} older in history")
+        return 0
+    if not args.inputs:
+        raise ParameterError("give folders or files of new good images to recalibrate on (or --undo)")
+    images = [path for path, _ in collect_inputs(args.inputs)]
+    bars = ProgressBars(args.quiet)
+    try:
+        header = recalibrate(args.model, images, progress=bars)
+    finally:
+        bars.close()
+    calibration, previous = header.calibration, header.calibration.history[-1]
+    print(f"recalibrated on {len(images)} good images: image threshold {previous['image_threshold']:.4g} → "
+          f"{calibration.image_threshold:.4g}, pixel threshold {previous['pixel_threshold']:.4g} → "
+          f"{calibration.pixel_threshold:.4g} (the old ones are kept; `--undo` brings them back)")
     return 0
 
 
@@ -242,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"images per forward pass ({COMMON_PARAMS.get('batch_size').minimum:g} to "
                               f"{COMMON_PARAMS.get('batch_size').maximum:g})")
     predict.set_defaults(handler=command_predict)
+
+    recalibrate = commands.add_parser("recalibrate", help="set a model's thresholds again from new good images "
+                                                         "(no refit); --undo brings the previous ones back")
+    recalibrate.add_argument("--model", required=True, help="model file, with or without its suffix")
+    recalibrate.add_argument("inputs", nargs="*", help="folders and/or files of new good images")
+    recalibrate.add_argument("--undo", action="store_true", help="restore the thresholds before the last recalibration")
+    recalibrate.set_defaults(handler=command_recalibrate)
 
     bench = commands.add_parser("bench", help="fit + evaluate each method on each category; results.json/.md")
     bench.add_argument("--methods", nargs="+", required=True, choices=sorted(methods()))

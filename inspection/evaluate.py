@@ -19,9 +19,10 @@ from .data.datasets import Dataset, load_sample_mask
 from .device import describe_device
 from .model.base import AnomalyModel
 from .model.batching import decode
+from .model.calibration import Calibration
 from .model.progress import Progress, ProgressCallback
 from .scores.metrics import image_auroc, pixel_metrics, region_metrics
-from .scores.thresholds import f1_optimal_threshold, score_quantiles
+from .scores.thresholds import clopper_pearson, conformal_threshold, f1_optimal_threshold, score_quantiles
 
 
 @dataclass
@@ -78,6 +79,9 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
     if model.calibration is not None and len(maps):
         # What an inspector sees at the saved pixel threshold: boxes found, false boxes, the mask's overlap.
         metrics.update(region_metrics(maps, masks, model.calibration.pixel_threshold))
+    if model.calibration is not None:
+        good = labels == 0
+        metrics.update(unseen_good_rates(model.calibration, prediction.raw_scores[good], prediction.raw_maps[good]))
     evaluation = Evaluation(metrics)
 
     if masks.any():
@@ -96,6 +100,36 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
         metrics.update(time_prediction(model, [sample.path for sample in samples], timing_repeats))
     metrics["device"] = describe_device(model.device)
     return evaluation
+
+
+#: The image FPR targets whose promise is checked on unseen good images by every evaluation.
+CHECKED_FPR_TARGETS = (0.01, 0.05, 0.10)
+
+
+def unseen_good_rates(calibration: Calibration, scores: np.ndarray, maps: np.ndarray) -> dict[str, Any]:
+    """How the saved thresholds do on good images that neither fitting nor calibration saw: the image FPR with
+    its exact 95 % interval beside the target, the share of their pixels the mask flags; and, for the targets
+    1 %, 5 %, 10 %, the split-conformal threshold from the held-out scores measured the same way."""
+    scores = np.asarray(scores, dtype=np.float64)
+
+    def measured(threshold: float) -> dict[str, Any]:
+        flagged = int((scores > threshold).sum())
+        return {"fpr": flagged / scores.size if scores.size else float("nan"),
+                "ci": list(clopper_pearson(flagged, int(scores.size)))}
+
+    saved = measured(calibration.image_threshold)
+    rates: dict[str, Any] = {"fpr_target": calibration.image_fpr, "n_unseen_good": int(scores.size),
+                             "fpr_unseen_good": saved["fpr"], "fpr_unseen_good_ci": saved["ci"]}
+    if calibration.heldout_scores:
+        by_target = []
+        for target in CHECKED_FPR_TARGETS:
+            conformal = conformal_threshold(calibration.heldout_scores, target)
+            by_target.append({"target": target, "promised": conformal.promised_fpr, **measured(conformal.threshold)})
+        rates["fpr_unseen_good_by_target"] = by_target
+    if len(maps):
+        finite = np.isfinite(maps)
+        rates["pixel_fpr_unseen_good"] = float((maps[finite] > calibration.pixel_threshold).mean())
+    return rates
 
 
 def _f1_pixel_threshold(maps: np.ndarray, masks: np.ndarray, max_pixels: int = 2_000_000) -> float:
@@ -125,4 +159,14 @@ def record_evaluation(model: AnomalyModel, dataset: Dataset, evaluation: Evaluat
 
 def round_metrics(metrics: dict[str, Any], digits: int = 4) -> dict[str, Any]:
     """Metrics with every float rounded to `digits` (for printing and tables); other values unchanged."""
-    return {key: round(value, digits) if isinstance(value, float) else value for key, value in metrics.items()}
+
+    def rounded(value: Any) -> Any:
+        if isinstance(value, float):
+            return round(value, digits)
+        if isinstance(value, dict):
+            return {key: rounded(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [rounded(item) for item in value]
+        return value
+
+    return rounded(dict(metrics))

@@ -14,10 +14,12 @@ import numpy as np
 
 from .model.calibration import Calibration
 from .scores.thresholds import (
+    clopper_pearson,
+    conformal_promise,
+    conformal_threshold,
     rate_above,
     rates_at_threshold,
     roc_curve_points,
-    threshold_at_fpr,
     threshold_at_rate,
     validate_fpr,
 )
@@ -55,6 +57,11 @@ class OperatingPoint:
     precision: float
     confusion: dict[str, float]  # tp, fp, tn, fn (counts for images; shares of pixels for pixels)
     heldout_fpr: float
+    #: Image level: the split-conformal bound on new good images' FPR at this threshold (NaN for pixels).
+    promised_fpr: float = math.nan
+    #: Image level: the exact 95 % interval of the FPR on the good test images, and how many there are.
+    fpr_interval: tuple[float, float] = (math.nan, math.nan)
+    n_good: int = 0
 
 
 def recorded_test_scores(info: Mapping[str, Any]) -> ScoreTable:
@@ -74,7 +81,28 @@ def image_operating_point(table: ScoreTable, calibration: Calibration, threshold
         fpr, tpr, precision = rates["fpr"], rates["tpr"], rates["precision"]
     else:
         confusion, fpr, tpr, precision = {}, math.nan, math.nan, math.nan
-    return OperatingPoint(float(threshold), fpr, tpr, precision, confusion, calibration.heldout_fpr(threshold))
+    good = table.good
+    interval = clopper_pearson(int((good > threshold).sum()), int(good.size))
+    return OperatingPoint(float(threshold), fpr, tpr, precision, confusion, calibration.heldout_fpr(threshold),
+                          conformal_promise(calibration.heldout_scores, threshold), interval, int(good.size))
+
+
+def promise_check(target_fpr: float, point: OperatingPoint) -> tuple[str, str] | None:
+    """("warning" | "info", words for a line operator) when the good test images disagree with the promise: the
+    target lies outside their 95 % interval. None when they agree, or when there are no good test images."""
+    low, high = point.fpr_interval
+    if not point.n_good or not math.isfinite(low):
+        return None
+    measured = (f"{point.fpr:.1%} of the {point.n_good} good test parts are flagged (95 % interval {low:.1%} to "
+                f"{high:.1%})")
+    if low > target_fpr:
+        return ("warning", f"{measured}: more false alarms than the {target_fpr:.1%} promised. The good parts now "
+                "score higher than the ones the model was calibrated on — a change of lighting, camera or batch "
+                "would do that. Recalibrate on a folder of recent good parts (below), or retrain.")
+    if high < target_fpr:
+        return ("info", f"{measured}: fewer false alarms than the {target_fpr:.1%} allowed; a lower threshold "
+                "would catch more defects within the target.")
+    return None
 
 
 def image_roc(table: ScoreTable) -> dict[str, np.ndarray]:
@@ -83,11 +111,12 @@ def image_roc(table: ScoreTable) -> dict[str, np.ndarray]:
 
 
 def image_threshold_for_fpr(calibration: Calibration, target_fpr: float) -> float:
-    """The raw image threshold whose FPR on the held-out good images is at most the target."""
+    """The raw image threshold that promises at most the target FPR on new good images (split-conformal, from
+    the held-out good scores)."""
     validate_fpr(target_fpr)
     if not calibration.heldout_scores:
         raise ValueError("the model file has no held-out good scores to set a threshold from")
-    return threshold_at_fpr(calibration.heldout_scores, target_fpr)
+    return conformal_threshold(calibration.heldout_scores, target_fpr).threshold
 
 
 @dataclass
@@ -143,3 +172,17 @@ def pixel_threshold_for_fpr(calibration: Calibration, target_fpr: float) -> floa
     if not calibration.heldout_pixel_quantiles:
         raise ValueError("the model file has no held-out pixel scores to set a threshold from")
     return threshold_at_rate(calibration.heldout_pixel_quantiles, target_fpr)
+
+
+def promise_report(calibration: Calibration, metrics: Mapping[str, Any]) -> str:
+    """One paragraph: what the image threshold promises, and how it did on the unseen good test images."""
+    words = f"Image threshold: {calibration.image_promise or 'set on the held-out good images'}."
+    if metrics.get("n_unseen_good"):
+        low, high = metrics["fpr_unseen_good_ci"]
+        words += (f" On {metrics['n_unseen_good']} unseen good test images: {metrics['fpr_unseen_good']:.1%} flagged "
+                  f"(95 % interval {low:.1%} to {high:.1%}).")
+    if "false_boxes_per_good_image" in metrics:
+        words += (f" Pixel threshold: {metrics['false_boxes_per_good_image']:.2f} false regions per unseen good "
+                  f"image, {metrics.get('pixel_fpr_unseen_good', math.nan):.2%} of their pixels flagged.")
+    return words
+

@@ -8,6 +8,9 @@ import streamlit as st
 
 from inspection.data.datasets import Dataset
 from inspection.data.demo import DEMO_CATEGORY
+from inspection.errors import InspectionError
+from inspection.model.modelfile import read_model_header
+from inspection.operating import promise_report
 from inspection.registry import get_method
 
 from .caches import cached_demo_root
@@ -76,6 +79,11 @@ def _monitor_body() -> None:
     if state.status == "done":
         st.success(f"Trained **{state.request.display_name}** in {state.elapsed:.0f} s → "
                    f"`{Path(state.result_path).name}`", icon=":material/check_circle:")
+        try:
+            header = read_model_header(state.result_path)
+        except InspectionError:  # deleted or replaced since: the models table says what is there now
+            return
+        st.caption(promise_report(header.calibration, header.info.get("metrics") or {}))
     elif state.status == "cancelled":
         st.warning(f"Training {state.request.display_name!r} was stopped; nothing was saved.")
     else:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import streamlit as st
 
 from inspection.model.modelfile import read_model_header, save_thresholds
+from inspection.operating import promise_check
+from inspection.recalibrate import good_images_in, recalibrate, undo_recalibration
 from inspection_app import caches, page, sidebar
 from inspection_app.charts import roc_figure, score_histogram
 from inspection_app.threshold_view import LEVELS, confusion_rows, format_rate, threshold_level
@@ -39,9 +41,12 @@ def clamp(value: float) -> float:
 
 
 def held_out_rate(normalised: float) -> float:
-    """The held-out FPR at a threshold, as the target FPR field shows it."""
-    rate = view.point(view.raw(normalised)).heldout_fpr
-    return float(min(max(rate, 1e-4), 0.9999)) if rate == rate else view.saved_target_fpr
+    """The FPR the target field shows at a threshold: promised on new good images (image level; split-conformal
+    from the held-out scores), measured on the held-out good pixels (pixel level)."""
+    point_there = view.point(view.raw(normalised))
+    rate = point_there.promised_fpr if image_level else point_there.heldout_fpr
+    # Rounded as the field shows it: an unrounded value would read as an edit and move the threshold again.
+    return round(float(min(max(rate, 1e-4), 0.9999)), 4) if rate == rate else view.saved_target_fpr
 
 
 def from_slider() -> None:
@@ -77,10 +82,12 @@ controls.slider("Threshold (model scale: 0.5 = saved)", min_value=low, max_value
                 format="%.3f", on_change=from_slider, help="Above the threshold: defect.")
 exact_column.number_input("Exact threshold", step=0.01, format="%.3f", key=number_key, on_change=from_number,
                           help="Type a threshold; it may lie outside the slider's range.")
-target_column.number_input("Target FPR (held-out good)", min_value=1e-4, max_value=0.9999, step=0.01,
-                           format="%.4f", key=fpr_key, on_change=from_target_fpr,
-                           help="The false-positive rate on the held-out good images (never seen in fitting): "
-                                "typing one moves the threshold there; moving the threshold updates it.")
+target_column.number_input(
+    "Target FPR (promised on new good)" if image_level else "Target FPR (held-out good)", min_value=1e-4,
+    max_value=0.9999, step=0.01, format="%.4f", key=fpr_key, on_change=from_target_fpr,
+    help="Typing one moves the threshold there; moving the threshold updates it. Image level: the false-alarm "
+         "rate promised on new good parts (split-conformal, from the held-out good images). Pixel level: the "
+         "false-positive rate on the held-out good pixels.")
 if "fpr_error" in st.session_state:
     st.error(st.session_state["fpr_error"])
 threshold_normalised = float(st.session_state[number_key])
@@ -93,8 +100,23 @@ metrics[1].metric("TPR (test)", format_rate(point.tpr), help="Share of defect te
 metrics[2].metric("Precision (test)", format_rate(point.precision),
                   help="Share of flagged images that are defects." if image_level else
                   "Needs the pixel counts of the test split (not recorded in this model file).")
-metrics[3].metric("FPR held-out good", format_rate(point.heldout_fpr),
-                  help="Measured on the good training images held out from fitting.")
+check = None  # the good test images against the promise (image level)
+if image_level:
+    metrics[3].metric("Promised FPR (new good)", format_rate(point.promised_fpr),
+                      help="At most this share of new good parts is flagged, on average (split-conformal: from "
+                           f"the ranks of the {len(view.calibration.heldout_scores)} good training images held "
+                           "out from fitting).")
+    if point.n_good:
+        interval_low, interval_high = point.fpr_interval
+        st.caption(f"Measured on the {point.n_good} good test images, which neither fitting nor calibration saw: "
+                   f"{format_rate(point.fpr)} flagged (95 % interval {format_rate(interval_low)} to "
+                   f"{format_rate(interval_high)}).")
+    check = promise_check(point.promised_fpr, point)
+    if check is not None:
+        (st.warning if check[0] == "warning" else st.info)(check[1])
+else:
+    metrics[3].metric("FPR held-out good", format_rate(point.heldout_fpr),
+                      help="Measured on the pixels of the good training images held out from fitting.")
 
 if not view.has_test:
     st.warning("This model was not evaluated on a test split with good and defect "
@@ -134,6 +156,31 @@ with saving:
                 save_thresholds(entry.path, pixel_threshold=raw_threshold)
             st.toast("Threshold saved into the model file.")
             st.rerun()
+
+shifted = check is not None and check[0] == "warning"
+with st.expander("Recalibrate on new good parts (no retraining)", expanded=shifted):
+    st.caption("When the pictures change — new lighting, a new camera, a new batch — good parts may score higher "
+               "than the ones the model was calibrated on. Point to a folder of recent good parts (at least 10): "
+               "both thresholds are set again from them by the model's own rules; the model itself is unchanged, "
+               "and the old thresholds stay in its file, ready to be brought back.")
+    folder = st.text_input("Folder of new good images", key=f"recalibrate-folder-{suffix}",
+                           placeholder="/path/to/recent/good/parts")
+    if st.button("Recalibrate", disabled=not folder.strip(), key="recalibrate"):
+        with page.user_errors():
+            images = good_images_in(folder)
+            with st.spinner(f"Scoring {len(images)} good images…"):
+                recalibrate(entry.path, images)
+            st.toast(f"Recalibrated on {len(images)} good images; the old thresholds are kept.")
+            st.rerun()
+    if view.calibration.history:
+        last = view.calibration.history[-1]
+        st.caption(f"Last recalibration {last['replaced'] or ''}: {last['reason']} (thresholds before it: image "
+                   f"{last['image_threshold']:.5g}, pixel {last['pixel_threshold']:.5g}).")
+        if st.button("Undo the last recalibration", key="undo_recalibration"):
+            with page.user_errors():
+                undo_recalibration(entry.path)
+                st.toast("The thresholds before the last recalibration are back.")
+                st.rerun()
 
 if image_level and view.table.scores.size:
     false_alarms, misses = view.errors_at(raw_threshold)

@@ -7,7 +7,9 @@ import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app_testing import REPO, SMALL_PARAMS, copy_model, demo_image, train_small_model
@@ -339,7 +341,7 @@ def test_threshold_slider_changes_the_rates_and_saves(models: Path, small_model:
     assert_clean(at)
     assert len(at.get("plotly_chart")) == 2  # histogram and ROC
     before = _metrics(at)
-    assert set(before) == {"FPR (test)", "TPR (test)", "Precision (test)", "FPR held-out good"}
+    assert set(before) == {"FPR (test)", "TPR (test)", "Precision (test)", "Promised FPR (new good)"}
     assert at.slider[0].value == pytest.approx(0.5, abs=1e-3)
     zoomed = (at.slider[0].min, at.slider[0].max)
     slider = _widen(at).slider[0]
@@ -371,13 +373,41 @@ def test_threshold_exact_number_and_target_fpr_move_the_slider(models: Path, sma
     fpr_input.set_value(0.5).run()
     assert_clean(at)
     assert at.slider[0].value < before
-    assert float(_metrics(at)["FPR held-out good"].rstrip("%")) <= 50.0
+    assert float(_metrics(at)["Promised FPR (new good)"].rstrip("%")) <= 50.0
     exact = next(widget for widget in at.number_input if widget.label == "Exact threshold")
     exact.set_value(0.75).run()
     assert at.slider[0].value == pytest.approx(min(0.75, at.slider[0].max))
-    # Moving the threshold puts the held-out FPR it gives into the target field.
+    # Moving the threshold puts the FPR it promises on new good parts into the target field.
     target = next(widget for widget in at.number_input if widget.label.startswith("Target FPR")).value
-    assert f"{target:.1%}" == _metrics(at)["FPR held-out good"]
+    assert f"{target:.1%}" == _metrics(at)["Promised FPR (new good)"]
+
+
+def test_threshold_shows_the_promise_and_recalibrates_on_a_folder_with_undo(models: Path, small_model: Path,
+                                                                           demo_root: Path, tmp_path: Path) -> None:
+    path = copy_model(small_model, models)
+    at = run_page("pages/3_Threshold.py")
+    assert_clean(at)
+    assert any("Measured on the 20 good test images" in caption.value for caption in at.caption)
+    # A folder of good parts under brighter light: the thresholds are set again from them, and undone.
+    brighter = tmp_path / "brighter"
+    brighter.mkdir()
+    for source in sorted((demo_root / "train" / "good").glob("*.png"))[:12]:
+        pixels = np.asarray(Image.open(source).convert("RGB"), dtype=np.int16)
+        Image.fromarray(np.clip(pixels + 60, 0, 255).astype(np.uint8)).save(brighter / source.name)
+    before = read_model_info(path)["calibration"]
+    folder_box = next(box for box in at.text_input if box.label == "Folder of new good images")
+    folder_box.set_value(str(tmp_path / "missing")).run()
+    at.button(key="recalibrate").click().run()
+    assert not at.exception and any("folder not found" in error.value for error in at.error)
+    next(box for box in at.text_input if box.label == "Folder of new good images").set_value(str(brighter)).run()
+    at.button(key="recalibrate").click().run()
+    assert not at.exception
+    after = read_model_info(path)["calibration"]
+    assert after["image_threshold"] > before["image_threshold"] and len(after["history"]) == 1
+    assert any("recalibrated on 12 new good images" in caption.value for caption in at.caption)
+    at.button(key="undo_recalibration").click().run()
+    assert_clean(at)
+    assert read_model_info(path)["calibration"] == before
 
 
 def test_threshold_lists_false_alarms_and_misses_linking_to_inspect(models: Path, small_model: Path) -> None:
@@ -424,7 +454,7 @@ def test_threshold_page_of_a_model_without_test_evaluation(models: Path, small_m
     at = _widen(at)
     at.slider[0].set_value(at.slider[0].min).run()
     assert_clean(at)
-    assert _metrics(at)["FPR held-out good"] == "100.0%"
+    assert _metrics(at)["Promised FPR (new good)"] == "100.0%"
 
 
 def test_threshold_page_without_a_model(models: Path) -> None:

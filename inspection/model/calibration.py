@@ -1,7 +1,8 @@
 """Calibration: the thresholds a model decides with, and the fixed scale its scores are shown on.
 
 Both come from good images the model did not fit (a seeded held-out share of the training images): the image
-threshold at a target image FPR; the pixel threshold at a target number of false regions per good image (or,
+threshold by the split-conformal rule, which promises at most the target FPR on new good images; the pixel
+threshold at a target number of false regions per good image (or,
 by choice, a target pixel FPR); and one affine normalisation per level. The normalisation always puts the
 current threshold at 0.5: saving a new threshold moves the scale with it, so every page, picture and file
 shows 0.5 where the model decides.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -19,14 +21,22 @@ import numpy as np
 from ..errors import ModelFileError
 from ..scores.thresholds import (
     ScoreScale,
+    conformal_threshold,
     pixel_threshold_at_fpr,
     rate_above,
     score_quantiles,
     threshold_at_false_regions,
-    threshold_at_fpr,
     validate_fpr,
 )
-from .fields import require_keys, require_mapping, require_no_other_keys, require_number, require_numbers, require_texts
+from .fields import (
+    require_keys,
+    require_mapping,
+    require_no_other_keys,
+    require_number,
+    require_numbers,
+    require_text,
+    require_texts,
+)
 
 #: The colour scale's top when a model was not evaluated on defects (twice as far from calm as the threshold).
 DEFAULT_COLOUR_MAX = 2.0
@@ -55,13 +65,20 @@ class Calibration:
     pixel_reference: float | None = None
     #: The top of the heatmaps' colour scale (raw): a high quantile of the test split's defect pixels.
     pixel_display_max: float | None = None
+    #: How the image threshold was chosen ("conformal"; "empirical" in files of 0.1), and what it promises.
+    image_rule: str = "empirical"
+    image_promise: str = ""
+    #: Thresholds replaced by a recalibration, oldest first: {"image_threshold", "pixel_threshold", "replaced",
+    #: "reason"} each, so that a recalibration can be undone.
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_good(cls, image_scores: np.ndarray, maps: np.ndarray, image_fpr: float, pixel_fpr: float,
                   files: Sequence[str] = (), pixel_rule: str = "false_regions",
                   false_regions: float = 0.1) -> Calibration:
         """Thresholds and scales from the scores and maps of held-out good images."""
-        image_threshold = threshold_at_fpr(image_scores, image_fpr)
+        conformal = conformal_threshold(image_scores, image_fpr)
+        image_threshold = conformal.threshold
         if pixel_rule == "false_regions":
             pixel_threshold = threshold_at_false_regions(maps, false_regions)
         elif pixel_rule == "pixel_fpr":
@@ -74,7 +91,8 @@ class Calibration:
                    ScoreScale.from_reference(pixel_reference, pixel_threshold),
                    [float(score) for score in image_scores], list(files), score_quantiles(maps),
                    pixel_rule=pixel_rule, false_regions=false_regions if pixel_rule == "false_regions" else None,
-                   image_reference=image_reference, pixel_reference=pixel_reference)
+                   image_reference=image_reference, pixel_reference=pixel_reference, image_rule="conformal",
+                   image_promise=conformal.describe())
 
     def with_thresholds(self, image_threshold: float | None = None,
                         pixel_threshold: float | None = None) -> Calibration:
@@ -127,7 +145,16 @@ class Calibration:
                                  f"{pixel_rule!r}")
         optional = {key: require_number(values.get(key), f"{where}.{key}", allow_none=True)
                     for key in ("false_regions", "image_reference", "pixel_reference", "pixel_display_max")}
-        return cls(**numbers, **scales, pixel_rule=pixel_rule, **optional,
+        image_rule = values.get("image_rule", "empirical")
+        if image_rule not in ("conformal", "empirical"):
+            raise ModelFileError(f"field '{where}.image_rule' must be 'conformal' or 'empirical', got {image_rule!r}")
+        history = values.get("history", [])
+        if not isinstance(history, list):
+            raise ModelFileError(f"field '{where}.history' must be a list, got {type(history).__name__}")
+        history = [_history_entry(entry, f"{where}.history[{index}]") for index, entry in enumerate(history)]
+        return cls(**numbers, **scales, pixel_rule=pixel_rule, **optional, image_rule=image_rule,
+                   image_promise=require_text(values.get("image_promise", ""), f"{where}.image_promise"),
+                   history=history,
                    heldout_scores=require_numbers(values.get("heldout_scores", []), f"{where}.heldout_scores"),
                    heldout_files=require_texts(values.get("heldout_files", []), f"{where}.heldout_files"),
                    heldout_pixel_quantiles=require_numbers(values.get("heldout_pixel_quantiles", []),
@@ -138,6 +165,30 @@ class Calibration:
                                                      allow_none=True))
 
     # --- reading --------------------------------------------------------------------------------------
+
+    def recalibrated(self, image_threshold: float, pixel_threshold: float, reason: str, image_promise: str,
+                     good_scores: Sequence[float], good_files: Sequence[str],
+                     pixel_quantiles: Sequence[float]) -> Calibration:
+        """New thresholds from new good images, which become the calibration set; the current thresholds and set
+        go into the history, so that `undone` brings them back exactly."""
+        entry = {"image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold,
+                 "replaced": datetime.now(timezone.utc).isoformat(timespec="seconds"), "reason": reason,
+                 "image_promise": self.image_promise, "heldout_scores": list(self.heldout_scores),
+                 "heldout_files": list(self.heldout_files),
+                 "heldout_pixel_quantiles": list(self.heldout_pixel_quantiles)}
+        return replace(self.with_thresholds(image_threshold, pixel_threshold), history=[*self.history, entry],
+                       image_promise=image_promise, heldout_scores=[float(score) for score in good_scores],
+                       heldout_files=list(good_files), heldout_pixel_quantiles=list(pixel_quantiles))
+
+    def undone(self) -> Calibration:
+        """The thresholds and calibration set before the last recalibration (ValueError when there was none)."""
+        if not self.history:
+            raise ValueError("the model was never recalibrated: there is nothing to undo")
+        previous = self.history[-1]
+        return replace(self.with_thresholds(previous["image_threshold"], previous["pixel_threshold"]),
+                       history=self.history[:-1], image_promise=previous["image_promise"],
+                       heldout_scores=previous["heldout_scores"], heldout_files=previous["heldout_files"],
+                       heldout_pixel_quantiles=previous["heldout_pixel_quantiles"])
 
     @property
     def normalized_image_threshold(self) -> float:
@@ -164,3 +215,17 @@ class Calibration:
         """Pixel FPR on the held-out good images at a threshold (from their saved score quantiles)."""
         threshold = self.pixel_threshold if pixel_threshold is None else pixel_threshold
         return rate_above(self.heldout_pixel_quantiles, threshold)
+
+
+def _history_entry(values: Any, where: str) -> dict[str, Any]:
+    values = require_mapping(values, where)
+    require_keys(values, ("image_threshold", "pixel_threshold"), where)
+    return {"image_threshold": require_number(values["image_threshold"], f"{where}.image_threshold"),
+            "pixel_threshold": require_number(values["pixel_threshold"], f"{where}.pixel_threshold"),
+            "replaced": require_text(values.get("replaced", ""), f"{where}.replaced"),
+            "reason": require_text(values.get("reason", ""), f"{where}.reason"),
+            "image_promise": require_text(values.get("image_promise", ""), f"{where}.image_promise"),
+            "heldout_scores": require_numbers(values.get("heldout_scores", []), f"{where}.heldout_scores"),
+            "heldout_files": require_texts(values.get("heldout_files", []), f"{where}.heldout_files"),
+            "heldout_pixel_quantiles": require_numbers(values.get("heldout_pixel_quantiles", []),
+                                                       f"{where}.heldout_pixel_quantiles")}

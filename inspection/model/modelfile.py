@@ -30,7 +30,7 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MODEL_SUFFIX", "ModelFileError", "write_model_file", "read_header",
            "read_model_file", "update_header", "resolve_model_path", "read_model_header", "read_model_info",
-           "save_thresholds", "update_info"]
+           "save_thresholds", "update_info", "rewrite_header"]
 
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
@@ -130,7 +130,8 @@ def read_model_info(path: str | os.PathLike) -> dict[str, Any]:
     return read_model_header(path).to_dict()
 
 
-def _rewrite(path: str | os.PathLike, change: Callable[[ModelHeader], None]) -> ModelHeader:
+def rewrite_header(path: str | os.PathLike, change: Callable[[ModelHeader], None]) -> ModelHeader:
+    """Rewrite a model file with `change(header)` applied to its typed header; atomic, tensors unchanged."""
     path = resolve_model_path(path)
     tensors, stored = read_model_file(path)
     header = parse_header(path, stored)
@@ -153,9 +154,9 @@ def save_thresholds(path: str | os.PathLike, image_threshold: float | None = Non
         # The scales move with the thresholds: a saved threshold is always shown at 0.5, on every page.
         header.calibration = header.calibration.with_thresholds(image_threshold, pixel_threshold)
 
-    return _rewrite(path, change)
+    return rewrite_header(path, change)
 
 
 def update_info(path: str | os.PathLike, **entries: Any) -> ModelHeader:
     """Merge entries into a model file's metadata (e.g. a new display name) atomically."""
-    return _rewrite(path, lambda header: header.info.update(entries))
+    return rewrite_header(path, lambda header: header.info.update(entries))

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy.stats import beta
 
 from .metrics import check_scores_and_labels
 from .regions import MIN_REGION_AREA, count_regions
@@ -20,6 +21,10 @@ from .regions import MIN_REGION_AREA, count_regions
 __all__ = [
     "validate_fpr",
     "threshold_at_fpr",
+    "ConformalThreshold",
+    "conformal_threshold",
+    "conformal_promise",
+    "clopper_pearson",
     "pixel_threshold_at_fpr",
     "f1_optimal_threshold",
     "roc_curve_points",
@@ -75,6 +80,70 @@ def threshold_at_fpr(good_scores: ArrayLike, target_fpr: float) -> float:
     if np.isnan(scores).any():
         raise ValueError(f"good_scores contain {int(np.isnan(scores).sum())} NaN values")
     return _threshold_from_values(scores, target_fpr)
+
+
+@dataclass(frozen=True)
+class ConformalThreshold:
+    """A threshold with a guarantee on new good images: P(new good score > threshold) <= promised_fpr."""
+
+    threshold: float
+    target_fpr: float
+    n_good: int
+    rank: int  # the threshold is the rank-th smallest of the good scores
+    promised_fpr: float  # the target when it can be kept; else 1/(n+1), the best these n scores can promise
+
+    @property
+    def keeps_target(self) -> bool:
+        return self.promised_fpr <= self.target_fpr
+
+    def describe(self) -> str:
+        """The promise in words, for the CLI, the pages and the model file."""
+        if self.keeps_target:
+            return (f"false alarms on new good parts at most {self.target_fpr:.1%} on average (split-conformal, "
+                    f"from {self.n_good} held-out good images)")
+        needed = math.ceil(1 / self.target_fpr - 1)
+        return (f"{self.n_good} held-out good images are too few for a {self.target_fpr:.1%} target (it needs at "
+                f"least {needed}): the threshold is the highest held-out score, and the promise weakens to at most "
+                f"{self.promised_fpr:.1%} false alarms on new good parts")
+
+
+def conformal_threshold(good_scores: ArrayLike, target_fpr: float) -> ConformalThreshold:
+    """The split-conformal threshold: the ⌈(n+1)(1−α)⌉-th smallest of n held-out good scores.
+
+    For a new good image exchangeable with the held-out ones, P(score > threshold) <= α. When
+    ⌈(n+1)(1−α)⌉ > n (n < 1/α − 1), no held-out score is high enough: the threshold is the largest one and
+    the promise is 1/(n+1) instead of α.
+    """
+    target_fpr = validate_fpr(target_fpr)
+    scores = np.sort(np.asarray(good_scores, dtype=np.float64).ravel())
+    if scores.size == 0:
+        raise ValueError("good_scores is empty: cannot calibrate a threshold without good samples")
+    if np.isnan(scores).any():
+        raise ValueError(f"good_scores contain {int(np.isnan(scores).sum())} NaN values")
+    n = scores.size
+    # The small tolerance keeps float noise ((n+1)(1-α) = 20.000000000000004) from adding a rank.
+    rank = math.ceil((n + 1) * (1 - target_fpr) - 1e-9)
+    if rank <= n:
+        return ConformalThreshold(float(scores[rank - 1]), target_fpr, n, rank, target_fpr)
+    return ConformalThreshold(float(scores[-1]), target_fpr, n, n, 1 / (n + 1))
+
+
+def conformal_promise(good_scores: ArrayLike, threshold: float) -> float:
+    """The split-conformal bound on the FPR of new good images at any threshold: (#held-out above + 1) / (n + 1)."""
+    scores = np.asarray(good_scores, dtype=np.float64).ravel()
+    if scores.size == 0:
+        return float("nan")
+    return float(min(1.0, (int((scores > threshold).sum()) + 1) / (scores.size + 1)))
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) confidence interval of a rate measured as successes / trials."""
+    if trials <= 0:
+        return float("nan"), float("nan")
+    tail = (1 - confidence) / 2
+    low = 0.0 if successes == 0 else float(beta.ppf(tail, successes, trials - successes + 1))
+    high = 1.0 if successes == trials else float(beta.ppf(1 - tail, successes + 1, trials - successes))
+    return low, high
 
 
 def _finite_pixels(good_maps: ArrayLike | Sequence[ArrayLike]) -> np.ndarray:
