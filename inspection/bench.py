@@ -3,6 +3,10 @@
 A fresh process per run (started with ``spawn``: nothing inherited from this one) makes its peak memory
 (resident set; GPU peak allocation on CUDA) its own, not the sum of everything run before. Results go to
 ``results.json`` and a Markdown table ``results.md``.
+
+A method may be given with settings of its own, ``METHOD:NAME=VALUE[,NAME=VALUE…]`` (e.g. ``vae:scoring=residual``),
+so that one bench compares variants of a method; each row is labelled with its variant (the value of the
+method's `variant_param`, e.g. "vae (residual)") and with those settings.
 """
 
 from __future__ import annotations
@@ -23,15 +27,18 @@ import torch
 from . import __version__
 from .data.datasets import list_categories
 from .errors import ParameterError
+from .model.base import AnomalyModel
+from .registry import get_method
 
-_COLUMNS = (("method", "method"), ("category", "category"), ("backbone", "backbone"),
+_COLUMNS = (("label", "method"), ("category", "category"), ("backbone", "backbone"),
             ("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"),
-            ("fit_seconds", "fit s"), ("predict_ms_per_image", "predict ms/img"),
-            ("peak_memory_mib", "peak MiB"), ("device", "device"))
+            ("fit_seconds", "fit s"), ("total_seconds", "fit+eval s"), ("predict_ms_per_image", "ms/img b1"),
+            ("predict_ms_per_image_batch16", "ms/img b16"), ("peak_memory_mib", "peak MiB"), ("device", "device"))
 
 
-def parse_settings(settings: Sequence[str], category: str) -> dict[str, str]:
-    """`NAME=VALUE` for every run and `CATEGORY:NAME=VALUE` for one category → this category's overrides."""
+def parse_settings(settings: Sequence[str], category: str, method: str = "") -> dict[str, str]:
+    """`NAME=VALUE` for every run, `SCOPE:NAME=VALUE` for runs of one category or one method → this run's
+    overrides."""
     chosen: dict[str, str] = {}
     for setting in settings:
         if "=" not in setting:
@@ -39,10 +46,31 @@ def parse_settings(settings: Sequence[str], category: str) -> dict[str, str]:
         key, value = setting.split("=", 1)
         if ":" in key:
             scope, key = key.split(":", 1)
-            if scope != category:
+            if scope not in (category, method):
                 continue
         chosen[key] = value
     return chosen
+
+
+def parse_method_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """"vae:scoring=residual,epochs=100" → ("vae", {"scoring": "residual", "epochs": "100"}); the method exists."""
+    name, _, rest = spec.partition(":")
+    get_method(name)
+    settings = {}
+    for item in filter(None, rest.split(",")):
+        if "=" not in item:
+            raise ParameterError(f"method {spec!r}: {item!r} is not NAME=VALUE")
+        key, value = item.split("=", 1)
+        settings[key] = value
+    return name, settings
+
+
+def run_label(model: AnomalyModel, own_settings: dict[str, str]) -> str:
+    """The row's name: the method, its variant, and the settings given to this run alone, e.g.
+    "vae (projection, epochs=300)"."""
+    parts = [str(model.params[model.variant_param])] if model.variant_param else []
+    parts += [f"{key}={value}" for key, value in own_settings.items() if key != model.variant_param]
+    return f"{model.name} ({', '.join(parts)})" if parts else model.name
 
 
 def _find_root(data_roots: Sequence[str], category: str) -> str:
@@ -52,18 +80,24 @@ def _find_root(data_roots: Sequence[str], category: str) -> str:
     raise ParameterError(f"category {category!r} not found under {list(data_roots)}")
 
 
-def bench_one(method: str, data_root: str, category: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Fit, evaluate and measure one method on one category (in the current process)."""
+def bench_one(method: str, data_root: str, category: str, params: dict[str, Any],
+              own_settings: dict[str, str] | None = None) -> dict[str, Any]:
+    """Fit, evaluate and measure one method on one category (in the current process); `own_settings` are the
+    settings given to this method alone (they name the row)."""
     from .pipeline import train
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
     result = train(method, params, data_root, category)
+    total_seconds = time.perf_counter() - started
     model = result.model
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    row = {"method": method, "category": category, "backbone": model.params.get("backbone", "-"),
+    row = {"method": method, "label": run_label(model, own_settings or {}), "category": category,
+           "backbone": model.params.get("backbone", "-"),
            "params": model.params, "preprocessing": model.preprocessing.to_dict(),
-           "fit_seconds": round(model.info.fit_seconds, 2), "peak_memory_mib": round(peak_mib, 1),
+           "fit_seconds": round(model.info.fit_seconds, 2), "total_seconds": round(total_seconds, 2),
+           "peak_memory_mib": round(peak_mib, 1),
            "n_fit_images": model.info.n_fit_images, "n_heldout_images": model.info.n_heldout_images,
            **result.metrics}
     if model.device.type == "cuda":
@@ -71,30 +105,33 @@ def bench_one(method: str, data_root: str, category: str, params: dict[str, Any]
     return row
 
 
-def bench_in_fresh_process(method: str, data_root: str, category: str, params: dict[str, Any]) -> dict[str, Any]:
+def bench_in_fresh_process(method: str, data_root: str, category: str, params: dict[str, Any],
+                           own_settings: dict[str, str] | None = None) -> dict[str, Any]:
     """`bench_one` in a new process of its own (errors come back as raised in it)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(bench_one, method, data_root, category, params).result()
+        return pool.submit(bench_one, method, data_root, category, params, own_settings).result()
 
 
 def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Sequence[str], out: Path,
               settings: Sequence[str] = (), device: str | None = None, quiet: bool = False) -> list[dict[str, Any]]:
+    specs = [parse_method_spec(spec) for spec in methods]  # unknown methods fail before any run
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for category in categories:
         root = _find_root(data_roots, category)
-        for method in methods:
-            params = parse_settings(settings, category)
+        for method, own_settings in specs:
+            params = {**parse_settings(settings, category, method), **own_settings}
             if device:
                 params["device"] = device
             if not quiet:
-                print(f"bench: {method} on {category} …", file=sys.stderr, flush=True)
-            results.append(bench_in_fresh_process(method, root, category, params))
+                print(f"bench: {method} {own_settings or ''} on {category} …", file=sys.stderr, flush=True)
+            results.append(bench_in_fresh_process(method, root, category, params, own_settings))
             if not quiet:
                 row = results[-1]
                 print(f"  image {row['image_auroc']:.4f} pixel {row['pixel_auroc']:.4f} aupro {row['aupro']:.4f} "
-                      f"fit {row['fit_seconds']:.1f}s predict {row['predict_ms_per_image']:.1f}ms "
-                      f"peak {row['peak_memory_mib']:.0f}MiB", file=sys.stderr, flush=True)
+                      f"fit {row['fit_seconds']:.1f}s total {row['total_seconds']:.1f}s "
+                      f"predict {row['predict_ms_per_image']:.1f} / {row['predict_ms_per_image_batch16']:.1f} "
+                      f"ms/img (batch 1 / 16) peak {row['peak_memory_mib']:.0f}MiB", file=sys.stderr, flush=True)
     environment = {"inspection": __version__, "torch": torch.__version__, "python": platform.python_version(),
                    "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
                    "date": time.strftime("%Y-%m-%d")}
@@ -109,24 +146,37 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
     for row in results:
         cells = []
         for key, _ in _COLUMNS:
-            value = row.get(key, "")
-            if key in {"image_auroc", "pixel_auroc", "aupro"}:
+            value = row.get(key, row["method"] if key == "label" else "")
+            if value == "":
+                cells.append("")
+            elif key in {"image_auroc", "pixel_auroc", "aupro"}:
                 cells.append(f"{value:.4f}")
-            elif key in {"fit_seconds", "predict_ms_per_image"}:
+            elif key in {"fit_seconds", "total_seconds", "predict_ms_per_image", "predict_ms_per_image_batch16"}:
                 cells.append(f"{value:.1f}")
             elif key == "peak_memory_mib":
                 cells.append(f"{value:.0f}")
             else:
                 cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
-    preprocessing = {f"{row['category']}": row["preprocessing"] for row in results}
     notes = [f"Measured {environment['date']} with inspection {environment['inspection']}, torch "
              f"{environment['torch']}, {environment['cpu_threads']} CPU threads ({environment['machine']}).",
-             "predict ms/img: median of one preprocessed image at batch 1 after warm-up, map at input resolution "
-             "included, decoding excluded. peak MiB: the run's own process (fit + evaluation).",
+             "fit+eval s: the whole run (fit, calibration, evaluation on the test split, timing). ms/img b1 / b16: "
+             "median time per preprocessed image at batch size 1 / in batches of 16, after warm-up, map at input "
+             "resolution included, decoding excluded. peak MiB: the run's own process (fit + evaluation).",
              "Preprocessing per category: " + "; ".join(
-                 f"{category}: {describe_preprocessing(p)}" for category, p in preprocessing.items())]
+                 f"{category}: {text}" for category, text in _preprocessing_by_category(results).items())]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def _preprocessing_by_category(results: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Each category's preprocessing; when methods differ (e.g. a network trained at 128 px), each one named."""
+    described: dict[str, dict[str, list[str]]] = {}
+    for row in results:
+        text = describe_preprocessing(row["preprocessing"])
+        described.setdefault(row["category"], {}).setdefault(text, []).append(row.get("label", row["method"]))
+    return {category: next(iter(texts)) if len(texts) == 1 else
+            ", ".join(f"{text} ({', '.join(labels)})" for text, labels in texts.items())
+            for category, texts in described.items()}
 
 
 def describe_preprocessing(preprocessing: dict[str, Any]) -> str:

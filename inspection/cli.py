@@ -47,7 +47,9 @@ class ProgressBars:
             self.bar = tqdm(total=report.total, desc=report.stage, unit="step", leave=False, file=sys.stderr)
         self.bar.total = report.total
         self.bar.n = report.step
-        if report.loss is not None:
+        if report.losses:
+            self.bar.set_postfix({name: f"{value:.4g}" for name, value in report.losses.items()})
+        elif report.loss is not None:
             self.bar.set_postfix(loss=f"{report.loss:.4g}")
         self.bar.refresh()
 
@@ -268,14 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=command_predict)
 
     bench = commands.add_parser("bench", help="fit + evaluate each method on each category; results.json/.md")
-    bench.add_argument("--methods", nargs="+", required=True, choices=sorted(methods()))
+    bench.add_argument("--methods", nargs="+", required=True, metavar="METHOD[:NAME=VALUE,…]",
+                       help=f"methods to run ({', '.join(sorted(methods()))}), each optionally with settings of its "
+                            "own, e.g. vae:scoring=residual (the same method may be given with different settings)")
     bench.add_argument("--data", nargs="+", required=True, help="dataset root(s); categories are looked up in each")
     bench.add_argument("--categories", nargs="+", required=True)
     bench.add_argument("--out", required=True, help="output folder")
     _add_param_option(bench, device)
-    bench.add_argument("--set", nargs="*", metavar="[CATEGORY:]NAME=VALUE",
-                       help="parameter overrides, for all runs or for one category "
-                            "(e.g. magnetic_tile:resize_mode=full)")
+    bench.add_argument("--set", nargs="*", metavar="[SCOPE:]NAME=VALUE",
+                       help="parameter overrides, for all runs or for the runs of one category or one method "
+                            "(e.g. magnetic_tile:resize_mode=full, vae:epochs=100)")
     bench.set_defaults(handler=command_bench)
 
     listing = commands.add_parser("methods", help="list methods, their parameters, and backbones")

@@ -4,7 +4,7 @@ the README's figure."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,6 +12,7 @@ import numpy as np
 from .data.preprocess import Geometry
 from .model.calibration import Calibration
 from .model.prediction import Prediction
+from .model.views import Panel
 from .scores.regions import Region
 from .visualize import box_to_original, draw_boxes, mask_overlay, overlay
 
@@ -35,6 +36,7 @@ class ImageResult:
     boxes: list[tuple[int, int, int, int]]  # the regions' boxes in original pixels
     geometry: Geometry
     reconstruction: np.ndarray | None = None  # working resolution RGB, for methods that reconstruct
+    panels: list[Panel] = field(default_factory=list)  # the method's views, when the prediction was asked for them
 
     @property
     def verdict(self) -> str:
@@ -71,11 +73,12 @@ def image_result(prediction: Prediction, index: int, image: np.ndarray, name: st
                if is_defect or regions_when_good else [])
     geometry = prediction.geometries[index]
     reconstruction = prediction.reconstructions[index] if prediction.reconstructions is not None else None
+    panels = list(prediction.panels[index]) if prediction.panels is not None else []
     return ImageResult(
         name=name, image=image, score=float(prediction.image_scores[index]), raw_score=raw_score,
         is_defect=bool(is_defect), heatmap=prediction.map_on_original(index),
         regions=regions, boxes=[box_to_original(region, geometry) for region in regions], geometry=geometry,
-        reconstruction=reconstruction)
+        reconstruction=reconstruction, panels=panels)
 
 
 def defect_mask_on_original(result: ImageResult, calibration: Calibration,

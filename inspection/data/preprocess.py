@@ -20,6 +20,7 @@ import torch
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # scales to [-1, 1], as TF/TF-Lite weights expect
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # RGB in [0, 1], for networks trained from scratch with sigmoid outputs
 }
 
 #: "center_crop": resize the shorter side to `resize`, then cut the centre `crop`×`crop` (the field's default).
