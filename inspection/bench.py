@@ -37,18 +37,16 @@ _COLUMNS = (("label", "method"), ("category", "category"), ("backbone", "backbon
 
 
 def parse_settings(settings: Sequence[str], category: str, method: str = "") -> dict[str, str]:
-    """`NAME=VALUE` for every run, `SCOPE:NAME=VALUE` for runs of one category or one method → this run's
-    overrides."""
+    """This run's overrides: `NAME=VALUE` for every run; `SCOPE:NAME=VALUE` for the runs of one category or one
+    method; `SCOPE:SCOPE:NAME=VALUE` for the runs matching both (e.g. magnetic_tile:vae:epochs=10)."""
     chosen: dict[str, str] = {}
     for setting in settings:
         if "=" not in setting:
             raise ParameterError(f"setting {setting!r} is not NAME=VALUE or CATEGORY:NAME=VALUE")
         key, value = setting.split("=", 1)
-        if ":" in key:
-            scope, key = key.split(":", 1)
-            if scope not in (category, method):
-                continue
-        chosen[key] = value
+        *scopes, key = key.split(":")
+        if all(scope in (category, method) for scope in scopes):
+            chosen[key] = value
     return chosen
 
 

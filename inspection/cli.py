@@ -277,9 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--categories", nargs="+", required=True)
     bench.add_argument("--out", required=True, help="output folder")
     _add_param_option(bench, device)
-    bench.add_argument("--set", nargs="*", metavar="[SCOPE:]NAME=VALUE",
-                       help="parameter overrides, for all runs or for the runs of one category or one method "
-                            "(e.g. magnetic_tile:resize_mode=full, vae:epochs=100)")
+    bench.add_argument("--set", nargs="*", metavar="[SCOPE:…]NAME=VALUE",
+                       help="parameter overrides, for all runs or for the runs of one category, one method, or "
+                            "both (e.g. magnetic_tile:resize_mode=full, vae:epochs=100, magnetic_tile:vae:epochs=10)")
     bench.set_defaults(handler=command_bench)
 
     listing = commands.add_parser("methods", help="list methods, their parameters, and backbones")

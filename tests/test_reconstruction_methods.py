@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import random_images
 from inspection.bench import markdown_table, parse_method_spec, parse_settings, run_label
 from inspection.data.images import load_image
 from inspection.evaluate import time_prediction
@@ -156,6 +157,15 @@ def test_dfr_chooses_the_bottleneck_by_pca(fitted):
     assert create_model("dfr", latent_dim=7).params["latent_dim"] == 7
 
 
+def test_dfr_runs_the_seeds_vgg19_layers_with_reflection_padding():
+    model = create_model("dfr", backbone="vgg19", weights="random", layers="relu1_1,relu2_1,relu3_1,relu3_3,relu4_1",
+                         crop=32, resize=32, epochs=1, batch_positions=256)
+    model.fit(random_images(12, 32))
+    assert sum(model.layer_channels()) == 1216  # the seed's autoencoder input
+    assert model.extractor.stages["conv1_1"].padding_mode == "reflect"
+    assert model.predict(random_images(2, 32, seed=1)).raw_maps.shape == (2, 32, 32)
+
+
 def test_dfr_resizing_matches_upsampling_then_mean_pooling():
     feature = torch.randn(2, 5, 7, 9, dtype=torch.float64)
     rows = resize_pool_matrix(7, 32, 4, feature.device, feature.dtype)
@@ -299,6 +309,8 @@ def test_bench_rows_are_named_by_variant_and_own_settings():
     assert run_label(create_model("padim"), {}) == "padim"
     assert parse_settings(["vae:epochs=3", "tile:crop=64", "dfr:epochs=9"], "tile", "vae") == {"epochs": "3",
                                                                                                 "crop": "64"}
+    assert parse_settings(["tile:vae:epochs=3", "bottle:vae:epochs=5", "tile:dfr:epochs=9"], "tile", "vae") == {
+        "epochs": "3"}
     row = {"method": "vae", "label": "vae (residual)", "category": "c", "backbone": "-", "image_auroc": 0.5,
            "pixel_auroc": 0.5, "aupro": 0.5, "fit_seconds": 1.0, "total_seconds": 2.0, "predict_ms_per_image": 3.0,
            "predict_ms_per_image_batch16": 1.5, "peak_memory_mib": 9.0, "device": "cpu",
