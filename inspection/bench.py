@@ -124,18 +124,23 @@ def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Seq
             if not quiet:
                 print(f"bench: {method} {own_settings or ''} on {category} …", file=sys.stderr, flush=True)
             results.append(bench_in_fresh_process(method, root, category, params, own_settings))
+            _write_results(out, results)  # after every run: a long bench that fails late keeps what it measured
             if not quiet:
                 row = results[-1]
                 print(f"  image {row['image_auroc']:.4f} pixel {row['pixel_auroc']:.4f} aupro {row['aupro']:.4f} "
                       f"fit {row['fit_seconds']:.1f}s total {row['total_seconds']:.1f}s "
                       f"predict {row['predict_ms_per_image']:.1f} / {row['predict_ms_per_image_batch16']:.1f} "
                       f"ms/img (batch 1 / 16) peak {row['peak_memory_mib']:.0f}MiB", file=sys.stderr, flush=True)
+    _write_results(out, results)
+    return results
+
+
+def _write_results(out: Path, results: list[dict[str, Any]]) -> None:
     environment = {"inspection": __version__, "torch": torch.__version__, "python": platform.python_version(),
                    "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
                    "date": time.strftime("%Y-%m-%d")}
     (out / "results.json").write_text(json.dumps({"environment": environment, "results": results}, indent=2))
     (out / "results.md").write_text(markdown_table(results, environment))
-    return results
 
 
 def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any]) -> str:
