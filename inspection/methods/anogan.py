@@ -243,7 +243,7 @@ class AnoGAN(AnomalyModel):
     def _score_detailed(self, images: torch.Tensor, panels: bool) -> ScoredBatch:
         latent = self.encoder(images) if self.uses_encoder else self.optimize_latent(images)[0]
         loss, generated = self.anomaly_loss(images, latent)
-        unit_input, unit_generated = (images + 1) / 2, (generated + 1) / 2
+        unit_input, unit_generated = self.unit_range(images), (generated + 1) / 2  # tanh output → [0, 1]
         residual = (unit_input - unit_generated).abs().mean(1)
         maps = gaussian_blur(residual, self.params["sigma"])
         scored = ScoredBatch(maps, loss, reconstructions=unit_generated)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data.preprocess import INTENSITY_MODES, NORMALIZATIONS, RESIZE_MODES, Preprocessing
+from ..data.preprocess import INTENSITY_MODES, RESIZE_MODES, Preprocessing, normalization_tensors
 from ..device import DEVICE_CHOICES, resolve_device
 from ..errors import ModelFileError, ParameterError
 from ..params import Param, ParamSet, params
@@ -266,9 +266,7 @@ class AnomalyModel(ABC):
 
     def unit_range(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised input images → RGB in [0, 1] (undoing the preprocessing's normalisation)."""
-        mean, std = NORMALIZATIONS[self.preprocessing.normalization]
-        mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-        std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        mean_t, std_t = normalization_tensors(self.preprocessing.normalization, images.device, images.dtype)
         return images * std_t + mean_t
 
     # --- thresholds -------------------------------------------------------------------------------------

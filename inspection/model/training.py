@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from ..data.preprocess import NORMALIZATIONS
+from ..data.preprocess import normalization_tensors
 from ..errors import ModelFileError
 from .progress import Progress, ProgressCallback
 
@@ -42,18 +42,15 @@ class TrainingSet:
     @classmethod
     def of_images(cls, batches: Callable[[], Iterator[torch.Tensor]], normalization: str) -> TrainingSet:
         """The fitting images (one pass of `batches`) kept as uint8, served normalised like the model's input."""
-        mean, std = NORMALIZATIONS[normalization]
         stored = []
         for batch in batches():
-            mean_t = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1)
-            std_t = torch.tensor(std, device=batch.device).view(1, 3, 1, 1)
+            mean_t, std_t = normalization_tensors(normalization, batch.device)
             # The preprocessing made uint8 images before normalising: rounding back is exact.
             stored.append((batch * std_t + mean_t).mul(255).round().clamp(0, 255).to(torch.uint8))
         if not stored:
             raise ValueError("no images to train on")
         images = torch.cat(stored)
-        mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-        std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+        mean_t, std_t = normalization_tensors(normalization, images.device)
         return cls(images, lambda chosen: (chosen.float().div_(255) - mean_t) / std_t)
 
     def __len__(self) -> int:
