@@ -122,7 +122,8 @@ def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Seq
             if device:
                 params["device"] = device
             if not quiet:
-                print(f"bench: {method} {own_settings or ''} on {category} …", file=sys.stderr, flush=True)
+                given = "".join(f" {key}={value}" for key, value in own_settings.items())
+                print(f"bench: {method}{given} on {category} …", file=sys.stderr, flush=True)
             results.append(bench_in_fresh_process(method, root, category, params, own_settings))
             _write_results(out, results)  # after every run: a long bench that fails late keeps what it measured
             if not quiet:

@@ -111,9 +111,11 @@ class VAE(AnomalyModel):
               "gave 0.86).", minimum=0.0, maximum=1e6),
         Param("epochs", int, 30, "Passes over the good images.", minimum=1, maximum=100_000),
         Param("learning_rate", float, 5e-4, "Adam's learning rate.", minimum=1e-7, maximum=1.0),
-        Param("projection_steps", int, 100, "T: projection steps.", minimum=1, maximum=100_000),
-        Param("projection_alpha", float, 0.5, "α: projection step size (per pixel, it is further scaled by the "
-              "squared reconstruction error).", minimum=0.0, maximum=1e6),
+        Param("projection_steps", int, 50, "T: projection steps (each costs a forward and backward pass of the "
+              "VAE).", minimum=1, maximum=100_000),
+        Param("projection_alpha", float, 1.0, "α: projection step size (per pixel, it is further scaled by the "
+              "squared reconstruction error). On bottle, α = 1 with T = 50 did as well as α = 0.5 with T = 100, in "
+              "half the time.", minimum=0.0, maximum=1e6),
         Param("projection_lambda", float, 0.05, "λ: weight of ‖x − x₀‖₁, which keeps the projection near the "
               "input.", minimum=0.0, maximum=1e6),
         Param("strip_frames", int, 6, "Frames x_t shown in the projection's strip (views only).", minimum=2,
