@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from inspection.results import image_result
+from inspection.results import image_result, unfamiliar_notes
 from inspection_app import caches, page, sidebar, training
 from inspection_app.browse import sample_label
 from inspection_app.jobs import MANAGER
-from inspection_app.uploads import UPLOAD_TYPES, content_digest, decode_upload, max_upload_mb
+from inspection_app.uploads import UPLOAD_TYPES, content_digest, decode_upload, max_upload_mb, upload_label
 
 page.page_setup("Visual inspection", "Upload images of a part and pick a trained model: the heatmap shows where "
                 "the model sees anomalies, the score and verdict say whether the image is a defect at the model's "
@@ -20,27 +20,30 @@ page.page_setup("Visual inspection", "Upload images of a part and pick a trained
 dataset = sidebar.data_source_picker()
 st.sidebar.header("Model")
 entries = sidebar.model_entries()
-entry = sidebar.model_picker(entries)
+entry = sidebar.model_picker(entries, dataset=dataset)
+running = training.training_running()
 
 if not entries:
-    st.info("No trained model yet. The default model — PatchCore on EfficientNet-Lite0 features of the built-in "
-            "demo dataset — trains in well under a minute on a CPU. It is also trained automatically when you "
-            "upload an image. Other methods and settings: **Train** page.", icon=":material/info:")
-    if st.button("Train the default model", type="primary", key="train_default", icon=":material/rocket_launch:"):
-        training.start_training(training.default_training_request())
+    target = "the built-in demo data" if dataset is None or training.is_demo(dataset) else f"{dataset.category!r}"
+    st.info(f"No trained model yet. A first model — PatchCore on EfficientNet-Lite0 features — trains on {target} "
+            "in about a minute on a CPU. Other methods and settings: **Train** page.", icon=":material/info:")
+    if st.button(f"Train a first model on {target}", type="primary", key="train_default", disabled=running,
+                 icon=":material/rocket_launch:"):
+        training.start_training(training.default_training_request(dataset))
 training.training_monitor()
 
 origin = page.kept_radio(st, "Images", ["upload", "dataset"], "home_origin", horizontal=True,
                          format_func={"upload": "Upload", "dataset": "Pick from the dataset"}.get)
-images: list[tuple[str, str, object]] = []  # (name, cache key, RGB array)
+images: list[tuple[str, str, object]] = []  # (label, cache key, RGB array)
 if origin == "upload":
     uploads = st.file_uploader(f"Images to inspect ({', '.join(UPLOAD_TYPES)}; up to {max_upload_mb()} MB each)",
                                type=list(UPLOAD_TYPES), max_upload_size=max_upload_mb(), accept_multiple_files=True,
                                key="home_upload")
-    for upload in uploads or []:
+    for number, upload in enumerate(uploads or [], start=1):
         data = upload.getvalue()
         with page.user_errors():
-            images.append((upload.name, content_digest(data), decode_upload(upload.name, data)))
+            images.append((upload_label(number, upload.name), content_digest(data),
+                           decode_upload(upload.name, data)))
 elif dataset is None:
     st.info("Choose a dataset in the sidebar to pick images from it.")
 elif not dataset.test:
@@ -50,20 +53,32 @@ else:
     chosen = page.kept_selectbox(st, "Test image", list(by_label), "home_sample")
     sample = by_label[chosen]
     with page.user_errors():
-        images.append((sample.path.name, caches.file_key(sample.path), caches.load_path_image(sample.path)))
+        images.append((chosen, caches.file_key(sample.path), caches.load_path_image(sample.path)))
 
 if images and not entries:
     own_job = st.session_state.get("job_id")
     state = MANAGER.state(own_job) if own_job else None
-    if state is None and MANAGER.active() is None:  # first use: train the default model now
-        if training.start_training(training.default_training_request()):
-            st.rerun()
-    elif state is None or state.active:
-        st.info("Training the default model first (first use); the results appear here when it is done.")
+    if state is not None and state.active:
+        st.info("Training a first model; the results appear here when it is done.")
+    elif running:
+        st.info("A training started elsewhere is running; the results appear here when it is done.")
+    elif origin == "upload" and (dataset is None or training.is_demo(dataset)):
+        # Never a demo model on someone's parts without a word: ask.
+        st.warning("There is no model yet, and the open dataset is the built-in demo (brushed metal): a model "
+                   "trained on it knows nothing of your parts. Open your own dataset in the sidebar (**Local "
+                   "folder**) to train on it — or train on the demo data anyway.", icon=":material/help:")
+        if st.button("Train on the demo data", key="train_demo_anyway"):
+            if training.start_training(training.default_training_request(dataset)):
+                st.rerun()
+    elif training.start_training(training.default_training_request(dataset)):  # first use: the open dataset
+        st.rerun()
     st.stop()
 
 if images and entry is not None:
     results = []
+    model = None
+    with page.user_errors():
+        model = caches.model_of(entry)
     for index, (name, key, image) in enumerate(images):
         with st.container(border=True, key=f"result-{index}"):
             with page.user_errors():
@@ -71,21 +86,25 @@ if images and entry is not None:
                 result = image_result(prediction, 0, image, name)
                 results.append(result)
                 picture, facts = st.columns([3, 2])
-                picture.image(result.overlay(), caption=f"{name}: heatmap and defect regions",
-                              width="stretch")
+                picture.image(result.overlay(), caption=f"{name}: heatmap and defect regions", width="stretch")
                 facts.subheader(name)
                 score_column, verdict_column = facts.columns(2)
                 score_column.metric("Anomaly score", f"{result.score:.3f}",
-                                    help="On the model's fixed scale: its image threshold is 0.5.")
+                                    help="On the model's scale, where its saved image threshold is 0.5.")
                 verdict_column.metric("Verdict", result.verdict,
-                                      help="DEFECT when the score is above the model's threshold (0.5).")
-                facts.caption(f"Threshold 0.5 · raw score {result.raw_score:.4g} · model {entry.name}")
+                                      help="DEFECT when the score is above the saved threshold (0.5).")
+                facts.caption(f"Threshold 0.5 (saved) · raw score {result.raw_score:.4g} · model {entry.name}")
+                for note in unfamiliar_notes(result, prediction.calibration, model.info if model else {},
+                                             dataset.category if dataset is not None else None):
+                    facts.warning(note, icon=":material/help:")
                 if result.regions:
-                    facts.dataframe(result.region_rows(), hide_index=True, width="stretch")
+                    facts.dataframe(result.region_rows(brief=True), hide_index=True, width="stretch")
+                elif result.is_defect:
+                    facts.caption("No region above the pixel threshold (the defect is spread thinly).")
                 else:
-                    facts.caption("No region above the pixel threshold.")
+                    facts.caption("Good part: no defect regions are drawn.")
     if results:
-        page.colorbar()
+        page.colorbar(results[0].colour_max)
     if len(results) > 1:
         st.subheader("Summary")
         st.dataframe([{"image": result.name, "score": round(result.score, 3), "verdict": result.verdict,

@@ -15,13 +15,17 @@ import json
 import multiprocessing
 import platform
 import resource
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
 
 from . import __version__
@@ -29,9 +33,12 @@ from .data.datasets import list_categories
 from .errors import ParameterError
 from .model.base import AnomalyModel
 from .registry import get_method
+from .threads import configure_threads, thread_settings
 
 _COLUMNS = (("label", "method"), ("category", "category"), ("backbone", "backbone"),
             ("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"),
+            ("region_recall", "regions found"), ("false_boxes_per_good_image", "false boxes / good"),
+            ("mask_iou", "mask IoU"),
             ("fit_seconds", "fit s"), ("total_seconds", "fit+eval s"), ("predict_ms_per_image", "ms/img b1"),
             ("predict_ms_per_image_batch16", "ms/img b16"), ("peak_memory_mib", "peak MiB"), ("device", "device"))
 
@@ -71,7 +78,7 @@ def run_label(model: AnomalyModel, own_settings: dict[str, str]) -> str:
     return f"{model.name} ({', '.join(parts)})" if parts else model.name
 
 
-def _find_root(data_roots: Sequence[str], category: str) -> str:
+def find_root(data_roots: Sequence[str], category: str) -> str:
     for root in data_roots:
         if Path(root, category).is_dir() and category in list_categories(root):
             return root
@@ -79,52 +86,109 @@ def _find_root(data_roots: Sequence[str], category: str) -> str:
 
 
 def bench_one(method: str, data_root: str, category: str, params: dict[str, Any],
-              own_settings: dict[str, str] | None = None) -> dict[str, Any]:
-    """Fit, evaluate and measure one method on one category (in the current process); `own_settings` are the
-    settings given to this method alone (they name the row)."""
+              own_settings: dict[str, str] | None = None, save_to: str | None = None) -> dict[str, Any]:
+    """Fit, evaluate and measure one method on one category (in the current process); save it when asked.
+    `own_settings` are the settings given to this method alone (they name the row)."""
     from .pipeline import train
 
+    configure_threads()
+    before = thread_settings()  # the load when the run starts: timings taken under load say so
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    result = train(method, params, data_root, category)
+    result = train(method, params, data_root, category, save_to)
     total_seconds = time.perf_counter() - started
     model = result.model
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    peak_mib = peak_rss_mib()
     row = {"method": method, "label": run_label(model, own_settings or {}), "category": category,
            "backbone": model.params.get("backbone", "-"),
            "params": model.params, "preprocessing": model.preprocessing.to_dict(),
            "fit_seconds": round(model.info.fit_seconds, 2), "total_seconds": round(total_seconds, 2),
            "peak_memory_mib": round(peak_mib, 1),
            "n_fit_images": model.info.n_fit_images, "n_heldout_images": model.info.n_heldout_images,
-           **result.metrics}
+           **result.metrics, **before,
+           "load_average_1min_after": thread_settings()["load_average_1min"]}
     if model.device.type == "cuda":
         row["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(model.device) / 2**20, 1)
     return row
 
 
-def bench_in_fresh_process(method: str, data_root: str, category: str, params: dict[str, Any],
-                           own_settings: dict[str, str] | None = None) -> dict[str, Any]:
-    """`bench_one` in a new process of its own (errors come back as raised in it)."""
+def peak_rss_mib() -> float:
+    """The peak resident memory of this process so far, in MiB.
+
+    Linux's VmHWM, not getrusage's ru_maxrss: a process started by fork + exec inherits its parent's ru_maxrss,
+    which would count the bench's own memory in every run.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; elsewhere a best effort
+
+
+def in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` in a new process of its own (errors come back as raised in it)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(bench_one, method, data_root, category, params, own_settings).result()
+        return pool.submit(function, *args).result()
+
+
+def predict_peak_rss(model_path: str, image_path: str, out: str) -> float:
+    """Peak resident memory (MiB) of this process after scoring one image file the way `predict` does."""
+    from .batch import score_files
+    from .registry import load_model
+
+    summary = score_files(load_model(model_path), [(Path(image_path), image_path)], Path(out), batch_size=1)
+    if summary.scored != 1:
+        raise RuntimeError(f"predict of {image_path} failed (see {summary.csv_path})")
+    return peak_rss_mib()
+
+
+def write_test_image(path: Path, side: int) -> Path:
+    """A side×side grayscale PNG of smooth stripes (a stand-in for a line camera's frame)."""
+    rows, columns = np.ogrid[0:side, 0:side]
+    cv2.imwrite(str(path), (np.sin(columns / 50.0) * 60 + np.cos(rows / 70.0) * 60 + 128).astype(np.uint8))
+    return path
+
+
+def large_image_memory(model_path: Path, side: int, scratch: Path) -> dict[str, Any]:
+    """Peak RSS of `predict` on one side×side grayscale PNG, and on a small one for comparison (fresh processes)."""
+    large, small = write_test_image(scratch / f"gray_{side}.png", side), write_test_image(scratch / "gray_256.png", 256)
+    return {"side": side, "megapixels": round(side * side / 1e6, 1),
+            "peak_rss_mib": round(in_fresh_process(predict_peak_rss, str(model_path), str(large),
+                                                   str(scratch / "out-large")), 1),
+            "peak_rss_small_mib": round(in_fresh_process(predict_peak_rss, str(model_path), str(small),
+                                                         str(scratch / "out-small")), 1)}
 
 
 def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Sequence[str], out: Path,
-              settings: Sequence[str] = (), device: str | None = None, quiet: bool = False) -> list[dict[str, Any]]:
+              settings: Sequence[str] = (), device: str | None = None, quiet: bool = False,
+              large_image: int | None = None) -> list[dict[str, Any]]:
+    """Every method (spec) on every category, each in a fresh process; results are written after every run.
+    With `large_image`, also the peak memory of scoring one large_image×large_image grayscale PNG with the first
+    of those models."""
     specs = [parse_method_spec(spec) for spec in methods]  # unknown methods fail before any run
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
+    # Every run's settings and data are checked before the first run starts, or anything is written.
+    runs = []
     for category in categories:
-        root = _find_root(data_roots, category)
+        root = find_root(data_roots, category)
         for method, own_settings in specs:
-            params = {**parse_settings(settings, category, method), **own_settings}
-            if device:
-                params["device"] = device
+            params = {**parse_settings(settings, category, method), **own_settings,
+                      **({"device": device} if device else {})}
+            get_method(method).param_set().resolve(params)
+            runs.append((method, root, category, params, own_settings))
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-"))
+    first_model = scratch / "first.safetensors"
+    results: list[dict[str, Any]] = []
+    try:
+        for method, root, category, params, own_settings in runs:
             if not quiet:
                 given = "".join(f" {key}={value}" for key, value in own_settings.items())
                 print(f"bench: {method}{given} on {category} …", file=sys.stderr, flush=True)
-            results.append(bench_in_fresh_process(method, root, category, params, own_settings))
+            save_to = str(first_model) if large_image and not results else None
+            results.append(in_fresh_process(bench_one, method, root, category, params, own_settings, save_to))
             _write_results(out, results)  # after every run: a long bench that fails late keeps what it measured
             if not quiet:
                 row = results[-1]
@@ -132,26 +196,40 @@ def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Seq
                       f"fit {row['fit_seconds']:.1f}s total {row['total_seconds']:.1f}s "
                       f"predict {row['predict_ms_per_image']:.1f} / {row['predict_ms_per_image_batch16']:.1f} "
                       f"ms/img (batch 1 / 16) peak {row['peak_memory_mib']:.0f}MiB", file=sys.stderr, flush=True)
-    _write_results(out, results)
+        large = None
+        if large_image and results:
+            if not quiet:
+                print(f"bench: predict memory on a {large_image}×{large_image} image …", file=sys.stderr, flush=True)
+            large = {"model": f"{results[0]['label']} / {results[0]['category']}",
+                     **large_image_memory(first_model, large_image, scratch)}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _write_results(out, results, large)
     return results
 
 
-def _write_results(out: Path, results: list[dict[str, Any]]) -> None:
+def _write_results(out: Path, results: list[dict[str, Any]], large_image: dict[str, Any] | None = None) -> None:
     environment = {"inspection": __version__, "torch": torch.__version__, "python": platform.python_version(),
                    "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
                    "date": time.strftime("%Y-%m-%d")}
-    (out / "results.json").write_text(json.dumps({"environment": environment, "results": results}, indent=2))
-    (out / "results.md").write_text(markdown_table(results, environment))
+    report: dict[str, Any] = {"environment": environment, "results": results}
+    if large_image:
+        report["large_image"] = large_image
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    (out / "results.md").write_text(markdown_table(results, environment, large_image))
 
 
-def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any]) -> str:
+def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any],
+                   large_image: dict[str, Any] | None = None) -> str:
     lines = ["| " + " | ".join(title for _, title in _COLUMNS) + " |",
              "|" + "---|" * len(_COLUMNS)]
     for row in results:
         cells = []
         for key, _ in _COLUMNS:
             value = row.get(key, row["method"] if key == "label" else "")
-            if value == "":
+            if key in {"region_recall", "false_boxes_per_good_image", "mask_iou"}:
+                cells.append(f"{value:.2f}" if isinstance(value, float) else "—")
+            elif value == "":
                 cells.append("")
             elif key in {"image_auroc", "pixel_auroc", "aupro"}:
                 cells.append(f"{value:.4f}")
@@ -159,6 +237,8 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
                 cells.append(f"{value:.1f}")
             elif key == "peak_memory_mib":
                 cells.append(f"{value:.0f}")
+            elif key == "device":
+                cells.append(str(value) + _load_warning(row))
             else:
                 cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
@@ -166,10 +246,31 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
              f"{environment['torch']}, {environment['cpu_threads']} CPU threads ({environment['machine']}).",
              "fit+eval s: the whole run (fit, calibration, evaluation on the test split, timing). ms/img b1 / b16: "
              "median time per preprocessed image at batch size 1 / in batches of 16, after warm-up, map at input "
-             "resolution included, decoding excluded. peak MiB: the run's own process (fit + evaluation).",
+             "resolution included, decoding excluded. peak MiB: the run's own process (fit + evaluation), its peak "
+             "resident memory (VmHWM). Each run records its threads, wait policy and the machine's load average; a "
+             "run that started or ended with a load above its cores is marked ⚠.",
              "Preprocessing per category: " + "; ".join(
                  f"{category}: {text}" for category, text in _preprocessing_by_category(results).items())]
+    if large_image:
+        notes.append(f"Large image: `predict` of one {large_image['side']}×{large_image['side']} grayscale PNG "
+                     f"({large_image['megapixels']} Mpx) with {large_image['model']}: peak RSS "
+                     f"{large_image['peak_rss_mib']:.0f} MiB (a 256×256 one: {large_image['peak_rss_small_mib']:.0f} "
+                     "MiB), whole process.")
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def under_load(row: dict[str, Any]) -> bool:
+    """Whether a run started or ended with more runnable work than cores (its timings are not quiet ones)."""
+    cores = row.get("cores_available") or 0
+    loads = [row.get("load_average_1min"), row.get("load_average_1min_after")]
+    return bool(cores) and any(load is not None and load > cores for load in loads)
+
+
+def _load_warning(row: dict[str, Any]) -> str:
+    if not under_load(row):
+        return ""
+    load = max(value for value in (row.get("load_average_1min"), row.get("load_average_1min_after")) if value)
+    return f" ⚠ measured under load ({load:.1f} on {row['cores_available']} cores)"
 
 
 def _preprocessing_by_category(results: Sequence[dict[str, Any]]) -> dict[str, str]:

@@ -8,26 +8,24 @@ user can cause are printed in one place, as one line, with exit code 2.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import cv2
 from tqdm import tqdm
 
 from .data.datasets import open_dataset
-from .data.images import list_images, load_image
-from .errors import ImageLoadError, ParameterError, friendly_error, is_user_error
+from .errors import ParameterError, friendly_error, is_user_error
 from .evaluate import round_metrics
 from .model.base import COMMON_PARAMS
 from .model.modelfile import MODEL_SUFFIX
 from .model.progress import Progress
+from .outputs import check_output_file, check_output_folder
 from .params import Param
 from .registry import backbones, get_method, load_model, methods
-from .results import image_result
+from .threads import configure_threads
 
 
 class ProgressBars:
@@ -121,6 +119,8 @@ def command_fit(args: argparse.Namespace) -> int:
 def command_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
+    if args.json:
+        check_output_file(args.json)
     model = load_model(args.model, device=_device(args))
     dataset = open_dataset(args.data, args.category)
     bars = ProgressBars(args.quiet)
@@ -131,80 +131,48 @@ def command_evaluate(args: argparse.Namespace) -> int:
     result = {"model": str(args.model), "method": model.name, "category": dataset.category,
               **evaluation.metrics, "scores": evaluation.records}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        Path(args.json).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).expanduser().write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
     print(json.dumps(round_metrics(evaluation.metrics), indent=2))
     return 0
 
 
-def _collect_inputs(inputs: Sequence[str]) -> list[Path]:
-    files: list[Path] = []
-    for name in inputs:
-        path = Path(name)
-        if path.is_dir():
-            found = list_images(path)
-            if not found:
-                print(f"warning: folder {path} holds no images", file=sys.stderr)
-            files.extend(found)
-        else:
-            files.append(path)
-    return files
-
-
-def _unique_name(stem: str, used: set[str]) -> str:
-    name, counter = stem, 1
-    while name in used:
-        counter += 1
-        name = f"{stem}_{counter}"
-    used.add(name)
-    return name
+_LARGE_IMAGE = Param("large_image", int, 0, "Side of the large test image.", minimum=16, maximum=20000)
 
 
 def command_predict(args: argparse.Namespace) -> int:
+    from .batch import collect_inputs, score_files
+
+    batch_size = COMMON_PARAMS.get("batch_size").coerce(args.batch_size)
+    out = check_output_folder(args.out)  # before the model is loaded or anything is scored
     model = load_model(args.model, device=_device(args))
-    calibration = model.calibration
-    files = _collect_inputs(args.inputs)
-    if not files:
-        raise ParameterError("no input images: give image files or folders holding images")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, used = [], set()
-    for start in tqdm(range(0, len(files), args.batch_size), desc="predict", unit="batch", file=sys.stderr,
-                      disable=args.quiet):
-        decoded, chunk = [], files[start: start + args.batch_size]
-        for path in chunk:
-            try:
-                decoded.append((path, load_image(path)))
-            except ImageLoadError as error:  # one bad file is reported and skipped; the rest are scored
-                rows.append({"file": str(path), "score": "", "raw_score": "", "verdict": "", "regions": "",
-                             "error": str(error)})
-        if not decoded:
-            continue
-        prediction = model.predict([image for _, image in decoded])
-        for index, (path, image) in enumerate(decoded):
-            result = image_result(prediction, index, image, path.name)
-            cv2.imwrite(str(out / f"{_unique_name(path.stem, used)}.png"), result.overlay()[:, :, ::-1])  # BGR
-            rows.append({"file": str(path), "score": f"{result.score:.4f}", "raw_score": f"{result.raw_score:.6g}",
-                         "verdict": "defect" if result.is_defect else "good", "regions": len(result.regions),
-                         "error": ""})
-    with open(out / "predictions.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", "score", "raw_score", "verdict", "regions", "error"])
-        writer.writeheader()
-        writer.writerows(rows)
-    flagged = sum(row["verdict"] == "defect" for row in rows)
-    failed = sum(bool(row["error"]) for row in rows)
-    print(f"scored {len(rows) - failed} image(s): {flagged} defect(s) at threshold "
-          f"{calibration.normalized_image_threshold:.3f} (normalised); {failed} unreadable; "
-          f"wrote {out / 'predictions.csv'} and overlays")
+    summary = score_files(model, collect_inputs(args.inputs), out, batch_size, quiet=args.quiet)
+    print(f"scored {summary.scored} image(s): {summary.flagged} defect(s) at threshold "
+          f"{model.calibration.normalized_image_threshold:.3f} (normalised); {summary.failed} unreadable; "
+          f"wrote {summary.csv_path} and overlays")
+    if summary.scored == 0:
+        raise ParameterError(f"none of the {summary.failed} input(s) could be read as an image (reasons in "
+                             f"{summary.csv_path})")
     return 0
 
 
 def command_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
+    check_output_folder(args.out)
+    if args.contention:
+        from .bench import find_root, parse_method_spec
+        from .contention import run_contention
+
+        method, _ = parse_method_spec(args.methods[0])  # a method's own settings do not apply to contention runs
+        for category in args.categories:
+            run_contention(find_root(args.data, category), category, Path(args.out), method=method,
+                           quiet=args.quiet)
+        return 0
+    large_image = None if args.large_image is None else _LARGE_IMAGE.coerce(args.large_image)
     run_bench(methods=args.methods, data_roots=args.data, categories=args.categories, out=Path(args.out),
-              settings=args.set or [], device=_device(args), quiet=args.quiet)
+              settings=args.set or [], device=_device(args), quiet=args.quiet, large_image=large_image)
     return 0
 
 
@@ -235,8 +203,15 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a wrong command line is one line (and exit code 2) like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m inspection",
+    parser = _Parser(prog="python -m inspection",
                                      description="Visual inspection by anomaly detection: train on good images, "
                                                  "score new ones.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -266,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     predict.add_argument("--out", required=True, help="output folder")
     _add_param_option(predict, device)
-    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--batch-size", default=16, metavar="INT",
+                         help=f"images per forward pass ({COMMON_PARAMS.get('batch_size').minimum:g} to "
+                              f"{COMMON_PARAMS.get('batch_size').maximum:g})")
     predict.set_defaults(handler=command_predict)
 
     bench = commands.add_parser("bench", help="fit + evaluate each method on each category; results.json/.md")
@@ -280,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", nargs="*", metavar="[SCOPE:…]NAME=VALUE",
                        help="parameter overrides, for all runs or for the runs of one category, one method, or "
                             "both (e.g. magnetic_tile:resize_mode=full, vae:epochs=100, magnetic_tile:vae:epochs=10)")
+    bench.add_argument("--contention", action="store_true",
+                       help="instead of accuracy: time predict and fit quiet and beside busy neighbours (the first "
+                            "method, each category); writes contention.json and contention.md")
+    bench.add_argument("--large-image", default=None, metavar="SIDE",
+                       help="also measure the peak memory of predict on one SIDE×SIDE grayscale PNG (e.g. 9999)")
     bench.set_defaults(handler=command_bench)
 
     listing = commands.add_parser("methods", help="list methods, their parameters, and backbones")
@@ -295,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        configure_threads()
         return args.handler(args)
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)

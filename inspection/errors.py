@@ -58,6 +58,12 @@ class DownloadError(InspectionError, RuntimeError):
     what = "The download failed"
 
 
+class OutputError(InspectionError, OSError):
+    """An output (model file, report, folder) cannot be written where the user asked; checked before the work."""
+
+    what = "Cannot write the output"
+
+
 class BusyError(InspectionError, RuntimeError):
     """Work was refused because other work of its kind is running (e.g. a training); the message says which."""
 

@@ -27,6 +27,7 @@ class Param:
     choices: tuple[Any, ...] | None = None
     odd: bool = False  # ints only: the value must be odd (e.g. a kernel size)
     group: str = "method"  # "method", "backbone", "preprocessing" or "calibration": for laying out forms
+    note: str = ""  # what a special value means, in a few words (e.g. "0 = keep all"), shown beside the field
 
     def coerce(self, value: Any) -> Any:
         """`value` converted to this parameter's type and checked; ParameterError saying what is allowed."""
@@ -67,7 +68,7 @@ class Param:
         return {"name": self.name, "kind": self.kind.__name__, "default": self.default, "help": self.help,
                 "minimum": self.minimum, "maximum": self.maximum,
                 "choices": list(self.choices) if self.choices is not None else None, "odd": self.odd,
-                "group": self.group}
+                "group": self.group, "note": self.note}
 
 
 @dataclass(frozen=True)

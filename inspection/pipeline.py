@@ -1,19 +1,26 @@
 """Training end to end, written once for the CLI, the app and the bench: open the dataset, build the model,
-fit and calibrate it, evaluate it on the test split, save one file."""
+fit and calibrate it, evaluate it on the test split, save one file — here, or in a process of its own at a
+lower priority (`train_in_process`), so that inspection beside it keeps its speed."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import pickle
+import queue
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .data.datasets import Dataset, open_dataset
+from .errors import friendly_error
 from .evaluate import Evaluation, evaluate, record_evaluation
 from .model.base import AnomalyModel
 from .model.modelfile import MODEL_SUFFIX
 from .model.progress import Progress, ProgressCallback, no_progress
+from .outputs import check_output_file
 from .registry import create_model, get_method
+from .threads import configure_threads
 
 #: Stages every training reports after the method's own (the method's labels come from its class).
 COMMON_STAGE_LABELS = {
@@ -71,7 +78,9 @@ def train(method: str, params: dict[str, Any], data: str | os.PathLike, category
           progress: ProgressCallback | None = None) -> TrainingResult:
     """Fit `method` with `params` on a dataset's good images, evaluate it, and save it to `out` (when given)."""
     progress = progress or no_progress
-    model = create_model(method, **params)  # settings are checked before any data is read
+    model = create_model(method, **params)  # settings and the destination are checked before any data is read
+    if out is not None:
+        check_output_file(model_path(out))
     dataset = open_dataset(data, category)
     evaluation = fit_on_dataset(model, dataset, progress=progress, evaluate_test=evaluate_test)
     if display_name:
@@ -82,3 +91,90 @@ def train(method: str, params: dict[str, Any], data: str | os.PathLike, category
         path = model.save(model_path(out))
         progress(Progress("save", 1, 1))
     return TrainingResult(model, evaluation, path)
+
+
+# How much lower a background training's priority is (Unix nice): when both are busy, inspection gets the
+# cores first, and the training runs at full speed whenever nothing else does.
+TRAINING_NICENESS = 10
+_STOP_GRACE_SECONDS = 30.0
+
+
+class TrainingStopped(Exception):
+    """A training in a process of its own stopped before saving anything."""
+
+
+class _StopRequested(Exception):
+    """Raised inside the training process at its next progress report once it was asked to stop."""
+
+
+def _train_process(arguments: dict[str, Any], messages: Any, stop: Any, niceness: int) -> None:
+    """A training process: runs `train`, sends its progress and then its outcome through `messages`."""
+    try:
+        os.nice(niceness)
+    except OSError:  # not permitted here: train at the same priority
+        pass
+    configure_threads()
+
+    def progress(report: Progress) -> None:
+        if stop.is_set():
+            raise _StopRequested()
+        messages.put(("progress", report))
+
+    try:
+        result = train(**arguments, progress=progress)
+        messages.put(("done", (result.path, result.metrics)))
+    except _StopRequested:
+        messages.put(("stopped", None))
+    except Exception as error:  # noqa: BLE001 - every failure goes back to the caller as it was raised
+        try:
+            pickle.dumps(error)
+        except Exception:  # noqa: BLE001 - an error that cannot cross processes goes as its text
+            error = RuntimeError(friendly_error(error))
+        messages.put(("error", error))
+
+
+def train_in_process(method: str, params: dict[str, Any], data: str | os.PathLike, category: str | None = None,
+                     out: str | os.PathLike | None = None, *, evaluate_test: bool = True, display_name: str = "",
+                     progress: ProgressCallback | None = None,
+                     niceness: int = TRAINING_NICENESS) -> tuple[Path | None, dict[str, Any]]:
+    """`train` in a new process of lower priority; returns (file written, test metrics).
+
+    `progress` is called here with the process's reports. When it raises (e.g. a user stopped the training),
+    the process is told to stop at its next report — before saving, or the save's atomic rename leaves the
+    previous file whole — and the exception goes on.
+    """
+    progress = progress or no_progress
+    context = multiprocessing.get_context("spawn")
+    messages, stop = context.Queue(), context.Event()
+    arguments = {"method": method, "params": dict(params), "data": str(data), "category": category,
+                 "out": None if out is None else str(out), "evaluate_test": evaluate_test,
+                 "display_name": display_name}
+    worker = context.Process(target=_train_process, args=(arguments, messages, stop, niceness), daemon=True,
+                             name="inspection-training")
+    worker.start()
+    try:
+        while True:
+            try:
+                # A process that has just ended may still have its last message in the pipe: one more look.
+                kind, payload = messages.get(timeout=0.5 if worker.is_alive() else 2.0)
+            except queue.Empty:
+                if not worker.is_alive():
+                    raise RuntimeError("the training process ended unexpectedly (exit code "
+                                       f"{worker.exitcode})") from None
+                continue
+            if kind == "progress":
+                progress(payload)
+            elif kind == "done":
+                path, metrics = payload
+                return (None if path is None else Path(path)), metrics
+            elif kind == "stopped":
+                raise TrainingStopped("the training was stopped before it saved anything")
+            else:
+                raise payload
+    finally:
+        stop.set()
+        worker.join(timeout=_STOP_GRACE_SECONDS)
+        if worker.is_alive():
+            worker.terminate()
+            worker.join(timeout=5)
+        messages.close()

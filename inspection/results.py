@@ -4,6 +4,7 @@ the README's figure."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +14,12 @@ from .data.preprocess import Geometry
 from .model.calibration import Calibration
 from .model.prediction import Prediction
 from .model.views import Panel
-from .scores.regions import Region
+from .scores.regions import MIN_REGION_AREA, Region
 from .visualize import box_to_original, draw_boxes, mask_overlay, overlay
 
+#: Images are decoded for display and scoring at most this large (longer side, px): far above any model's working
+#: resolution, and a 100 Mpx frame's heatmap then costs megabytes, not gigabytes.
+DISPLAY_MAX_SIDE = 4096
 
 def verdict_label(is_defect: bool) -> str:
     """The word a page shows for a verdict."""
@@ -36,6 +40,7 @@ class ImageResult:
     boxes: list[tuple[int, int, int, int]]  # the regions' boxes in original pixels
     geometry: Geometry
     reconstruction: np.ndarray | None = None  # working resolution RGB, for methods that reconstruct
+    colour_max: float = 1.0  # the top of the heatmap's colour scale (the threshold 0.5 is its middle)
     panels: list[Panel] = field(default_factory=list)  # the method's views, when the prediction was asked for them
 
     @property
@@ -44,27 +49,30 @@ class ImageResult:
 
     def overlay(self, with_boxes: bool = True) -> np.ndarray:
         """Heatmap over the image, each defect region outlined and labelled with its peak score."""
-        blended = overlay(self.image, self.heatmap)
+        blended = overlay(self.image, self.heatmap, vmax=self.colour_max)
         if not with_boxes or not self.boxes:
             return blended
         return draw_boxes(blended, self.boxes, [f"{region.max_score:.2f}" for region in self.regions])
 
-    def region_rows(self) -> list[dict[str, Any]]:
-        """A table of the regions: box in original pixels, area, peak and mean score."""
+    def region_rows(self, brief: bool = False) -> list[dict[str, Any]]:
+        """A table of the regions, the most telling columns first: peak score, area and box in original pixels,
+        mean score (not when `brief`)."""
         scale = self.geometry.scale_x * self.geometry.scale_y
-        return [{"region": index + 1, "box (x0, y0)–(x1, y1)": f"({box[0]}, {box[1]})–({box[2]}, {box[3]})",
-                 "area (px)": int(round(region.area / scale)), "max score": round(region.max_score, 3),
-                 "mean score": round(region.mean_score, 3)}
+        rows = [{"region": index + 1, "max score": round(region.max_score, 2),
+                 "area (px)": int(round(region.area / scale)), "box": f"{box[0]},{box[1]} – {box[2]},{box[3]}",
+                 "mean score": round(region.mean_score, 2)}
                 for index, (region, box) in enumerate(zip(self.regions, self.boxes))]
+        return [{key: value for key, value in row.items() if key != "mean score"} for row in rows] if brief else rows
 
 
 def image_result(prediction: Prediction, index: int, image: np.ndarray, name: str,
-                 pixel_threshold: float | None = None, min_area: int = 16,
-                 regions_when_good: bool = False) -> ImageResult:
+                 pixel_threshold: float | None = None, min_area: int = MIN_REGION_AREA,
+                 regions_when_good: bool = False, colour_max: float | None = None) -> ImageResult:
     """Everything the pages show about image `index` of a prediction (raw thresholds; the saved ones by default).
 
     Defect regions are listed only for images judged defects, unless `regions_when_good`: a part that passes
-    has no defects to outline, only spots below the verdict (the Inspect page shows those on request).
+    has no defects to outline, only spots below the verdict (the Inspect page shows those on request). The
+    colour scale reaches the model's own colour maximum unless `colour_max` sets a common one (Compare).
     """
     calibration = _require_calibration(prediction.calibration)
     raw_score = float(prediction.raw_scores[index])
@@ -78,7 +86,8 @@ def image_result(prediction: Prediction, index: int, image: np.ndarray, name: st
         name=name, image=image, score=float(prediction.image_scores[index]), raw_score=raw_score,
         is_defect=bool(is_defect), heatmap=prediction.map_on_original(index),
         regions=regions, boxes=[box_to_original(region, geometry) for region in regions], geometry=geometry,
-        reconstruction=reconstruction, panels=panels)
+        reconstruction=reconstruction, colour_max=calibration.colour_max if colour_max is None else colour_max,
+        panels=panels)
 
 
 def defect_mask_on_original(result: ImageResult, calibration: Calibration,
@@ -100,3 +109,22 @@ def _require_calibration(calibration: Calibration | None) -> Calibration:
     if calibration is None:
         raise ValueError("the model has no calibration (thresholds): retrain it")
     return calibration
+
+
+def unfamiliar_notes(result: ImageResult, calibration: Calibration, info: Mapping[str, Any],
+                     dataset_category: str | None = None) -> list[str]:
+    """Plain words when an image is unlike what the model was made for: a score far beyond any it saw, or a
+    model of another category than the images' dataset."""
+    notes = []
+    category = str(info.get("category") or "")
+    if dataset_category and category and dataset_category != category:
+        notes.append(f"This model was trained on {category!r} images; these come from {dataset_category!r}. Its "
+                     "scores mean little here: train a model on this dataset (Train page).")
+    seen = [float(record["score"]) for record in info.get("test_scores") or []] + list(calibration.heldout_scores)
+    if seen:
+        highest = float(calibration.image_scale.normalize(max(seen)))
+        if result.score > 2 * max(highest, 1.0):
+            notes.append(f"This image scores {result.score:.1f}, more than twice the highest score the model saw "
+                         f"in its evaluation ({highest:.1f}): it may not show the kind of part the model was "
+                         f"trained on{f' ({category})' if category else ''}.")
+    return notes

@@ -1,9 +1,10 @@
 """Pictures of results: heatmap overlays on the original image, defect boxes, one colour scale everywhere.
 
-Maps are shown on the model's fixed normalised scale (0 = calm good surface, 0.5 = the saved threshold,
-1 = twice as far above it), clipped to [0, 1] for colour, so that heatmaps of different images and
-different models can be compared at a glance. Pixels the model never saw (outside the crop) are drawn
-greyed and hatched: "not inspected".
+Maps are shown on the model's normalised scale (0 = calm good surface, 0.5 = the saved threshold). The colour
+scale has two halves: 0 … 0.5 (below the threshold) runs from blue to green, 0.5 … the model's colour maximum
+(a high score of its defects) from yellow to red — so the threshold is the same colour on every heatmap of
+every model, and scores far above it stay distinguishable instead of all turning one dark red. Pixels the
+model never saw (outside the crop) are drawn greyed and hatched: "not inspected".
 """
 
 from __future__ import annotations
@@ -18,35 +19,48 @@ from .data.preprocess import Geometry
 from .scores.regions import Region
 
 COLORMAP = "jet"
-SCALE_MIN, SCALE_MAX = 0.0, 1.0  # the shared colour scale of normalised maps
+SCALE_MIN, THRESHOLD, SCALE_MAX = 0.0, 0.5, 1.0  # normalised maps; SCALE_MAX is the default colour maximum
 
 
-def colorize(anomaly_map: np.ndarray, vmin: float = SCALE_MIN, vmax: float = SCALE_MAX,
-             colormap: str = COLORMAP) -> np.ndarray:
-    """H×W float map → H×W×3 uint8 RGB on a fixed scale; NaN (not inspected) becomes mid grey."""
-    values = np.asarray(anomaly_map, dtype=np.float32)
-    unit = np.clip((values - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+def colour_position(values: np.ndarray, vmax: float = SCALE_MAX) -> np.ndarray:
+    """Where normalised scores fall on the colour bar, in [0, 1]: 0 … 0.5 → the lower half, 0.5 … vmax → the upper."""
+    values = np.asarray(values, dtype=np.float32)
+    upper = max(float(vmax), THRESHOLD + 1e-6)
+    # One float temporary, reused in place: a 4096² map costs 64 MB here, not several times that.
+    position = np.subtract(values, THRESHOLD, dtype=np.float32)
+    above = position > 0
+    np.multiply(position, 0.5 / (upper - THRESHOLD), out=position, where=above)
+    np.multiply(position, 0.5 / (THRESHOLD - SCALE_MIN), out=position, where=~above)
+    position += 0.5
+    np.clip(position, 0.0, 1.0, out=position)
+    return position
+
+
+def colorize(anomaly_map: np.ndarray, vmax: float = SCALE_MAX, colormap: str = COLORMAP) -> np.ndarray:
+    """H×W float map → H×W×3 uint8 RGB on the two-half scale up to `vmax`; NaN (not inspected) becomes mid grey."""
+    unit = colour_position(anomaly_map, vmax)
+    unit *= 255.0
+    not_inspected = np.isnan(unit)
+    unit[not_inspected] = 0.0
     lookup = (colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
-    rgb = lookup[np.nan_to_num(unit * 255, nan=0).astype(np.uint8)]
-    rgb[np.isnan(values)] = 128
+    rgb = lookup[unit.astype(np.uint8)]
+    rgb[not_inspected] = 128
     return rgb
 
 
-def overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.45, vmin: float = SCALE_MIN,
-            vmax: float = SCALE_MAX) -> np.ndarray:
+def overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.45, vmax: float = SCALE_MAX) -> np.ndarray:
     """Heatmap blended over an RGB image of the same size; not-inspected pixels dimmed and hatched."""
     if image.shape[:2] != anomaly_map.shape:
         raise ValueError(f"map of shape {anomaly_map.shape} does not match image of shape {image.shape[:2]}")
-    heat = colorize(anomaly_map, vmin, vmax).astype(np.float32)
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * heat
+    blended = cv2.addWeighted(np.ascontiguousarray(image), 1 - alpha, colorize(anomaly_map, vmax), alpha, 0)
     outside = np.isnan(anomaly_map)
     if outside.any():
-        rows, cols = np.indices(anomaly_map.shape)
+        rows, cols = np.nonzero(outside)
         hatch = ((rows + cols) // 6) % 2 == 0
-        dimmed = 0.35 * image.astype(np.float32) + 0.65 * 110
-        blended[outside] = dimmed[outside]
-        blended[outside & hatch] *= 0.8
-    return np.clip(blended, 0, 255).astype(np.uint8)
+        dimmed = 0.35 * image[rows, cols].astype(np.float32) + 0.65 * 110
+        dimmed[hatch] *= 0.8
+        blended[rows, cols] = np.clip(dimmed, 0, 255).astype(np.uint8)
+    return blended
 
 
 def box_to_original(region: Region, geometry: Geometry) -> tuple[int, int, int, int]:
@@ -86,7 +100,8 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int
     return canvas
 
 
-def colorbar(height: int = 256, width: int = 24) -> np.ndarray:
-    """A vertical colour bar of the shared scale (top = SCALE_MAX), as an RGB image."""
-    column = np.linspace(SCALE_MAX, SCALE_MIN, height, dtype=np.float32)[:, None]
-    return colorize(np.repeat(column, width, axis=1))
+def colorbar(height: int = 256, width: int = 24, vmax: float = SCALE_MAX) -> np.ndarray:
+    """A vertical colour bar of the scale up to `vmax` (top), as an RGB image; the threshold sits in the middle."""
+    column = np.concatenate([np.linspace(vmax, THRESHOLD, height // 2, dtype=np.float32),
+                             np.linspace(THRESHOLD, SCALE_MIN, height - height // 2, dtype=np.float32)])[:, None]
+    return colorize(np.repeat(column, width, axis=1), vmax)

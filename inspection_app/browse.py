@@ -40,14 +40,22 @@ def page_items(items: Sequence[Any], page: int, per_page: int) -> list[Any]:
     return list(items[(page - 1) * per_page: page * per_page])
 
 
+#: The letterbox around thumbnails of other aspect ratios: a grid of mixed images stays even.
+THUMBNAIL_BACKGROUND = 240
+
+
 def thumbnail(path: str | os.PathLike, size: int = 160) -> np.ndarray:
-    """A small RGB preview whose longer side is `size` (area interpolation)."""
-    image = load_image(path)
-    scale = size / max(image.shape[:2])
-    if scale >= 1:
-        return image
+    """A size×size RGB preview: the image scaled to fit (area interpolation), centred on a light square, so that
+    a grid of mixed aspect ratios lines up."""
+    image = load_image(path, max_side=4 * size)
+    scale = min(1.0, size / max(image.shape[:2]))
     width, height = max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    if scale < 1:
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    canvas = np.full((size, size, 3), THUMBNAIL_BACKGROUND, np.uint8)
+    top, left = (size - height) // 2, (size - width) // 2
+    canvas[top: top + height, left: left + width] = image
+    return canvas
 
 
 def sample_details(sample: Sample, root: Path | None = None) -> dict[str, Any]:

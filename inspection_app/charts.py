@@ -10,21 +10,33 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from inspection.visualize import SCALE_MAX, SCALE_MIN, colorize
+from inspection.visualize import SCALE_MAX, SCALE_MIN, THRESHOLD, colorize
 
 GOOD_COLOR = "#2b8a3e"
 DEFECT_COLOR = "#c92a2a"
 POINT_COLOR = "#1c7ed6"
-_LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=40, b=45), height=330,
-               legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+# Legends sit under the plot, never over its title.
+_LAYOUT = dict(template="plotly_white", margin=dict(l=55, r=20, t=45, b=95), height=360,
+               legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0))
+#: Histograms end at Tukey's far-out fence (Q3 + 3 IQR): the outliers beyond are counted, not drawn.
+OUTLIER_FENCE_IQR = 3.0
+
+
+def clip_for_display(values: np.ndarray, limit: float) -> tuple[np.ndarray, int]:
+    """The values at most `limit`, and how many lie beyond it."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return values[values <= limit], int((values > limit).sum())
 
 
 def score_histogram(good: Sequence[float], defect: Sequence[float], threshold: float, title: str,
-                    x_label: str = "anomaly score (threshold 0.5 = saved)", weights_are_quantiles: bool = False,
+                    x_label: str = "anomaly score (0.5 = the saved threshold)", weights_are_quantiles: bool = False,
                     n_bins: int = 40) -> go.Figure:
     """Overlaid histograms of good vs defect scores, with the threshold as a vertical line.
 
-    With `weights_are_quantiles`, the inputs are evenly spaced quantiles of many values (pixels): their
+    The x axis ends at the far-out fence of all values (Q3 + 3 IQR, and always shows the threshold), so one
+    outlier does not squeeze the decision zone into a few bins; the values beyond are counted in the legend. With
+    `weights_are_quantiles`, the inputs are evenly spaced quantiles of many values (pixels): their
     histogram, normalised, approximates the distribution of all those values.
     """
     figure = go.Figure()
@@ -32,13 +44,22 @@ def score_histogram(good: Sequence[float], defect: Sequence[float], threshold: f
     good, defect = np.asarray(good, dtype=np.float64), np.asarray(defect, dtype=np.float64)
     both = np.concatenate([good, defect])
     both = both[np.isfinite(both)]
+    if both.size:
+        first, third = np.quantile(both, [0.25, 0.75])
+        limit = max(float(min(both.max(), third + OUTLIER_FENCE_IQR * (third - first))), float(threshold))
+    else:
+        limit = 1.0
+    low = min(float(both.min()), float(threshold)) if both.size else 0.0
     # One set of bins for both classes, so that their bars line up and compare.
-    low, high = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
-    bins = go.histogram.XBins(start=low, end=high + 1e-9, size=max(high - low, 1e-9) / n_bins)
+    bins = go.histogram.XBins(start=low, end=limit + 1e-9, size=max(limit - low, 1e-9) / n_bins)
     for values, name, color in ((good, "good", GOOD_COLOR), (defect, "defect", DEFECT_COLOR)):
+        shown, beyond = clip_for_display(values, limit)
         if values.size:
-            figure.add_trace(go.Histogram(x=values, name=f"{name} ({'share' if histnorm else values.size})",
-                                          marker_color=color, opacity=0.6, xbins=bins, histnorm=histnorm))
+            count = "share" if histnorm else str(values.size)
+            extra = f", {beyond} beyond {limit:.2f} not drawn" if beyond and not histnorm else ""
+            extra = f", {beyond / values.size:.1%} beyond {limit:.2f} not drawn" if beyond and histnorm else extra
+            figure.add_trace(go.Histogram(x=shown, name=f"{name} ({count}{extra})", marker_color=color,
+                                          opacity=0.6, xbins=bins, histnorm=histnorm))
     figure.add_vline(x=float(threshold), line_width=2, line_dash="dash", line_color=POINT_COLOR,
                      annotation_text="threshold", annotation_position="top")
     figure.update_layout(barmode="overlay", title=title, xaxis_title=x_label,
@@ -74,21 +95,23 @@ def loss_figure(losses: Sequence[float]) -> go.Figure:
     return figure
 
 
-def shared_colorscale(steps: int = 11) -> list[list]:
-    """The heatmaps' colour map (visualize.colorize) as a plotly colour scale, so both show the same colours."""
-    positions = np.linspace(0.0, 1.0, steps)
-    rgb = colorize(SCALE_MIN + positions[None, :] * (SCALE_MAX - SCALE_MIN))[0]
-    return [[float(position), f"rgb({r},{g},{b})"] for position, (r, g, b) in zip(positions, rgb)]
+def shared_colorscale(vmax: float = SCALE_MAX, steps: int = 21) -> list[list]:
+    """The heatmaps' colour map (visualize.colorize) as a plotly colour scale over 0 … vmax."""
+    values = np.linspace(SCALE_MIN, vmax, steps)
+    rgb = colorize(values[None, :], vmax)[0]
+    return [[float(position), f"rgb({r},{g},{b})"]
+            for position, (r, g, b) in zip((values - SCALE_MIN) / (vmax - SCALE_MIN), rgb)]
 
 
-def colorbar_figure(height: int = 70) -> go.Figure:
-    """A horizontal colour bar of the shared heatmap scale, labelled (0 = calm, 0.5 = threshold, 1 = far above)."""
-    values = np.linspace(SCALE_MIN, SCALE_MAX, 256)
-    figure = go.Figure(go.Heatmap(z=values[None, :], x=values, colorscale=shared_colorscale(),
+def colorbar_figure(vmax: float = SCALE_MAX, height: int = 80) -> go.Figure:
+    """A horizontal colour bar of the heatmap scale: 0 = calm, 0.5 = the threshold (the middle colour), vmax =
+    the model's high score; positions follow the colours (the threshold in the middle)."""
+    positions = np.linspace(0.0, 1.0, 256)
+    figure = go.Figure(go.Heatmap(z=positions[None, :], x=positions, colorscale=shared_colorscale(1.0),
                                   showscale=False, hoverinfo="skip"))
-    figure.update_layout(template="plotly_white", height=height, margin=dict(l=10, r=10, t=5, b=30))
+    figure.update_layout(template="plotly_white", height=height, margin=dict(l=10, r=10, t=5, b=35))
     figure.update_yaxes(visible=False)
-    figure.update_xaxes(range=[SCALE_MIN - 0.06, SCALE_MAX + 0.06])
-    figure.update_xaxes(tickvals=[0, 0.25, 0.5, 0.75, 1.0],
-                        ticktext=["0 calm", "0.25", "0.5 threshold", "0.75", "≥1 far above"])
+    quarter = THRESHOLD + (vmax - THRESHOLD) / 2
+    figure.update_xaxes(range=[-0.04, 1.04], tickvals=[0, 0.25, 0.5, 0.75, 1.0],
+                        ticktext=["0 calm", "0.25", "0.5 threshold", f"{quarter:.2g}", f"{vmax:.2g} high"])
     return figure

@@ -26,10 +26,12 @@ class FieldSpec:
     minimum: float | None = None
     maximum: float | None = None
     step: float | None = None
+    note: str = ""  # what a special value means (shown in the label, or as a text box's placeholder)
 
     @property
     def label(self) -> str:
-        return self.name.replace("_", " ")
+        name = self.name.replace("_", " ")
+        return f"{name} ({self.note})" if self.note and self.widget != "text" else name
 
 
 def _float_step(param: Param) -> float:
@@ -43,17 +45,19 @@ def field_spec(param: Param) -> FieldSpec:
     """The widget for a parameter: a checkbox, a select box (choices), a number input, or a text box."""
     choices = param.choices
     if param.kind is bool:
-        return FieldSpec(param.name, "checkbox", param.help, bool(param.default))
+        return FieldSpec(param.name, "checkbox", param.help, bool(param.default), note=param.note)
     if choices:
-        return FieldSpec(param.name, "select", param.help, param.default, tuple(choices))
+        return FieldSpec(param.name, "select", param.help, param.default, tuple(choices), note=param.note)
     if param.kind is int:
         return FieldSpec(param.name, "int", param.help, int(param.default), (),
                          None if param.minimum is None else int(math.ceil(param.minimum)),
-                         None if param.maximum is None else int(math.floor(param.maximum)), 2 if param.odd else 1)
+                         None if param.maximum is None else int(math.floor(param.maximum)), 2 if param.odd else 1,
+                         note=param.note)
     if param.kind is float:
         return FieldSpec(param.name, "float", param.help, float(param.default), (), param.minimum, param.maximum,
-                         _float_step(param))
-    return FieldSpec(param.name, "text", param.help, "" if param.default is None else str(param.default))
+                         _float_step(param), note=param.note)
+    return FieldSpec(param.name, "text", param.help, "" if param.default is None else str(param.default),
+                     note=param.note)
 
 
 def form_fields(method_cls: type[AnomalyModel]) -> dict[str, list[FieldSpec]]:

@@ -1,9 +1,10 @@
 """Training in a background worker: survives the app's reruns and page switches, one at a time.
 
-Streamlit reruns a page's script on every widget change, so a training cannot live in the script. It runs
-in a daemon thread owned by a process-wide `TrainingManager`; pages poll a `JobState` snapshot. One
-training at a time: a process lock (all browser sessions share the process) plus an exclusive lock on a
-file in the models folder (another server process using the same folder) refuse a second one with
+Streamlit reruns a page's script on every widget change, so a training cannot live in the script. A daemon
+thread owned by a process-wide `TrainingManager` runs it — in a process of its own, at a lower priority, so
+that inspecting images in the browser stays at its quiet speed while a training runs. Pages poll a `JobState`
+snapshot. One training at a time: a process lock (all browser sessions share the process) plus an exclusive
+lock on a file in the models folder (another server process using the same folder) refuse a second one with
 `TrainingBusyError` instead of letting two trainings compete for the machine and the files.
 """
 
@@ -20,7 +21,8 @@ from typing import Any
 
 from inspection.errors import BusyError, friendly_error
 from inspection.model.progress import Progress
-from inspection.pipeline import stage_label, train
+from inspection.outputs import check_output_file
+from inspection.pipeline import TrainingStopped, stage_label, train, train_in_process
 
 try:  # POSIX only; elsewhere the process lock alone guards the models folder
     import fcntl
@@ -101,6 +103,13 @@ def run_training(request: TrainingRequest, progress: Callable[[Progress], None])
     return result.path, result.metrics
 
 
+def run_training_in_process(request: TrainingRequest,
+                            progress: Callable[[Progress], None]) -> tuple[Path, dict[str, Any]]:
+    """`run_training` in a process of its own, of lower priority (the app's default runner)."""
+    return train_in_process(request.method, request.params, request.data_root, request.category, request.out_path,
+                            evaluate_test=request.evaluate, display_name=request.display_name, progress=progress)
+
+
 class FolderLock:
     """An exclusive, non-blocking lock on `folder/.training.lock` (flock: shared by processes, not inherited)."""
 
@@ -146,7 +155,7 @@ class TrainingManager:
     """Runs at most one training at a time in a background thread; keeps the latest jobs' states."""
 
     def __init__(self, runner: Callable[[TrainingRequest, Callable[[Progress], None]],
-                                        tuple[Path, dict[str, Any]]] = run_training):
+                                        tuple[Path, dict[str, Any]]] = run_training_in_process):
         self._runner = runner
         self._lock = threading.Lock()
         self._jobs: dict[str, JobState] = {}
@@ -163,7 +172,8 @@ class TrainingManager:
                     f"a training is already running ({running.request.display_name!r}, "
                     f"{running.stage_label.lower()}, {running.elapsed:.0f} s so far): wait until it has finished "
                     "or stop it, then start yours")
-            # Take the folder lock here, in the caller, so that a refusal is raised to the caller.
+            # Check the destination and take the folder lock here, in the caller, so that a refusal is raised to it.
+            check_output_file(request.out_path)
             lock = FolderLock(folder)
             lock.acquire()
             job_id = uuid.uuid4().hex[:12]
@@ -199,7 +209,7 @@ class TrainingManager:
             self._update(job_id, status="running")
             path, metrics = self._runner(request, progress)
             outcome = {"status": "done", "result_path": str(path), "metrics": metrics}
-        except TrainingCancelled:
+        except (TrainingCancelled, TrainingStopped):
             outcome = {"status": "cancelled", "error": "stopped by a user"}
         except Exception as error:  # every failure must reach the page as a message, never kill silently
             outcome = {"status": "failed", "error": friendly_error(error)}

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from inspection.errors import ModelFileError
+from inspection.features.backbones import BACKBONES
 from inspection.model.header import ModelHeader
 from inspection.model.modelfile import MODEL_SUFFIX, read_model_header, update_info
+from inspection.registry import methods
 
 from .tables import metric_cells
 
@@ -55,9 +57,9 @@ class ModelEntry:
 
     def row(self) -> dict[str, Any]:
         """A table row: name, method, backbone, category, date and the headline test metrics."""
-        return {"name": self.name, "method": self.method, "backbone": self.backbone or "—",
-                "category": self.category or "—", "created": format_created(self.created),
-                **metric_cells(self.metrics), "file": self.path.name}
+        return {"name": self.name, "category": self.category or "—", "method": self.method,
+                "backbone": self.backbone or "—", **metric_cells(self.metrics),
+                "created": format_created(self.created), "file": self.path.name}
 
 
 def format_created(created: str) -> str:
@@ -80,21 +82,50 @@ def entry_from_header(path: Path, header: ModelHeader) -> ModelEntry:
                       data_path=info.data_path, modified=path.stat().st_mtime)
 
 
-def list_models(folder: str | os.PathLike | None = None) -> tuple[list[ModelEntry], list[str]]:
-    """(models newest first, problems): files that are not readable models are reported, not raised."""
+@dataclass(frozen=True)
+class UnusableModel:
+    """A file in the models folder that cannot be used, and why (listed, never raised)."""
+
+    path: Path
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.path.name}: unusable: {self.reason}"
+
+
+def _check_known(path: Path, header: ModelHeader) -> None:
+    """Refuse a header whose method or backbone this version does not know (it could not be loaded)."""
+    if header.method not in methods():
+        raise ModelFileError(f"method {header.method!r} is unknown to this version (known: {', '.join(methods())})")
+    if header.backbone is not None and header.backbone.name not in BACKBONES:
+        raise ModelFileError(f"backbone {header.backbone.name!r} is unknown to this version")
+
+
+def scan_models(folder: str | os.PathLike | None = None) -> tuple[list[ModelEntry], list[UnusableModel]]:
+    """(usable models newest first, unusable files): reading only headers, never raising for a bad file."""
     folder = Path(folder) if folder is not None else models_dir()
     if not folder.is_dir():
         return [], []
-    entries, problems = [], []
+    entries, unusable = [], []
     for path in sorted(folder.glob(f"*{MODEL_SUFFIX}")):
         if path.name.startswith("."):
             continue  # temporaries of an atomic write in progress
         try:
-            entries.append(entry_from_header(path, read_model_header(path)))
+            header = read_model_header(path)
+            _check_known(path, header)
+            entries.append(entry_from_header(path, header))
         except (ModelFileError, OSError) as error:
-            problems.append(str(error))
+            reason = str(error)
+            unusable.append(UnusableModel(path, reason.removeprefix(f"{path.name}: ")))
     entries.sort(key=lambda entry: (entry.created, entry.path.name), reverse=True)
-    return entries, problems
+    return entries, unusable
+
+
+def list_models(folder: str | os.PathLike | None = None) -> tuple[list[ModelEntry], list[str]]:
+    """(usable models newest first, one message per unusable file naming it and the reason)."""
+    entries, unusable = scan_models(folder)
+    return entries, [item.message for item in unusable]
 
 
 def slugify(name: str) -> str:

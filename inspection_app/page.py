@@ -12,8 +12,10 @@ import streamlit as st
 
 from inspection.device import describe_device, resolve_device
 from inspection.errors import friendly_error, is_user_error
+from inspection.threads import configure_threads
 
 from .charts import colorbar_figure
+from .jobs import MANAGER
 
 APP_NAME = "Visual inspection"
 
@@ -21,11 +23,25 @@ APP_NAME = "Visual inspection"
 def page_setup(title: str, caption: str) -> None:
     """Page config, title, a caption saying what the page is for, and the device in the sidebar."""
     st.set_page_config(page_title=f"{title} · {APP_NAME}", page_icon="🔍", layout="wide")
+    configure_threads()  # the cores this server may use (trainings run in processes of their own)
     st.title(title)
     st.caption(caption)
     device = resolve_device("auto")
     note = "" if device.type == "cuda" else " · no GPU found, computing on the CPU"
     st.sidebar.caption(f"Compute: **{describe_device(device)}**{note}")
+    if MANAGER.active() is not None:
+        with st.sidebar:
+            _training_status()
+
+
+@st.fragment(run_every=2.0)
+def _training_status() -> None:
+    """While a training runs (started in any browser session), its progress in the sidebar, live."""
+    active = MANAGER.active()
+    if active is None:
+        st.caption("The training has ended.")
+    else:
+        st.progress(active.fraction, text=f"Training {active.request.display_name}: {active.describe()}")
 
 
 def show_error(error: BaseException) -> None:
@@ -46,11 +62,12 @@ def user_errors() -> Iterator[None]:
         show_error(error)
 
 
-def colorbar(key: str = "colorbar") -> None:
-    """The shared colour scale of every heatmap."""
-    st.plotly_chart(colorbar_figure(), config={"displayModeBar": False}, key=key)
-    st.caption("Heatmap colours: one fixed scale per model — 0 is a calm good surface, 0.5 the model's pixel "
-               "threshold, 1 and above far above it. Grey hatching: outside the inspected crop.")
+def colorbar(vmax: float, key: str = "colorbar") -> None:
+    """The colour scale of the heatmaps above it (up to `vmax`), with what its colours mean."""
+    st.plotly_chart(colorbar_figure(vmax), config={"displayModeBar": False}, key=key)
+    st.caption(f"Heatmap colours: 0 is a calm good surface; the middle colour (0.5) is the model's saved pixel "
+               f"threshold — above it a pixel belongs to a defect; the top ({vmax:.2g}) is a high score of the "
+               "model's defects when it was tested. Grey hatching: not inspected (outside the crop).")
 
 
 # ------------------------------------------------------------------------------------------ kept widgets

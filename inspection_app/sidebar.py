@@ -111,15 +111,30 @@ def _download_source(sidebar: Any) -> DataSource | None:
 
 
 def model_entries() -> list[ModelEntry]:
-    """The models folder's models; unreadable files are named in the sidebar, not raised."""
+    """The models folder's usable models; unusable files are named in the sidebar (never raised, never picked)."""
     entries, problems = list_models(models_dir())
     for problem in problems:
-        st.sidebar.warning(f"Skipped a file in the models folder: {problem}")
+        st.sidebar.warning(f"Model file {problem} (see the Train page)", icon=":material/block:")
     return entries
 
 
-def model_picker(entries: Sequence[ModelEntry], container: Any = None, key: str = "model") -> ModelEntry | None:
-    """Sidebar select box of trained models (newest first); None when there are none."""
+def default_model_for(entries: Sequence[ModelEntry], dataset: Dataset | None) -> ModelEntry | None:
+    """The model a page starts with: the newest one made on the open dataset, else the newest one."""
+    if not entries:
+        return None
+    if dataset is not None:
+        for entry in entries:  # newest first
+            if entry.data_path and Path(entry.data_path).resolve() == Path(dataset.root).resolve():
+                return entry
+        for entry in entries:
+            if entry.category and entry.category == dataset.category:
+                return entry
+    return entries[0]
+
+
+def model_picker(entries: Sequence[ModelEntry], container: Any = None, key: str = "model",
+                 dataset: Dataset | None = None) -> ModelEntry | None:
+    """Sidebar select box of trained models (newest first, the open dataset's first pick); None when none."""
     container = container or st.sidebar
     if not entries:
         return None
@@ -127,16 +142,46 @@ def model_picker(entries: Sequence[ModelEntry], container: Any = None, key: str 
     pending = st.session_state.pop(f"_pending_{key}", None)
     if pending in by_path:  # chosen elsewhere in the previous run (e.g. a model just trained)
         st.session_state[key] = pending
-    chosen = kept_selectbox(container, "Model", list(by_path), key, default=str(entries[0].path),
+    default = default_model_for(entries, dataset)
+    chosen = kept_selectbox(container, "Model", list(by_path), key, default=str(default.path),
                             format_func=lambda path: by_path[path].label,
-                            help=f"Trained models in {models_dir()}")
+                            help=f"Trained models in {models_dir()}; the newest one of the open dataset comes "
+                                 "first.")
     return by_path.get(chosen)
 
 
-def require_model() -> ModelEntry:
+def open_model_dataset(entry: ModelEntry) -> None:
+    """Make the sidebar open the dataset a model was made on (call it before the sidebar is drawn: from a
+    callback, or before `data_source_picker`)."""
+    if not entry.data_path:
+        return
+    for key, value in (("source_kind", "folder"), ("source_path", entry.data_path), ("source_found", "")):
+        st.session_state[key] = value
+        st.session_state[f"_kept_{key}"] = value
+
+
+def model_image_path(entry: ModelEntry, relative: str) -> Path:
+    """A test image a model's file records (by its path relative to the dataset it was evaluated on)."""
+    if not entry.data_path:
+        raise FileNotFoundError(f"{entry.name} does not record the dataset it was evaluated on")
+    return Path(entry.data_path) / relative
+
+
+def inspect_model_image(entry: ModelEntry, relative: str, defect_type: str) -> None:
+    """Prepare the Inspect page to show one test image of the model's dataset, with this model (a button's
+    on_click callback: it runs before the widgets it sets are drawn)."""
+    open_model_dataset(entry)
+    name = Path(relative).name
+    for key, value in (("inspect_origin", "dataset"), ("inspect_split", "test"), ("inspect_type", defect_type),
+                       ("inspect_file", f"{defect_type}/{name}"), ("model", str(entry.path))):
+        st.session_state[key] = value
+        st.session_state[f"_kept_{key}"] = value
+
+
+def require_model(dataset: Dataset | None = None) -> ModelEntry:
     """The sidebar's model picker; stops the page with a hint when no model is trained yet."""
     st.sidebar.header("Model")
-    entry = model_picker(model_entries())
+    entry = model_picker(model_entries(), dataset=dataset)
     if entry is None:
         st.info("No trained model yet: train one on the **Train** page (or on the home page, in one click).")
         st.stop()

@@ -24,6 +24,7 @@ def metric_rows(entries: Sequence[Any]) -> list[dict[str, Any]]:
     for entry in entries:
         row = entry.row()
         row.pop("file", None)
+        row.pop("created", None)  # the table must fit beside the heatmaps: date and file are on the Train page
         row["device"] = entry.metrics.get("device", "—")
         row["test images"] = entry.metrics.get("n_test")
         rows.append(row)

@@ -102,6 +102,43 @@ class ThresholdLevel:
                 self.scale.normalize(self.summary.defect[::10]))
         return slider_bounds(values, self.saved_normalised)
 
+    def decision_range(self) -> tuple[float, float]:
+        """The slider's zoomed bounds: where the choice is made — from the low end of the scores to where the good
+        scores end and half the defects are passed, always with the saved threshold (0.5) inside."""
+        scale = self.scale
+        if self.image_level:
+            good = np.concatenate([self.table.good, np.asarray(self.calibration.heldout_scores, np.float64)])
+            defect = self.table.defect
+        else:
+            good, defect = self.summary.good, self.summary.defect
+            if not good.size:
+                good = np.asarray(self.calibration.heldout_pixel_quantiles, np.float64)
+        good, defect = scale.normalize(good), scale.normalize(defect)
+        everything = np.concatenate([good, defect])
+        if not everything.size:
+            return self.slider_range()
+        low = min(float(np.quantile(everything, 0.01)), 0.0)
+        high = max(float(np.quantile(good, 0.995)) if good.size else 1.0,
+                   float(np.quantile(defect, 0.5)) if defect.size else 1.0, 1.0)
+        full_low, full_high = self.slider_range()
+        margin = 0.05 * (high - low)
+        return max(full_low, round(low - margin, 3)), min(full_high, round(high + margin, 3))
+
+    def errors_at(self, raw_threshold: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Test images judged wrongly at a raw image threshold: (false alarms, misses), worst first."""
+        records = [{"file": file, "type": kind, "score": float(score), "label": int(label)} for file, kind, score, label
+                   in zip(self.table.files, self.table.types, self.table.scores, self.table.labels)]
+        false_alarms = sorted((r for r in records if r["label"] == 0 and r["score"] > raw_threshold),
+                              key=lambda r: -r["score"])
+        misses = sorted((r for r in records if r["label"] == 1 and r["score"] <= raw_threshold),
+                        key=lambda r: r["score"])
+        return false_alarms, misses
+
+    def error_caption(self, record: dict[str, Any]) -> str:
+        """A short caption of a wrongly judged test image: its type, file stem and score on the model's scale."""
+        stem = record["file"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        return f"{record['type']}/{stem} · score {float(self.scale.normalize(record['score'])):.2f}"
+
     def raw(self, normalised: float) -> float:
         return float(self.scale.denormalize(normalised))
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from inspection.data.datasets import Dataset
+from inspection.data.demo import DEMO_CATEGORY
 from inspection.registry import get_method
 
 from .caches import cached_demo_root
@@ -18,11 +20,23 @@ from .sidebar import select_model
 DEFAULT_METHOD = "patchcore"
 
 
-def default_training_request(name: str = "surface patchcore (default)") -> TrainingRequest:
-    """PatchCore with EfficientNet-Lite0 on the built-in demo dataset, every setting at its default."""
+def default_training_request(dataset: Dataset | None = None) -> TrainingRequest:
+    """PatchCore with EfficientNet-Lite0, every setting at its default, on the open dataset (else the demo)."""
     params = get_method(DEFAULT_METHOD).param_set().defaults()
-    return TrainingRequest(DEFAULT_METHOD, params, cached_demo_root(), None,
-                           str(unique_model_path(models_dir(), name)), name)
+    root = str(dataset.root) if dataset is not None else cached_demo_root()
+    category = dataset.category if dataset is not None else DEMO_CATEGORY
+    name = f"{category} {DEFAULT_METHOD} (default)"
+    return TrainingRequest(DEFAULT_METHOD, params, root, None, str(unique_model_path(models_dir(), name)), name)
+
+
+def is_demo(dataset: Dataset | None) -> bool:
+    """Whether a dataset is the built-in demo data (a model of it knows nothing of a user's parts)."""
+    return dataset is not None and Path(dataset.root).resolve() == Path(cached_demo_root()).resolve()
+
+
+def training_running() -> bool:
+    """Whether a training runs now (in any browser session): buttons that start one are disabled meanwhile."""
+    return MANAGER.active() is not None
 
 
 def start_training(request: TrainingRequest) -> str | None:
@@ -85,4 +99,5 @@ def training_monitor() -> None:
 
 def wait_note() -> None:
     """The caption under a training form."""
-    st.caption("Training runs in the background: you may switch pages; its progress stays here.")
+    st.caption("Training runs in the background, in a process of its own: you may switch pages and inspect "
+               "images meanwhile; its progress stays here and in the sidebar.")

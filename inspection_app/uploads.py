@@ -51,3 +51,9 @@ def content_digest(data: bytes | np.ndarray) -> str:
     """A short hash of file bytes or pixels: the cache key of a forward pass."""
     payload = data.tobytes() + str(data.shape).encode() if isinstance(data, np.ndarray) else bytes(data)
     return hashlib.sha1(payload).hexdigest()[:16]
+
+
+def upload_label(number: int, name: str) -> str:
+    """How an uploaded file is named on the pages: its place in the upload and its name ("2 · part.png"), so two
+    files of one name stay apart."""
+    return f"{number} · {name}"

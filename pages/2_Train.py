@@ -16,6 +16,7 @@ from inspection_app.library import (
     delete_model,
     models_dir,
     rename_model,
+    scan_models,
     unique_model_path,
     validate_name,
 )
@@ -41,11 +42,23 @@ def param_widget(container: Any, spec: FieldSpec, key: str) -> Any:
     if spec.widget == "float":
         return container.number_input(spec.label, min_value=spec.minimum, max_value=spec.maximum,
                                       value=spec.default, step=spec.step, format="%g", help=spec.help, key=key)
-    return container.text_input(spec.label, value=spec.default, help=spec.help, key=key)
+    return container.text_input(spec.label, value=spec.default, help=spec.help, key=key, placeholder=spec.note)
+
+
+def delete_control(path: str, name: str, confirmation: str, label: str, key: str) -> None:
+    """A confirmation box and a Delete button that deletes `path` only when it is ticked."""
+    # A new key after every delete: the confirmation starts unticked again, for the next file too.
+    deletions = st.session_state.get("deletions", 0)
+    confirm = st.checkbox(confirmation, key=f"{key}_confirm-{deletions}")
+    if st.button(label, key=f"{key}_delete", disabled=not confirm):
+        with page.user_errors():
+            delete_model(path, models_dir())
+            st.session_state["deletions"] = deletions + 1
+            st.toast(f"Deleted {name}")
+            st.rerun()
 
 
 st.subheader("New model")
-training.training_monitor()
 registered = methods()
 method = page.kept_selectbox(st, "Method", list(registered), "train_method", default=training.DEFAULT_METHOD,
                              format_func=lambda name: f"{name} — {registered[name].description}",
@@ -69,7 +82,9 @@ with st.form(f"train-form-{method}"):
                            help="Image AUROC, pixel AUROC, AUPRO and speed, kept in the model file.")
     st.caption(f"Data: **{dataset.category}** — {len(dataset.train)} good training images, "
                f"{len(dataset.test)} test images. Saved to `{models_dir()}`.")
-    submitted = st.form_submit_button("Train", type="primary", icon=":material/rocket_launch:")
+    running = training.training_running()
+    submitted = st.form_submit_button("Train", type="primary", icon=":material/rocket_launch:", disabled=running,
+                                      help="A training is running: wait until it has ended." if running else None)
 if submitted:
     with page.user_errors():
         params = resolve_form(method_cls, values)
@@ -79,6 +94,7 @@ if submitted:
                                   evaluate=evaluate and bool(dataset.test))
         if training.start_training(request):
             st.rerun()
+training.training_monitor()  # here, right under the button that starts a training
 training.wait_note()
 
 st.divider()
@@ -102,10 +118,16 @@ else:
                 st.toast(f"Renamed to {new_name.strip()}")
                 st.rerun()
     with delete_column:
-        confirm = st.checkbox("Yes, delete this model file", key="manage_confirm")
-        if st.button("Delete", key="manage_delete", disabled=not confirm):
-            with page.user_errors():
-                delete_model(chosen, models_dir())
-                st.session_state.pop("manage_confirm", None)
-                st.toast(f"Deleted {by_path[chosen].name}")
-                st.rerun()
+        delete_control(chosen, by_path[chosen].name, "Yes, delete this model file", "Delete", "manage")
+
+unusable = scan_models(models_dir())[1]
+if unusable:
+    st.subheader("Unusable files in the models folder")
+    st.caption("These files cannot be loaded by this version; they are never offered in the model pickers.")
+    st.dataframe([{"file": item.path.name, "reason": item.reason} for item in unusable], hide_index=True,
+                 width="stretch")
+    by_file = {str(item.path): item for item in unusable}
+    chosen_file = st.selectbox("Unusable file to delete", list(by_file), key="manage_unusable",
+                               format_func=lambda path: by_file[path].path.name)
+    delete_control(chosen_file, by_file[chosen_file].path.name, "Yes, delete this file", "Delete file",
+                   "manage_unusable")

@@ -1,20 +1,22 @@
-"""Threshold: score distributions and ROC curves (image and pixel level), a threshold slider and a target FPR,
-live rates and confusion matrix at that point, and saving the chosen threshold into the model file."""
+"""Threshold: where to draw the line. Score distributions and ROC curves (image and pixel level), a threshold slider
+zoomed on the decision zone with an exact number beside it, the target FPR kept in step, live rates and confusion
+matrix, the test images a threshold gets wrong, and saving it into the model file."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from inspection.model.modelfile import read_model_header, save_thresholds
-from inspection_app import page, sidebar
+from inspection_app import caches, page, sidebar
 from inspection_app.charts import roc_figure, score_histogram
 from inspection_app.threshold_view import LEVELS, confusion_rows, format_rate, threshold_level
 
 page.page_setup("Threshold", "Where to draw the line between good and defect. The histograms show how the model "
                 "scores good and defect test images; the ROC curve what each threshold costs (false alarms, x) "
-                "and gains (defects found, y). Scores are on the model's fixed scale, on which the saved threshold "
-                "was 0.5 when it was trained.")
-entry = sidebar.require_model()
+                "and gains (defects found, y). Scores are on the model's scale, on which the saved threshold is "
+                "always 0.5.")
+dataset = sidebar.data_source_picker()
+entry = sidebar.require_model(dataset)
 
 level_name = page.kept_radio(st, "Level", list(LEVELS), "threshold_level", horizontal=True,
                              format_func={"image": "Image level (verdict)", "pixel": "Pixel level (defect mask)"}.get)
@@ -24,41 +26,68 @@ except Exception as error:  # noqa: BLE001
     page.show_error(error)
     st.stop()
 image_level = view.image_level
-low, high = view.slider_range()
-slider_key = f"threshold-{entry.path.name}-{entry.modified}-{level_name}"
-fpr_key = f"target-fpr-{entry.path.name}-{level_name}"
+suffix = f"{entry.path.name}-{entry.modified}-{level_name}"
+slider_key, number_key, fpr_key = f"threshold-{suffix}", f"threshold-number-{suffix}", f"target-fpr-{suffix}"
+widen = st.toggle("Widen the slider to every score", key=f"widen-{suffix}",
+                  help="The slider first spans the decision zone: from the low scores to where the good scores end "
+                       "and half the defects are passed.")
+low, high = view.slider_range() if widen else view.decision_range()
 
 
-def apply_target_fpr() -> None:
-    """Move the slider to the threshold whose held-out FPR meets the typed target (runs before the rerun)."""
+def clamp(value: float) -> float:
+    return float(min(max(value, low), high))
+
+
+def held_out_rate(normalised: float) -> float:
+    """The held-out FPR at a threshold, as the target FPR field shows it."""
+    rate = view.point(view.raw(normalised)).heldout_fpr
+    return float(min(max(rate, 1e-4), 0.9999)) if rate == rate else view.saved_target_fpr
+
+
+def from_slider() -> None:
+    st.session_state[number_key] = st.session_state[slider_key]
+    st.session_state[fpr_key] = held_out_rate(st.session_state[slider_key])
+
+
+def from_number() -> None:
+    st.session_state[slider_key] = clamp(st.session_state[number_key])
+    st.session_state[fpr_key] = held_out_rate(st.session_state[number_key])
+
+
+def from_target_fpr() -> None:
+    """Move the threshold to where the held-out FPR meets the typed target (runs before the rerun)."""
     try:
         raw = view.threshold_for_fpr(st.session_state[fpr_key])
     except ValueError as error:
         st.session_state["fpr_error"] = str(error)
         return
     st.session_state.pop("fpr_error", None)
-    st.session_state[slider_key] = float(min(max(float(view.scale.normalize(raw)), low), high))
+    st.session_state[number_key] = float(view.scale.normalize(raw))
+    st.session_state[slider_key] = clamp(st.session_state[number_key])
 
 
 if slider_key not in st.session_state:
-    st.session_state[slider_key] = float(min(max(view.saved_normalised, low), high))
-if fpr_key not in st.session_state:
+    st.session_state[slider_key] = clamp(view.saved_normalised)
+    st.session_state[number_key] = view.saved_normalised
     st.session_state[fpr_key] = view.saved_target_fpr
+st.session_state[slider_key] = clamp(st.session_state[slider_key])  # the range may just have changed
 
-controls, target_column = st.columns([3, 1])
-threshold_normalised = controls.slider("Threshold (model scale)", min_value=low, max_value=high, step=0.001,
-                                       key=slider_key, format="%.3f",
-                                       help="Above the threshold: defect. 0.5 was the threshold saved at training.")
-target_column.number_input("Target FPR on held-out good", min_value=1e-4, max_value=0.9999, step=0.01,
-                           format="%.4f", key=fpr_key, on_change=apply_target_fpr,
-                           help="Type a false-positive rate: the slider moves to the threshold that meets it on "
-                                "the held-out good images (never seen in training).")
+controls, exact_column, target_column = st.columns([4, 1, 1])
+controls.slider("Threshold (model scale: 0.5 = saved)", min_value=low, max_value=high, step=0.001, key=slider_key,
+                format="%.3f", on_change=from_slider, help="Above the threshold: defect.")
+exact_column.number_input("Exact threshold", step=0.01, format="%.3f", key=number_key, on_change=from_number,
+                          help="Type a threshold; it may lie outside the slider's range.")
+target_column.number_input("Target FPR (held-out good)", min_value=1e-4, max_value=0.9999, step=0.01,
+                           format="%.4f", key=fpr_key, on_change=from_target_fpr,
+                           help="The false-positive rate on the held-out good images (never seen in fitting): "
+                                "typing one moves the threshold there; moving the threshold updates it.")
 if "fpr_error" in st.session_state:
     st.error(st.session_state["fpr_error"])
+threshold_normalised = float(st.session_state[number_key])
 raw_threshold = view.raw(threshold_normalised)
 point = view.point(raw_threshold)
 
-metrics = st.columns(5)
+metrics = st.columns(4)
 metrics[0].metric("FPR (test)", format_rate(point.fpr), help="Share of good test images (pixels) flagged as defect.")
 metrics[1].metric("TPR (test)", format_rate(point.tpr), help="Share of defect test images (pixels) found.")
 metrics[2].metric("Precision (test)", format_rate(point.precision),
@@ -66,7 +95,6 @@ metrics[2].metric("Precision (test)", format_rate(point.precision),
                   "Needs the pixel counts of the test split (not recorded in this model file).")
 metrics[3].metric("FPR held-out good", format_rate(point.heldout_fpr),
                   help="Measured on the good training images held out from fitting.")
-metrics[4].metric("Target FPR", format_rate(st.session_state[fpr_key]))
 
 if not view.has_test:
     st.warning("This model was not evaluated on a test split with good and defect "
@@ -85,22 +113,43 @@ with right:
     else:
         st.caption("No ROC curve without test images of both kinds.")
 
-st.subheader("Confusion matrix at this threshold")
-rows = confusion_rows(point, counts=view.counts_known)
-if rows:
-    st.dataframe(rows, hide_index=True)
-    if not view.counts_known:
-        st.caption("Pixel level: each row is the share of that class's pixels.")
+confusion, saving = st.columns([1, 1])
+with confusion:
+    st.subheader("Confusion matrix")
+    rows = confusion_rows(point, counts=view.counts_known)
+    if rows:
+        st.dataframe(rows, hide_index=True)
+        if not view.counts_known:
+            st.caption("Pixel level: each row is the share of that class's pixels.")
+with saving:
+    st.subheader("Save")
+    st.caption(f"Saved threshold: 0.500 (raw {view.saved_raw:.5g}); chosen: {threshold_normalised:.3f} (raw "
+               f"{raw_threshold:.5g}). After saving, the chosen threshold is the new 0.5 on every page.")
+    if st.button("Save threshold", type="primary", disabled=view.is_saved(raw_threshold), key="save_threshold",
+                 help="Writes the chosen threshold into the model file; every page uses it from now on."):
+        with page.user_errors():
+            if image_level:
+                save_thresholds(entry.path, image_threshold=raw_threshold)
+            else:
+                save_thresholds(entry.path, pixel_threshold=raw_threshold)
+            st.toast("Threshold saved into the model file.")
+            st.rerun()
 
-st.caption(f"Saved threshold: {view.saved_normalised:.3f} (raw {view.saved_raw:.5g}); chosen: "
-           f"{threshold_normalised:.3f} (raw {raw_threshold:.5g}).")
-if st.button("Save threshold", type="primary", disabled=view.is_saved(raw_threshold), key="save_threshold",
-             help="Writes the chosen threshold into the model file; every page uses it from now on."):
-    with page.user_errors():
-        if image_level:
-            save_thresholds(entry.path, image_threshold=raw_threshold)
-        else:
-            save_thresholds(entry.path, pixel_threshold=raw_threshold)
-        st.session_state.pop(slider_key, None)
-        st.toast("Threshold saved into the model file.")
-        st.rerun()
+if image_level and view.table.scores.size:
+    false_alarms, misses = view.errors_at(raw_threshold)
+    st.subheader(f"At this threshold: {len(false_alarms)} false alarm(s), {len(misses)} miss(es)")
+    for title, records in (("False alarms (good parts flagged)", false_alarms), ("Misses (defects passed)", misses)):
+        if not records:
+            continue
+        st.markdown(f"**{title}**")
+        columns = st.columns(6)
+        for index, record in enumerate(records[:6]):
+            with columns[index], page.user_errors():
+                path = sidebar.model_image_path(entry, record["file"])
+                st.image(caches.cached_thumbnail(str(path), path.stat().st_mtime), width="stretch",
+                         caption=view.error_caption(record))
+                if st.button("Inspect", key=f"inspect-{record['file']}", icon=":material/zoom_in:",
+                             on_click=sidebar.inspect_model_image, args=(entry, record["file"], record["type"])):
+                    st.switch_page("pages/4_Inspect.py")
+        if len(records) > 6:
+            st.caption(f"…and {len(records) - 6} more.")

@@ -1,5 +1,6 @@
-"""Inspect: one image side by side — original, reconstruction (or why there is none), heatmap overlay, the binary
-defect mask at a pixel threshold you move live, the ground truth when known — and the defect regions' scores."""
+"""Inspect: one image in detail — original and heatmap with defect regions, the defect mask at a pixel threshold
+you move live beside the ground truth (with their overlap), the reconstruction when the method makes one, and
+the regions' scores."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import streamlit as st
 
 from inspection.data.datasets import load_sample_mask
 from inspection.registry import get_method
-from inspection.results import defect_mask_on_original, image_result, mask_picture
+from inspection.results import defect_mask_on_original, image_result, mask_picture, unfamiliar_notes
+from inspection.scores.metrics import compare_masks
 from inspection_app import caches, page, sidebar
 from inspection_app.browse import SPLITS, filter_samples
+from inspection_app.inspect_view import mask_slider_range, overlap_summary, truth_rows
 from inspection_app.uploads import UPLOAD_TYPES, content_digest, decode_upload, max_upload_mb
 
 page.page_setup("Inspect", "One image in detail: what the model saw, where it finds anomalies, and which pixels are "
                 "defects at a threshold you choose.")
 dataset = sidebar.data_source_picker()
-entry = sidebar.require_model()
+entry = sidebar.require_model(dataset)
 
 origin = page.kept_radio(st, "Image", ["dataset", "upload"], "inspect_origin", horizontal=True,
                          format_func={"dataset": "From the dataset", "upload": "Upload"}.get)
@@ -45,7 +48,7 @@ else:
         sample = by_name[chosen]
         with page.user_errors():
             image = caches.load_path_image(sample.path)
-            name, image_key = sample.path.name, caches.file_key(sample.path)
+            name, image_key = f"{sample.split}/{chosen}", caches.file_key(sample.path)
 
 if image is None:
     st.stop()
@@ -60,45 +63,65 @@ except Exception as error:  # noqa: BLE001
     page.show_error(error)
     st.stop()
 
-saved = float(calibration.normalized_pixel_threshold)
-# The range depends on the model only: a slider whose bounds change is a new widget, and would lose its value.
-upper = round(max(2.0, saved * 2), 2)
-threshold_key = f"inspect-threshold-{entry.path.name}-{entry.modified}"
-if threshold_key not in st.session_state:
-    st.session_state[threshold_key] = saved
-threshold = st.slider("Pixel threshold (model scale)", 0.0, upper, step=0.01, key=threshold_key,
-                      help=f"Pixels above it form the defect mask; the model's saved pixel threshold is {saved:.2f}.")
+saved_result = image_result(prediction, 0, image, name)
+low, upper = mask_slider_range(saved_result)
+# The range depends on the image: a slider whose bounds change is a new widget (its own key); the chosen value
+# is kept per model, so the next image opens at the same threshold.
+chosen_key = f"inspect-threshold-{entry.path.name}-{entry.modified}"
+slider_key = f"{chosen_key}-{image_key}"
+controls = st.columns([3, 1])
+threshold = controls[0].slider("Pixel threshold (model scale: 0.5 = saved)", low, upper,
+                               value=min(st.session_state.get(chosen_key, 0.5), upper), step=0.01, key=slider_key,
+                               help="Pixels above it form the defect mask and the regions; the slider reaches the "
+                                    "highest score in this image.")
+st.session_state[chosen_key] = threshold
+show_all = controls[1].toggle("Regions on good images too", value=False, key="inspect_all_regions",
+                              help="A part judged good has no defects to outline; switch on to see its spots.")
 raw_threshold = float(calibration.pixel_scale.denormalize(threshold))
-result = image_result(prediction, 0, image, name, pixel_threshold=raw_threshold, regions_when_good=True)
+result = image_result(prediction, 0, image, name, pixel_threshold=raw_threshold, regions_when_good=show_all)
 mask = defect_mask_on_original(result, calibration, raw_threshold)
-
-score_column, verdict_column, regions_column, area_column = st.columns(4)
-score_column.metric("Anomaly score", f"{result.score:.3f}", help="Image threshold = 0.5 on this scale.")
-verdict_column.metric("Verdict", result.verdict)
-regions_column.metric("Defect regions", len(result.regions))
-area_column.metric("Defect area", f"{mask.mean():.2%}", help="Share of the image's pixels in the mask.")
 
 ground_truth = None
 if sample is not None and (sample.label == 0 or sample.mask_path is not None):
     with page.user_errors():
         ground_truth = load_sample_mask(sample)
+overlap = compare_masks(mask, ground_truth) if ground_truth is not None else None
 
-columns = st.columns(5 if ground_truth is not None else 4)
-columns[0].image(image, caption=f"Original · {image.shape[1]}×{image.shape[0]}", width="stretch")
-if result.reconstruction is not None:
-    columns[1].image(result.reconstruction, caption="Reconstruction (working resolution)", width="stretch")
-else:
-    columns[1].info(f"No reconstruction: {get_method(model.name).no_reconstruction_reason}.")
-columns[2].image(result.overlay(), caption="Heatmap and defect regions", width="stretch")
-columns[3].image(mask_picture(image, mask), caption=f"Defect mask at {threshold:.2f}", width="stretch")
+figures = st.columns(5 if overlap is not None else 4)
+figures[0].metric("Anomaly score", f"{result.score:.3f}", help="The saved image threshold is 0.5 on this scale.")
+figures[1].metric("Verdict", result.verdict)
+figures[2].metric("Defect regions", len(result.regions))
+figures[3].metric("Defect area", f"{mask.mean():.2%}", help="Share of the image's pixels in the mask.")
+if overlap is not None:
+    value, explanation = overlap_summary(overlap)
+    figures[4].metric("Mask vs ground truth", value, help=explanation)
+for note in unfamiliar_notes(result, calibration, model.info, dataset.category if dataset is not None else None):
+    st.warning(note, icon=":material/help:")
+
+top = st.columns(2)
+top[0].image(image, caption=f"{name} · original {image.shape[1]}×{image.shape[0]}", width="stretch")
+top[1].image(result.overlay(), caption="Heatmap and defect regions (boxes labelled with their peak score)",
+             width="stretch")
+bottom = st.columns(2)
+bottom[0].image(mask_picture(image, mask), caption=f"Defect mask at {threshold:.2f}", width="stretch")
 if ground_truth is not None:
-    columns[4].image(mask_picture(image, ground_truth, color=(40, 200, 80)),
-                     caption="Ground truth" + (" (good: no defect)" if sample.label == 0 else ""), width="stretch")
-page.colorbar()
+    bottom[1].image(mask_picture(image, ground_truth, color=(40, 200, 80)),
+                    caption="Ground truth" + (" (good: no defect)" if sample.label == 0 else ""), width="stretch")
+else:
+    bottom[1].caption("No ground truth for this image (an upload, or a defect without a mask).")
+if result.reconstruction is not None:
+    st.image(result.reconstruction, caption="Reconstruction (working resolution)", width=420)
+else:
+    st.caption(f"No reconstruction: {get_method(model.name).no_reconstruction_reason}.")
+page.colorbar(result.colour_max)
 
 st.subheader("Defect regions")
 if result.regions:
     st.dataframe(result.region_rows(), hide_index=True, width="stretch")
-    st.caption("Boxes in original-image pixels; scores on the model's scale (pixel threshold 0.5 when saved).")
+    st.caption("Boxes in original-image pixels; scores on the model's scale (the saved pixel threshold is 0.5).")
 else:
-    st.caption("No region above this threshold (regions smaller than 16 working-resolution pixels are ignored).")
+    st.caption("No region above this threshold (regions smaller than 16 working-resolution pixels are ignored)."
+               if result.is_defect or show_all else "Good part: no regions are outlined.")
+if overlap is not None and overlap["truth_regions"]:
+    st.subheader("Ground-truth regions")
+    st.dataframe(truth_rows(overlap), hide_index=True)

@@ -12,11 +12,13 @@ from inspection.evaluate import evaluate
 from inspection.results import image_result
 from inspection_app import caches, page, sidebar
 from inspection_app.browse import default_compare_samples, sample_label
+from inspection_app.compare_view import common_colour_max, default_compare_models
 from inspection_app.tables import evaluation_row, metric_rows
-from inspection_app.uploads import UPLOAD_TYPES, content_digest, decode_upload, max_upload_mb
+from inspection_app.uploads import UPLOAD_TYPES, content_digest, decode_upload, max_upload_mb, upload_label
 
-page.page_setup("Compare", "Several models side by side on the same images. Every heatmap uses each model's own "
-                "fixed scale (0.5 = its threshold), so colours mean the same thing in every column.")
+page.page_setup("Compare", "Several models side by side on the same images. Every heatmap is drawn on one colour "
+                "scale whose middle colour is each model's saved threshold (0.5), so colours mean the same thing in "
+                "every column.")
 dataset = sidebar.data_source_picker()
 entries = sidebar.model_entries()
 if not entries:
@@ -24,8 +26,9 @@ if not entries:
     st.stop()
 
 by_path = {str(entry.path): entry for entry in entries}
-chosen_paths = st.multiselect("Models", list(by_path), default=list(by_path)[:3], key="compare_models",
-                              format_func=lambda path: by_path[path].label)
+chosen_paths = st.multiselect("Models", list(by_path), default=default_compare_models(entries, dataset),
+                              key="compare_models", format_func=lambda path: by_path[path].label,
+                              help="By default, the newest models made on the open dataset.")
 chosen = [by_path[path] for path in chosen_paths]
 
 images: list[tuple[str, str, Any]] = []
@@ -39,36 +42,46 @@ if dataset is not None and dataset.test:
             images.append((label, caches.file_key(sample.path), caches.load_path_image(sample.path)))
 uploads = st.file_uploader("…and/or upload images", type=list(UPLOAD_TYPES), max_upload_size=max_upload_mb(),
                            accept_multiple_files=True, key="compare_upload")
-for upload in uploads or []:
+for number, upload in enumerate(uploads or [], start=1):
     data = upload.getvalue()
     with page.user_errors():
-        images.append((upload.name, content_digest(data), decode_upload(upload.name, data)))
+        images.append((upload_label(number, upload.name), content_digest(data), decode_upload(upload.name, data)))
 
 if not chosen or not images:
     st.info("Pick at least one model and one image.")
     st.stop()
+
+loaded = {}
+for entry in chosen:
+    with page.user_errors():
+        loaded[str(entry.path)] = caches.model_of(entry)
+colour_max = common_colour_max(loaded.values())
 
 st.subheader("Heatmaps")
 n_columns = max(len(chosen) + 1, 4)  # at least 4, so that one model does not give giant images
 header = st.columns(n_columns)
 header[0].markdown("**Image**")
 for column, entry in zip(header[1:], chosen):
-    column.markdown(f"**{entry.name}**  \n{entry.method}/{entry.backbone}")
+    column.markdown(f"**{entry.name}**  \n{entry.method}/{entry.backbone or '—'}")
 for name, key, image in images:
     row = st.columns(n_columns)
     row[0].image(image, caption=name, width="stretch")
     for column, entry in zip(row[1:], chosen):
         with column:
             with page.user_errors():
-                result = image_result(caches.predict_image(entry, image, key), 0, image, name)
+                result = image_result(caches.predict_image(entry, image, key), 0, image, name, colour_max=colour_max)
                 st.image(result.overlay(), caption=f"score {result.score:.3f} · {result.verdict}", width="stretch")
-page.colorbar()
+page.colorbar(colour_max)
 
 st.subheader("Metrics and speed")
-rows = metric_rows(chosen)
-st.dataframe(rows, hide_index=True, width="stretch")
+measured = st.session_state.get("compare_measured")
+measured_here = measured is not None and dataset is not None and measured[0] == str(dataset.root) and \
+    {row["name"] for row in measured[1]} >= {entry.name for entry in chosen}
+st.dataframe(metric_rows(chosen), hide_index=True, width="stretch")
 splits = {entry.data_path for entry in chosen}
-if len(splits) > 1 or any(not entry.metrics for entry in chosen):
+if measured_here:
+    st.caption("Above: as measured at training time. Below: all measured now on the same split.")
+elif len(splits) > 1 or any(not entry.metrics for entry in chosen):
     st.warning("These models were not all evaluated on the same test split at training time: measure them on "
                "the same split below before comparing their numbers.")
 else:
@@ -83,17 +96,20 @@ def measure(path: str, modified: float, root: str) -> dict[str, Any]:
 
 if dataset is not None and dataset.test:
     if st.button(f"Measure all on the test split of {dataset.category!r} now", key="compare_measure"):
-        measured = []
-        progress = st.progress(0.0, text="Evaluating…")
-        for index, entry in enumerate(chosen):
-            progress.progress(index / len(chosen), text=f"Evaluating {entry.name}…")
-            with page.user_errors():
-                measured.append(evaluation_row(entry.name, measure(str(entry.path), entry.modified,
+        rows = []
+        with st.status(f"Measuring {len(chosen)} model(s) on {len(dataset.test)} test images…",
+                       expanded=True) as status:
+            progress = st.progress(0.0)
+            for index, entry in enumerate(chosen):
+                progress.progress(index / len(chosen), text=f"Evaluating {entry.name} ({index + 1} of {len(chosen)})")
+                with page.user_errors():
+                    rows.append(evaluation_row(entry.name, measure(str(entry.path), entry.modified,
                                                                    str(dataset.root))))
-        progress.empty()
-        st.session_state["compare_measured"] = (str(dataset.root), measured)
-    stored = st.session_state.get("compare_measured")
-    if stored and stored[0] == str(dataset.root):
-        st.dataframe(stored[1], hide_index=True, width="stretch")
+            progress.progress(1.0, text="Done")
+            status.update(label="Measured", state="complete", expanded=False)
+        st.session_state["compare_measured"] = (str(dataset.root), rows)
+        st.rerun()
+    if measured_here:
+        st.dataframe(measured[1], hide_index=True, width="stretch")
         st.caption(f"All measured now on the same {len(dataset.test)} test images of {dataset.category!r}, "
                    "on this machine.")

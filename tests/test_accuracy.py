@@ -12,9 +12,12 @@ from inspection.pipeline import fit_on_dataset
 from inspection.registry import create_model
 
 FLOORS = {
-    "patchcore": {"image_auroc": 0.995, "pixel_auroc": 0.975, "aupro": 0.90},
+    "patchcore": {"image_auroc": 0.995, "pixel_auroc": 0.975, "aupro": 0.90,
+                  # At the default saved pixel threshold, as an inspector sees the boxes.
+                  "region_recall": 0.80},
     "padim": {"image_auroc": 0.99, "pixel_auroc": 0.97, "aupro": 0.88},
 }
+CEILINGS = {"patchcore": {"false_boxes_per_good_image": 0.2}}
 
 
 @pytest.mark.parametrize("method", sorted(FLOORS))
@@ -25,6 +28,9 @@ def test_bottle_accuracy_floors(method, shared_data):
     metrics = evaluation.metrics
     for name, floor in FLOORS[method].items():
         assert metrics[name] >= floor, f"{method} {name} {metrics[name]:.4f} fell below {floor}"
+    for name, ceiling in CEILINGS.get(method, {}).items():
+        assert metrics[name] <= ceiling, f"{method} {name} {metrics[name]:.4f} rose above {ceiling}"
+    assert 0 < metrics["mask_iou"] <= 1
     # The verdict threshold was calibrated on held-out good images, not on the fitting ones.
     assert model.info["n_heldout_images"] == 21 and model.calibration.heldout_fpr() <= 0.05
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -18,7 +19,16 @@ from inspection.errors import (
 )
 from inspection.model.modelfile import read_model_info
 from inspection.model.progress import Progress
-from inspection_app.jobs import JobState, TrainingBusyError, TrainingManager, TrainingRequest, folder_lock, run_training
+from inspection_app.jobs import (
+    JobState,
+    TrainingBusyError,
+    TrainingCancelled,
+    TrainingManager,
+    TrainingRequest,
+    folder_lock,
+    run_training,
+    run_training_in_process,
+)
 from inspection_app.library import (
     MODELS_DIR_ENV,
     delete_model,
@@ -191,6 +201,39 @@ def test_run_training_fits_evaluates_and_saves(demo_root: Path, tmp_path: Path) 
     assert header["info"]["display_name"] == "my model" and header["info"]["category"] == "surface"
     assert metrics["n_test"] == 50 and header["info"]["metrics"]["image_auroc"] == metrics["image_auroc"]
     assert {"features", "coreset", "calibrate", "predict", "save"} <= set(stages)
+
+
+def test_the_app_trains_in_a_process_of_its_own_at_lower_priority(demo_root: Path, tmp_path: Path) -> None:
+    request = TrainingRequest("patchcore", dict(SMALL_PARAMS), str(demo_root), None,
+                              str(tmp_path / "trained.safetensors"), "in a process")
+    reports: list[Progress] = []
+    path, metrics = run_training_in_process(request, reports.append)
+    assert read_model_info(path)["info"]["display_name"] == "in a process" and metrics["n_test"] == 50
+    assert {"features", "coreset", "calibrate", "save"} <= {report.stage for report in reports}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # this process kept its priority
+
+
+def test_stopping_a_training_process_leaves_the_saved_model_untouched(small_model: Path, demo_root: Path,
+                                                                     tmp_path: Path) -> None:
+    existing = copy_model(small_model, tmp_path, "kept.safetensors")
+    before = existing.read_bytes()
+    request = TrainingRequest("patchcore", dict(SMALL_PARAMS), str(demo_root), None, str(existing), "replacement")
+
+    def stop_at_the_coreset(report: Progress) -> None:
+        if report.stage == "coreset":
+            raise TrainingCancelled()
+
+    with pytest.raises(TrainingCancelled):
+        run_training_in_process(request, stop_at_the_coreset)
+    assert existing.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kept.safetensors"]  # no temporary left
+
+
+def test_a_failure_in_the_training_process_comes_back_as_its_error(tmp_path: Path) -> None:
+    request = TrainingRequest("patchcore", dict(SMALL_PARAMS), str(tmp_path / "no-data"), None,
+                              str(tmp_path / "m.safetensors"), "failing")
+    with pytest.raises(DatasetError, match="no-data"):
+        run_training_in_process(request, lambda report: None)
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -3,6 +3,8 @@ changes what is shown (the expected outcome, not merely the absence of a traceba
 
 from __future__ import annotations
 
+import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,11 @@ from streamlit.testing.v1 import AppTest
 
 from app_testing import REPO, SMALL_PARAMS, copy_model, demo_image, train_small_model
 from inspection.model.modelfile import read_model_info, update_header
+from inspection.model.progress import Progress
 from inspection.registry import get_method
 from inspection_app import caches, training
-from inspection_app.jobs import MANAGER, TrainingRequest, folder_lock
+from inspection_app import page as page_module
+from inspection_app.jobs import MANAGER, TrainingManager, TrainingRequest, folder_lock
 from inspection_app.library import list_models, models_dir, unique_model_path
 
 TIMEOUT = 120
@@ -43,10 +47,11 @@ def models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_root: Path) -> 
 def small_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """The one-click default training, at low resolution so that the test stays fast."""
 
-    def request(name: str = "surface patchcore (default)") -> TrainingRequest:
+    def request(dataset=None) -> TrainingRequest:
         params = {**get_method("patchcore").param_set().defaults(), **SMALL_PARAMS}
-        return TrainingRequest("patchcore", params, caches.cached_demo_root(), None,
-                               str(unique_model_path(models_dir(), name)), name)
+        root = str(dataset.root) if dataset is not None else caches.cached_demo_root()
+        name = f"{dataset.category if dataset is not None else 'surface'} patchcore (default)"
+        return TrainingRequest("patchcore", params, root, None, str(unique_model_path(models_dir(), name)), name)
 
     monkeypatch.setattr(training, "default_training_request", request)
 
@@ -124,16 +129,42 @@ def test_home_refuses_bad_uploads_with_friendly_messages(models: Path, small_mod
     assert not at.metric
 
 
-def test_home_first_upload_trains_the_default_model(models: Path, small_default: None, demo_root: Path) -> None:
+def test_home_first_upload_with_the_demo_open_asks_before_training(models: Path, small_default: None,
+                                                                    demo_root: Path) -> None:
     at = run_page("app.py")
     at.file_uploader(key="home_upload").set_value([png(demo_image(demo_root, "hole"))]).run()
-    assert not at.exception
-    assert any("Training the default model first" in info.value for info in at.info)
+    assert not at.exception and MANAGER.active() is None  # nothing trains without a word
+    assert "knows nothing of your parts" in at.warning[0].value
+    at.button(key="train_demo_anyway").click().run()
+    assert any("Training a first model" in info.value for info in at.info)
     wait_for_training()
     at.run()
     at.run()  # the monitor saw the finished job and selected the new model
     assert_clean(at)
     assert [metric.value for metric in at.metric if metric.label == "Verdict"] == ["DEFECT"]
+
+
+def test_home_first_upload_with_a_local_dataset_open_trains_on_it(models: Path, small_default: None,
+                                                                   demo_root: Path, tmp_path: Path) -> None:
+    own = Path(shutil.copytree(demo_root, tmp_path / "line3" / "panels"))
+    at = run_page("app.py", source_kind="folder", source_path=str(own))
+    at.file_uploader(key="home_upload").set_value([png(demo_image(demo_root, "hole"))]).run()
+    assert not at.exception
+    assert any("Training a first model" in info.value for info in at.info)
+    wait_for_training()
+    entries, _ = list_models(models)
+    assert [(entry.name, entry.category, entry.data_path) for entry in entries] == [
+        ("panels patchcore (default)", "panels", str(own))]
+
+
+def test_a_model_of_another_category_says_so_on_an_upload(models: Path, small_model: Path, demo_root: Path,
+                                                          tmp_path: Path) -> None:
+    copy_model(small_model, models)  # trained on "surface"
+    other = Path(shutil.copytree(demo_root, tmp_path / "other" / "tiles"))
+    at = run_page("app.py", source_kind="folder", source_path=str(other))
+    at.file_uploader(key="home_upload").set_value([png(demo_image(demo_root, "hole"))]).run()
+    assert not at.exception
+    assert any("trained on 'surface' images; these come from 'tiles'" in warning.value for warning in at.warning)
 
 
 def test_home_pick_from_the_dataset(models: Path, small_model: Path) -> None:
@@ -245,10 +276,49 @@ def test_train_page_renames_and_deletes(models: Path, small_model: Path) -> None
     assert not path.exists() and (models / "renamed-model.safetensors").is_file()
     assert at.dataframe[0].value["name"].tolist() == ["renamed model"]
     assert at.button(key="manage_delete").disabled
-    at.checkbox(key="manage_confirm").check().run()
+    at.checkbox(key="manage_confirm-0").check().run()
     at.button(key="manage_delete").click().run()
     assert_clean(at)
     assert not list(models.glob("*.safetensors"))
+
+
+def test_the_delete_confirmation_is_unticked_after_a_delete(models: Path, small_model: Path) -> None:
+    first = copy_model(small_model, models, "first.safetensors")
+    second = copy_model(small_model, models, "second.safetensors")
+    at = run_page("pages/2_Train.py")
+    at.selectbox(key="manage_model").set_value(str(first)).run()
+    at.checkbox(key="manage_confirm-0").check().run()
+    at.button(key="manage_delete").click().run()
+    assert_clean(at)
+    assert not first.exists() and second.exists()
+    confirmations = [box for box in at.checkbox if box.key.startswith("manage_confirm")]
+    assert [box.value for box in confirmations] == [False]  # armed again only by a new tick
+    assert at.button(key="manage_delete").disabled and second.exists()
+
+
+def test_train_is_disabled_while_a_training_runs(models: Path, small_model: Path, demo_root: Path) -> None:
+    release = threading.Event()
+
+    def slow(request: TrainingRequest, progress) -> tuple[Path, dict]:
+        progress(Progress("features", 1, 2))
+        release.wait(60)
+        return Path(request.out_path), {}
+
+    manager = TrainingManager(slow)
+    job = manager.start(TrainingRequest("patchcore", {}, str(demo_root), None, str(models / "slow.safetensors"),
+                                        "slow"))
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for module in (training, page_module):
+                patch.setattr(module, "MANAGER", manager)
+            train = run_page("pages/2_Train.py")
+            assert train.button(key="FormSubmitter:train-form-patchcore-Train").disabled
+            home = run_page("app.py")
+            assert not home.exception
+    finally:
+        release.set()
+        manager.wait(job, timeout=30)
+    assert not run_page("pages/2_Train.py").button(key="FormSubmitter:train-form-patchcore-Train").disabled
 
 
 # ---------------------------------------------------------------------------------------------- threshold
@@ -258,29 +328,42 @@ def _metrics(at: AppTest) -> dict[str, str]:
     return {metric.label: metric.value for metric in at.metric}
 
 
+def _widen(at: AppTest) -> AppTest:
+    next(toggle for toggle in at.toggle if toggle.key.startswith("widen-")).set_value(True)
+    return at.run()
+
+
 def test_threshold_slider_changes_the_rates_and_saves(models: Path, small_model: Path) -> None:
     path = copy_model(small_model, models)
     at = run_page("pages/3_Threshold.py")
     assert_clean(at)
     assert len(at.get("plotly_chart")) == 2  # histogram and ROC
     before = _metrics(at)
-    assert set(before) == {"FPR (test)", "TPR (test)", "Precision (test)", "FPR held-out good", "Target FPR"}
-    slider = at.slider[0]
-    assert slider.value == pytest.approx(0.5, abs=1e-3)
+    assert set(before) == {"FPR (test)", "TPR (test)", "Precision (test)", "FPR held-out good"}
+    assert at.slider[0].value == pytest.approx(0.5, abs=1e-3)
+    zoomed = (at.slider[0].min, at.slider[0].max)
+    slider = _widen(at).slider[0]
+    assert slider.min <= zoomed[0] and slider.max >= zoomed[1]
     slider.set_value(slider.min).run()
     after = _metrics(at)
     assert after["FPR (test)"] == "100.0%" and after["TPR (test)"] == "100.0%"
     assert after["FPR (test)"] != before["FPR (test)"]
+    exact = next(widget for widget in at.number_input if widget.label == "Exact threshold")
+    assert exact.value == pytest.approx(slider.min)  # the exact number follows the slider
     assert at.dataframe[0].value["predicted defect"].tolist() == [30, 20]
+    old = read_model_info(path)["calibration"]
     at.button(key="save_threshold").click().run()
     assert_clean(at)
-    header = read_model_info(path)
-    calibration = header["calibration"]
-    expected = calibration["image_scale"]["offset"] + slider.min * calibration["image_scale"]["scale"]
+    calibration = read_model_info(path)["calibration"]
+    expected = old["image_scale"]["offset"] + slider.min * old["image_scale"]["scale"]
     assert calibration["image_threshold"] == pytest.approx(expected, rel=1e-6)
+    # The scale moved with it: the saved threshold is 0.5 again, on this page and every other.
+    new_scale = calibration["image_scale"]
+    assert (calibration["image_threshold"] - new_scale["offset"]) / new_scale["scale"] == pytest.approx(0.5)
+    assert at.slider[0].value == pytest.approx(0.5, abs=1e-3)
 
 
-def test_threshold_target_fpr_moves_the_slider(models: Path, small_model: Path) -> None:
+def test_threshold_exact_number_and_target_fpr_move_the_slider(models: Path, small_model: Path) -> None:
     copy_model(small_model, models)
     at = run_page("pages/3_Threshold.py")
     before = at.slider[0].value
@@ -288,9 +371,25 @@ def test_threshold_target_fpr_moves_the_slider(models: Path, small_model: Path) 
     fpr_input.set_value(0.5).run()
     assert_clean(at)
     assert at.slider[0].value < before
-    metrics = _metrics(at)
-    assert metrics["Target FPR"] == "50.0%"
-    assert float(metrics["FPR held-out good"].rstrip("%")) <= 50.0
+    assert float(_metrics(at)["FPR held-out good"].rstrip("%")) <= 50.0
+    exact = next(widget for widget in at.number_input if widget.label == "Exact threshold")
+    exact.set_value(0.75).run()
+    assert at.slider[0].value == pytest.approx(min(0.75, at.slider[0].max))
+    # Moving the threshold puts the held-out FPR it gives into the target field.
+    target = next(widget for widget in at.number_input if widget.label.startswith("Target FPR")).value
+    assert f"{target:.1%}" == _metrics(at)["FPR held-out good"]
+
+
+def test_threshold_lists_false_alarms_and_misses_linking_to_inspect(models: Path, small_model: Path) -> None:
+    copy_model(small_model, models)
+    at = _widen(run_page("pages/3_Threshold.py"))
+    at.slider[0].set_value(at.slider[0].min).run()  # everything flagged: every good test image is a false alarm
+    assert_clean(at)
+    assert any("20 false alarm(s), 0 miss(es)" in header.value for header in at.subheader)
+    inspect_buttons = [button for button in at.button if button.key.startswith("inspect-")]
+    assert len(inspect_buttons) == 6  # the first six, as thumbnails
+    inspect_buttons[0].click().run()
+    assert at.session_state["_kept_inspect_type"] == "good" and at.session_state["_kept_inspect_split"] == "test"
 
 
 def test_threshold_pixel_level(models: Path, small_model: Path) -> None:
@@ -298,7 +397,7 @@ def test_threshold_pixel_level(models: Path, small_model: Path) -> None:
     at = run_page("pages/3_Threshold.py", threshold_level="pixel")
     assert_clean(at)
     before = _metrics(at)
-    at.slider[0].set_value(at.slider[0].value * 0.5).run()
+    at.slider[0].set_value(max(at.slider[0].value * 0.5, at.slider[0].min)).run()
     assert_clean(at)
     after = _metrics(at)
     assert float(after["FPR (test)"].rstrip("%")) > float(before["FPR (test)"].rstrip("%"))
@@ -322,6 +421,7 @@ def test_threshold_page_of_a_model_without_test_evaluation(models: Path, small_m
     assert_clean(at)
     assert "was not evaluated on a test split" in at.warning[0].value
     assert _metrics(at)["FPR (test)"] == "—"
+    at = _widen(at)
     at.slider[0].set_value(at.slider[0].min).run()
     assert_clean(at)
     assert _metrics(at)["FPR held-out good"] == "100.0%"
@@ -348,11 +448,16 @@ def test_inspect_shows_views_side_by_side_and_the_mask_follows_the_slider(models
     metrics = _metrics(at)
     assert metrics["Verdict"] == "DEFECT" and int(metrics["Defect regions"]) >= 1
     assert len(at.image) == 4  # original, heatmap, mask, ground truth
-    assert "No reconstruction" in at.info[0].value and "does not reconstruct" in at.info[0].value
+    assert any("No reconstruction" in caption.value and "does not reconstruct" in caption.value
+               for caption in at.caption)
+    assert _metrics(at)["Mask vs ground truth"].startswith("IoU")
     area_before = float(metrics["Defect area"].rstrip("%"))
     at.slider[0].set_value(0.1).run()
     assert float(_metrics(at)["Defect area"].rstrip("%")) > area_before
     assert len(at.dataframe[0].value) == int(_metrics(at)["Defect regions"])
+    assert at.slider[0].max > 1.0  # the slider reaches this image's highest score
+    at.selectbox(key="inspect_file").set_value("hole/001.png").run()
+    assert at.slider[0].value == pytest.approx(0.1)  # the next image keeps the chosen threshold
 
 
 def test_inspect_an_upload(models: Path, small_model: Path, demo_root: Path) -> None:
@@ -518,3 +623,43 @@ def test_asking_for_a_gpu_without_one_is_a_message(models: Path) -> None:
     assert not at.exception
     assert "no CUDA GPU is available here" in at.error[0].value
     assert "cpu" in at.sidebar.caption[0].value
+
+
+# ------------------------------------------------------------------------------------------- damaged models
+
+
+def _damaged_models(folder: Path, good: Path) -> list[str]:
+    """Beside a good model: a header whose info is a list, an unknown backbone, a NaN threshold, a pickle."""
+    names = []
+    for name, change in [("info-list", lambda header: {**header, "info": [1, 2]}),
+                         ("evil-backbone", lambda header: {**header, "backbone": "evil"}),
+                         ("unknown-backbone", lambda header: {**header, "backbone": {**header["backbone"],
+                                                                                     "name": "evil"}}),
+                         ("nan-threshold", lambda header: {**header, "calibration": {
+                             **header["calibration"], "image_threshold": float("nan")}})]:
+        update_header(copy_model(good, folder, f"{name}.safetensors"), change)
+        names.append(f"{name}.safetensors")
+    (folder / "pickle.safetensors").write_bytes(b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00.")
+    return names + ["pickle.safetensors"]
+
+
+def test_pages_stay_usable_with_damaged_model_files(models: Path, small_model: Path, demo_root: Path) -> None:
+    good = copy_model(small_model, models)
+    damaged = _damaged_models(models, good)
+    home = run_page("app.py", home_origin="dataset")
+    assert not home.exception
+    assert home.selectbox(key="model").value == str(good)  # the default pick is never an unusable file
+    assert len(home.sidebar.warning) == len(damaged)
+    assert any("info-list.safetensors: unusable" in warning.value for warning in home.sidebar.warning)
+    assert home.metric[1].value in ("GOOD", "DEFECT")  # the good model still scores the picked image
+    train = run_page("pages/2_Train.py")
+    assert not train.exception
+    listed = train.dataframe[-1].value
+    assert sorted(listed["file"]) == sorted(damaged)
+    assert all(reason for reason in listed["reason"])
+    train.selectbox(key="manage_unusable").set_value(str(models / "pickle.safetensors"))
+    train.checkbox(key="manage_unusable_confirm-0").check().run()
+    train.button(key="manage_unusable_delete").click().run()
+    assert not (models / "pickle.safetensors").exists() and good.exists()
+    compare = run_page("pages/5_Compare.py")
+    assert not compare.exception and compare.multiselect(key="compare_models").value == [str(good)]

@@ -300,6 +300,9 @@ def test_charts_show_what_they_say() -> None:
     assert histogram.layout.shapes[0].x0 == 0.5
     assert histogram.data[0].xbins == histogram.data[1].xbins  # shared bins: the bars line up
     assert histogram.data[0].xbins.start == 0.1 and histogram.data[0].xbins.size == pytest.approx(1.9 / 40)
+    # One far outlier does not squeeze the decision zone: it is counted, not drawn.
+    outlier = score_histogram(np.linspace(0, 1, 50), np.r_[np.linspace(0.5, 2, 30), 32.0], 0.5, "scores")
+    assert outlier.data[1].name == "defect (31, 1 beyond 2.84 not drawn)" and max(outlier.data[1].x) == 2.0
     roc = roc_figure([0, 0.5, 1], [0, 0.8, 1], 0.5, 0.8, "ROC", auc=0.85)
     point = roc.data[-1]
     assert point.name == "current threshold" and (point.x[0], point.y[0]) == (0.5, 0.8)

@@ -14,16 +14,20 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from app_testing import train_small_model
+from inspection.data.demo import generate_demo_dataset
+from inspection.model.modelfile import read_model_header
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("INSPECTION_CHROMIUM", "/usr/bin/chromium"))
@@ -69,19 +73,16 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float
     raise AssertionError(f"streamlit did not become healthy in {timeout} s:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """`streamlit run app.py` on a free port, with an empty models folder and a fresh data folder."""
-    _require_browser()
-    work = tmp_path_factory.mktemp("e2e")
+@contextmanager
+def running_app(work: Path) -> Iterator[dict]:
+    """`streamlit run app.py` on a free port, with an empty models folder and a fresh data folder under `work`."""
     models, data, log = work / "models", work / "data", work / "streamlit.log"
     models.mkdir()
     port = _free_port()
     env = {**os.environ, "INSPECTION_MODELS_DIR": str(models), "INSPECTION_DATA_DIR": str(data),
            "INSPECTION_OFFLINE": "1"}
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-               "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-               "--browser.gatherUsageStats", "false"]
+               "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"]
     with open(log, "w") as log_file:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -96,6 +97,14 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The app of the tests below, shared by them (its models folder fills as they go)."""
+    _require_browser()
+    with running_app(tmp_path_factory.mktemp("e2e")) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +178,7 @@ def screenshot(page, name: str) -> None:
 def choose(page, label: str, option: str) -> None:
     """Pick an option of the select box with this label."""
     page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
+    page.keyboard.type(option)  # long lists only draw the options in view: filter first
     page.get_by_role("option", name=option, exact=True).click()
     wait_idle(page)
 
@@ -275,3 +285,143 @@ def test_train_upload_threshold_and_every_page(app: dict, page, tmp_path: Path) 
 
     step("done")
     assert "Traceback" not in app["log"].read_text()
+
+
+def _pick_home_image(page, app: dict, label: str) -> tuple[float, str, str]:
+    """(score, verdict, threshold caption) shown on Home for a test image picked from the dataset."""
+    open_page(page, app, "")
+    page.get_by_text("Pick from the dataset").click()
+    wait_idle(page)
+    choose(page, "Test image", label)
+    caption = page.locator('.st-key-result-0 [data-testid="stCaptionContainer"]', has_text="Threshold 0.5").first \
+        .inner_text()
+    return float(metric(page, "Anomaly score", ".st-key-result-0")), metric(page, "Verdict", ".st-key-result-0"), \
+        caption
+
+
+def test_a_saved_threshold_is_the_one_every_page_shows(app: dict, page) -> None:
+    """Save a threshold between two test images' scores: Home, Inspect and Compare then agree on both."""
+    from inspection.model.modelfile import read_model_info
+
+    # The newest model is every page's default pick; the four first test images are Compare's default images.
+    headers = {path: read_model_info(path) for path in app["models"].glob("*.safetensors")}
+    model_file = max(headers, key=lambda path: headers[path]["info"]["created"])
+    header = headers[model_file]
+    shown = ["test/good/000.png", "test/hole/000.png", "test/scratch/000.png", "test/stain/000.png"]
+    records = sorted((record for record in header["info"]["test_scores"] if record["file"] in shown),
+                     key=lambda record: record["score"])
+    gaps = [records[index + 1]["score"] - records[index]["score"] for index in range(len(records) - 1)]
+    widest = gaps.index(max(gaps))
+    below, above = records[widest], records[widest + 1]
+    raw = (below["score"] + above["score"]) / 2
+    scale = header["calibration"]["image_scale"]
+    open_page(page, app, "Threshold")
+    exact = page.locator('[data-testid="stNumberInput"]').filter(has_text="Exact threshold").locator("input")
+    exact.fill(f"{(raw - scale['offset']) / scale['scale']:.6f}")
+    exact.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Save threshold").click()
+    wait_idle(page)
+    assert read_model_info(model_file)["calibration"]["image_threshold"] == pytest.approx(raw, rel=1e-4)
+    scores = {}
+    for record, verdict in ((below, "GOOD"), (above, "DEFECT")):
+        label = record["file"]
+        score, shown_verdict, caption = _pick_home_image(page, app, label)
+        assert shown_verdict == verdict and (score > 0.5) == (verdict == "DEFECT"), (label, score, shown_verdict)
+        assert "Threshold 0.5 (saved)" in caption
+        scores[label] = score
+        open_page(page, app, "Inspect")
+        kind, name = label.split("/")[-2:]
+        choose(page, "Type", kind)
+        assert metric(page, "Verdict") == verdict
+        assert float(metric(page, "Anomaly score")) == pytest.approx(score, abs=1e-3)
+    open_page(page, app, "Compare")
+    assert_no_errors(page, "Compare after saving a threshold")
+    captions = page.locator('[data-testid="stImageCaption"]').filter(has_text="score ").all_inner_texts()
+    models_shown = len(captions) // len(shown)
+    for record, verdict in ((below, "GOOD"), (above, "DEFECT")):
+        caption = captions[shown.index(record["file"]) * models_shown]  # the first model column: the newest
+        assert caption == f"score {scores[record['file']]:.3f} · {verdict}", caption
+
+
+def _upload_and_time(page, app: dict, image: Path) -> float:
+    """Seconds from choosing a file on Home until its score is shown."""
+    open_page(page, app, "")
+    started = time.monotonic()
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(image)])
+    page.locator(".st-key-result-0 [data-testid='stMetricValue']").first.wait_for(timeout=120_000)
+    return time.monotonic() - started
+
+
+def test_inspection_stays_fast_while_a_training_runs(app: dict, page, tmp_path: Path) -> None:
+    """Upload on Home while a training job runs: the result comes within 5× the quiet time."""
+    generate_demo_dataset(app["data"])  # done already when the test above ran; the same files either way
+    if not list(app["models"].glob("*.safetensors")):
+        train_small_model(app["data"] / "surface", app["models"] / "quick.safetensors", "quick")
+    demo = app["data"] / "surface" / "test"
+    images = [Path(shutil.copyfile(demo / "good" / f"{index:03d}.png", tmp_path / f"part{index}.png"))
+              for index in range(1, 8)]  # each a new upload: its forward pass is not cached
+    _upload_and_time(page, app, images[0])  # warms the model cache
+    quiet = statistics.median(_upload_and_time(page, app, image) for image in images[1:4])
+    models_before = len(list(app["models"].glob("*.safetensors")))
+    open_page(page, app, "Train")
+    # Four times the default pixels, so that the job outlasts the three uploads on a fast machine as well.
+    page.get_by_text("Preprocessing").click()
+    for label, value in (("resize", "512"), ("crop", "448")):
+        number = page.locator('[data-testid="stNumberInput"]').filter(
+            has=page.get_by_text(label, exact=True)).locator("input")
+        number.fill(value)
+        number.press("Tab")
+    wait_idle(page)
+    page.locator('[data-testid="stBaseButton-primaryFormSubmit"]').click()
+    page.get_by_role("button", name="Stop training").wait_for(timeout=60_000)  # the job is running
+    time.sleep(5)  # past its start-up: extracting features of the good images
+    loaded = statistics.median(_upload_and_time(page, app, image) for image in images[4:7])
+    print(f"upload on Home (median of 3): quiet {quiet:.2f} s, while training {loaded:.2f} s", flush=True)
+    # Measured while the training ran: it writes its file only at its very end.
+    assert len(list(app["models"].glob("*.safetensors"))) == models_before, "the training ended too soon"
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S  # let the training end before the next test
+    while len(list(app["models"].glob("*.safetensors"))) == models_before:
+        assert time.monotonic() < deadline, "the training started during the test did not finish"
+        time.sleep(1)
+    newest = max(app["models"].glob("*.safetensors"), key=lambda path: path.stat().st_mtime)
+    assert read_model_header(newest).params["crop"] == 448, "the form's resolution did not reach the training"
+    assert loaded <= 5 * quiet, f"quiet {quiet:.2f} s, while a training runs {loaded:.2f} s"
+
+
+def test_first_use_with_a_local_folder_open_trains_on_it_and_says_when_a_model_does_not_fit(page,
+                                                                                           tmp_path: Path) -> None:
+    """A fresh app with a local MVTec folder open: the first upload trains on that folder; another dataset's
+    images then get the note that the model was trained on another category."""
+    work = tmp_path / "fresh"
+    work.mkdir()
+    own = Path(shutil.copytree(generate_demo_dataset(tmp_path / "demo"), work / "line3" / "panels"))
+    with running_app(work) as fresh:
+        open_page(page, fresh, "")
+        page.get_by_text("Local folder").click()
+        wait_idle(page)
+        path_box = page.locator('[data-testid="stTextInput"]').filter(has_text="type a folder path").locator("input")
+        path_box.fill(str(own))
+        path_box.press("Enter")
+        wait_idle(page)
+        upload = Path(shutil.copyfile(own / "test" / "hole" / "000.png", tmp_path / "part.png"))
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(upload)])
+        page.locator('[data-testid="stAlertContentInfo"]', has_text="Training a first model").wait_for(timeout=60_000)
+        deadline = time.monotonic() + TRAIN_TIMEOUT_S
+        while not list(fresh["models"].glob("*.safetensors")):
+            assert time.monotonic() < deadline, fresh["log"].read_text()
+            time.sleep(1)
+        from inspection.model.modelfile import read_model_info
+
+        info = read_model_info(next(fresh["models"].glob("*.safetensors")))["info"]
+        assert (info["category"], info["data_path"]) == ("panels", str(own))
+        # The demo dataset open, the same upload: the model of 'panels' says it was made for other images.
+        open_page(page, fresh, "")
+        page.get_by_text("Demo dataset").click()
+        wait_idle(page)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(upload)])
+        page.locator(".st-key-result-0 [data-testid='stMetricValue']").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        warning = page.locator('[data-testid="stAlertContentWarning"]', has_text="trained on 'panels' images")
+        assert warning.count() == 1
+        assert "Traceback" not in fresh["log"].read_text()

@@ -414,3 +414,23 @@ def test_module_leaves_pillow_globals_alone() -> None:
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     assert Image.MAX_IMAGE_PIXELS is not None
     assert images.DEFAULT_MAX_PIXELS == 100_000_000
+
+
+@pytest.mark.parametrize("mode, suffix", [("L", ".png"), ("RGB", ".png"), ("RGB", ".jpg"), ("I;16", ".png"),
+                                          ("RGBA", ".png")])
+def test_a_large_image_is_read_shrunk_to_max_side_keeping_its_orientation(tmp_path, mode, suffix):
+    width, height = 5000, 3000
+    array = np.zeros((height, width), np.uint16 if mode == "I;16" else np.uint8)
+    array[:100, :] = 65535 if mode == "I;16" else 255  # a bright band along the top edge
+    image = Image.fromarray(array)
+    image = image if mode in ("L", "I;16") else image.convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when shown
+    path = tmp_path / f"large{suffix}"
+    image.save(path, exif=exif) if mode != "I;16" else image.save(path)
+    loaded = load_image(path, max_side=1000)
+    rotated = mode != "I;16"
+    assert loaded.shape == ((1000, 600, 3) if rotated else (600, 1000, 3))
+    band = loaded[:, -15:] if rotated else loaded[:15, :]  # the top band ends up on the right after rotation
+    assert band.mean() > 200 and loaded[loaded.shape[0] // 2, loaded.shape[1] // 2].max() < 30
+    assert load_image(path).shape[:2] == ((width, height) if rotated else (height, width))

@@ -23,6 +23,7 @@ from inspection.ops.coreset import greedy_coreset, random_projection
 from inspection.ops.knn import nearest_neighbors
 from inspection.pipeline import fit_on_dataset
 from inspection.registry import create_model, get_method, load_model, methods
+from inspection.scores.regions import count_regions
 
 # ---------------------------------------------------------------------------------------------------------
 # Shared pieces
@@ -137,7 +138,18 @@ def test_fit_reports_progress_and_calibrates_on_held_out_images(fitted, demo_dat
     assert calibration.heldout_fpr() <= model.params["image_fpr"]
     assert calibration.normalized_image_threshold == pytest.approx(0.5)
     assert calibration.normalized_pixel_threshold == pytest.approx(0.5)
-    assert abs(calibration.heldout_pixel_fpr() - model.params["pixel_fpr"]) < 0.01
+    # The pixel threshold keeps false regions on good parts rare: at most 0.1 per held-out good image.
+    assert calibration.pixel_rule == "false_regions"
+    held_out = model.predict(calibration.heldout_files).raw_maps
+    allowed = math.floor(0.1 * len(held_out))
+    assert count_regions(held_out, calibration.pixel_threshold) <= allowed
+    assert count_regions(held_out, calibration.pixel_threshold * 0.98) > allowed  # and it is the lowest such
+
+
+def test_the_pixel_fpr_rule_is_still_there(demo_dataset):
+    model = create_model("padim", pixel_rule="pixel_fpr", crop=96, resize=96, n_features=30)
+    model.fit([sample.path for sample in demo_dataset.train])
+    assert abs(model.calibration.heldout_pixel_fpr() - model.params["pixel_fpr"]) < 0.01
 
 
 def test_demo_metrics_are_informative(fitted):

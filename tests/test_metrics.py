@@ -205,3 +205,24 @@ def test_single_2d_map_is_accepted():
     maps = np.array([[0.9, 0.8, 0.1, 0.5, 0.3, 0.2]])
     masks = np.array([[1, 1, 1, 0, 1, 0]], dtype=bool)
     assert aupro(maps, masks, max_fpr=1.0) == pytest.approx(7 / 12, abs=1e-12)
+
+
+def test_region_metrics_follow_their_definitions():
+    from inspection.scores.metrics import compare_masks, region_metrics
+
+    maps, masks = np.zeros((3, 20, 20)), np.zeros((3, 20, 20), bool)
+    masks[0, 2:6, 2:6] = masks[0, 12:16, 12:16] = True  # a defect image with two true regions
+    maps[0, 2:6, 2:6] = 1.0  # one found
+    maps[0, 12:14, 12:20] = 1.0  # the other covered by 8 of 16 pixels: found too (at least half)
+    maps[1, 0:5, 0:5] = 1.0  # a false box on a good image
+    maps[2, 10:12, 10:12] = 1.0  # 4 pixels: below the 16-pixel minimum, not a region
+    result = region_metrics(maps, masks, 0.5, min_area=16)
+    assert result["region_recall"] == 1.0 and result["false_boxes_per_good_image"] == 0.5
+    assert result["false_boxes_per_defect_image"] == 0.0
+    assert result["mask_iou"] == pytest.approx(24 / 40)  # 16 + 8 in both, 16 + 16 + 8 in either
+    maps[0, 12:14, 12:20] = 0.0
+    maps[0, 12:13, 12:19] = 1.0  # 7 pixels: too small a region, the second true region is missed
+    assert region_metrics(maps, masks, 0.5, min_area=16)["region_recall"] == 0.5
+    single = compare_masks(maps[0] > 0.5, masks[0])
+    assert [region["found"] for region in single["truth_regions"]] == [True, False]
+    assert single["false_regions"] == 0 and single["iou"] == pytest.approx(20 / 35)  # the sliver overlaps 4 px

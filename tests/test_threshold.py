@@ -236,3 +236,33 @@ def test_rate_above_reads_quantiles_for_one_or_many_thresholds_and_inverts():
     assert math.isnan(rate_above([], 0.0)) and np.isnan(rate_above([], np.zeros(2))).all()
     with pytest.raises(ValueError):
         threshold_at_rate([], 0.05)
+
+
+def test_threshold_at_false_regions_counts_regions_not_pixels():
+    from inspection.scores.regions import count_regions
+    from inspection.scores.thresholds import threshold_at_false_regions
+
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(20, 64, 64)).astype(np.float32) * 0.1
+    for index in range(5):  # five good images with one bright blob each, of rising height
+        maps[index, 10:20, 10:20] += 1.0 + index
+    threshold = threshold_at_false_regions(maps, regions_per_image=0.1, min_area=16)  # 2 regions allowed
+    assert count_regions(maps, threshold, 16) <= 2 < count_regions(maps, 2.8, 16)  # 2.8: under the third blob
+    assert 2.8 < threshold < 3.3  # the third-highest blob (3 ± noise) is where its region shrinks below 16 px
+    assert count_regions(maps, threshold_at_false_regions(maps, 0.0, 16), 16) == 0
+    with pytest.raises(ValueError, match="regions_per_image"):
+        threshold_at_false_regions(maps, -1)
+
+
+def test_new_thresholds_move_the_scale_so_they_show_at_one_half():
+    from inspection.model.calibration import Calibration
+
+    scores = np.linspace(1.0, 2.0, 21)
+    maps = np.random.default_rng(1).random((21, 32, 32)).astype(np.float32)
+    calibration = Calibration.from_good(scores, maps, 0.05, 0.05)
+    assert calibration.normalized_image_threshold == pytest.approx(0.5)
+    moved = calibration.with_thresholds(image_threshold=3.0, pixel_threshold=0.9)
+    assert moved.normalized_image_threshold == pytest.approx(0.5)
+    assert moved.normalized_pixel_threshold == pytest.approx(0.5)
+    assert float(moved.image_scale.normalize(1.0)) == pytest.approx(0.0)  # the calm reference stays at 0
+    assert Calibration.from_dict(moved.to_dict()) == moved

@@ -15,11 +15,12 @@ import socket
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DownloadError
+from ..errors import DownloadError, ParameterError
 from .datasets import GOOD
 
 MVTEC_URL_ENV = "INSPECTION_MVTEC_URL"
@@ -55,9 +56,14 @@ DownloadProgress = Callable[[int, int, str], None]
 def category_url(category: str, url: str | None = None) -> str:
     """The archive URL of a category: `url` (may hold '{category}'), else env INSPECTION_MVTEC_URL, else official."""
     if category not in MVTEC_URLS:
-        raise ValueError(f"unknown MVTec AD category {category!r}; known: {', '.join(MVTEC_CATEGORIES)}")
+        raise ParameterError(f"unknown MVTec AD category {category!r}; known: {', '.join(MVTEC_CATEGORIES)}")
     template = (url or os.environ.get(MVTEC_URL_ENV, "")).strip()
-    return template.replace("{category}", category) if template else MVTEC_URLS[category]
+    chosen = template.replace("{category}", category) if template else MVTEC_URLS[category]
+    # Only web addresses: file://, ftp:// and the like would read this machine's files or other services.
+    parts = urllib.parse.urlsplit(chosen)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ParameterError(f"{chosen!r} is not an http(s) address: only http:// and https:// URLs are accepted")
+    return chosen
 
 
 def mvtec_root(data_dir: str | os.PathLike) -> Path:

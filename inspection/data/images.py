@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,8 @@ _EXIF_ORIENTATION_TAG = 0x0112
 _WIDE_GRAY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 # Multi-channel modes that Pillow may decode from 16-bit data by dropping the low byte.
 _MULTI_CHANNEL_MODES = frozenset({"RGB", "RGBA", "RGBX", "LA", "La", "RGBa"})
+# Modes Pillow's Image.reduce can box-average.
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "F"})
 # Serialises the temporary change of Pillow's global bomb limit (see module docstring).
 _PILLOW_LIMIT_LOCK = threading.Lock()
 
@@ -68,13 +71,9 @@ def _source_label(source: ImageSource, name: str | None) -> str:
 def _as_binary_stream(source: ImageSource, label: str) -> BinaryIO:
     """A seekable binary stream over the source; paths are opened (caller closes), streams read."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise ImageLoadError(f"{label}: file not found")
-        if path.is_dir():
-            raise ImageLoadError(f"{label}: is a directory, not an image file")
+        check_regular_file(source, label)
         try:
-            stream: BinaryIO = open(path, "rb")
+            stream: BinaryIO = open(source, "rb")
         except OSError as error:
             raise ImageLoadError(f"{label}: cannot open file ({error.strerror or error})") from error
     elif isinstance(source, (bytes, bytearray, memoryview)):
@@ -92,12 +91,36 @@ def _as_binary_stream(source: ImageSource, label: str) -> BinaryIO:
         raise TypeError(
             f"{label}: expected a path, bytes or a binary file-like object, got {type(source).__name__}"
         )
-    stream.seek(0, os.SEEK_END)
-    if stream.tell() == 0:
+    try:
+        stream.seek(0, os.SEEK_END)
+        empty = stream.tell() == 0
+        stream.seek(0)
+    except OSError as error:
+        stream.close()
+        raise ImageLoadError(f"{label}: cannot read file ({error.strerror or error})") from error
+    if empty:
         stream.close()
         raise ImageLoadError(f"{label}: empty file")
-    stream.seek(0)
     return stream
+
+
+def check_regular_file(path: str | os.PathLike, label: str | None = None) -> None:
+    """Refuse anything but a regular, non-empty file — before opening it, which on a FIFO would block forever."""
+    label = label or os.fspath(path)
+    try:
+        info = os.stat(path)  # follows links: a dangling link or a loop fails here
+    except FileNotFoundError:
+        kind = "a link to nothing (dangling)" if os.path.islink(path) else "file not found"
+        raise ImageLoadError(f"{label}: {kind}") from None
+    except OSError as error:
+        raise ImageLoadError(f"{label}: cannot open ({error.strerror or error})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageLoadError(f"{label}: is a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageLoadError(f"{label}: not a regular file (a pipe, socket or device): refused")
+    if info.st_size == 0:
+        # /proc and /sys entries report size 0 too: never read them as images.
+        raise ImageLoadError(f"{label}: empty file (or a special file of the system)")
 
 
 def _open_header(stream: BinaryIO, label: str) -> Image.Image:
@@ -311,6 +334,7 @@ def load_image(
     *,
     name: str | None = None,
     max_pixels: int | None = None,
+    max_side: int | None = None,
 ) -> np.ndarray:
     """Read an image file, bytes or binary stream as an H×W×3 uint8 RGB, C-contiguous array.
 
@@ -318,15 +342,41 @@ def load_image(
     16-bit data is rescaled over the full 16-bit range. `name` labels bytes/streams in messages.
     Raises ImageLoadError (message "NAME: reason") for anything that is not a readable image or
     whose width×height exceeds `max_pixels` (default: `max_pixels()`), checked before decoding.
+
+    With `max_side`, an image whose longer side exceeds it comes back shrunk (area interpolation) to fit:
+    a 100 Mpx line-camera frame then costs a few hundred MB once, not gigabytes in every later step. JPEG
+    files are decoded at a reduced scale straight away (Pillow's draft mode).
     """
     label = _source_label(source, name)
     limit = _resolve_limit(max_pixels)
     with _opened(source, label, limit) as (image, stream):
         if _is_wide_multichannel(image):
-            return _wide_to_rgb_uint8(_decode_wide_with_cv2(image, stream, label))
+            return _shrink(_wide_to_rgb_uint8(_decode_wide_with_cv2(image, stream, label)), max_side)
+        if max_side is not None and image.format == "JPEG" and max(image.size) > max_side:
+            # The DCT decoder scales by 1/2, 1/4 or 1/8 while decoding: never below the size asked for.
+            scale = max(image.size) / max_side
+            image.draft(image.mode, (int(image.size[0] / scale) + 1, int(image.size[1] / scale) + 1))
         _decode(image, label)
+        if max_side is not None and max(image.size) > max_side and image.mode in _REDUCIBLE_MODES:
+            # Shrink in the file's own mode first: a 100 Mpx grey frame never becomes a 300 MB RGB array.
+            orientation = _exif_orientation(image)  # the shrunk copy carries no EXIF
+            scale = max_side / max(image.size)
+            size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+            # An integer box reduction (cheap), then an exact box resample to the final size.
+            reduced = image.reduce(max(image.size) // max_side) if max(image.size) >= 2 * max_side else image
+            shrunk = _to_rgb_uint8(reduced.resize(size, Image.Resampling.BOX), label)
+            return np.ascontiguousarray(_apply_orientation(shrunk, orientation))
         oriented = ImageOps.exif_transpose(image)
-        return _to_rgb_uint8(oriented, label)
+        return _shrink(_to_rgb_uint8(oriented, label), max_side)
+
+
+def _shrink(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """The image scaled down (area interpolation) so that its longer side is at most `max_side`."""
+    if max_side is None or max(image.shape[:2]) <= max_side:
+        return image
+    scale = max_side / max(image.shape[:2])
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return np.ascontiguousarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
 
 
 def load_mask(path: str | os.PathLike | bytes | BinaryIO, *, name: str | None = None) -> np.ndarray:
@@ -370,7 +420,12 @@ def read_image_info(path: str | os.PathLike | bytes | BinaryIO, *, name: str | N
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly in `folder` (IMAGE_EXTENSIONS, any case), sorted by name; hidden skipped."""
+    """Entries directly in `folder` named like images (IMAGE_EXTENSIONS, any case), sorted by name; hidden and
+    folders skipped.
+
+    Entries that cannot be images — a dangling link, a link loop, a pipe named `x.png` — are listed too, so
+    that reading them gives one error naming each, while the other files are still read.
+    """
     directory = Path(folder)
     if not directory.exists():
         raise FileNotFoundError(f"{directory}: folder not found")
@@ -383,6 +438,13 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
             for entry in entries
             if not entry.name.startswith(".")
             and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
-            and entry.is_file()
+            and not _is_folder(entry)
         ]
     return [directory / file_name for file_name in sorted(names)]
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a link loop: not a folder; reading it later gives its own error
+        return False

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import ModelFileError
 from ..model.backbone_model import BackboneModel
+from ..model.fields import require_tensor
 from ..model.progress import Progress, ProgressCallback
 from ..ops.smoothing import gaussian_blur, upsample
 from ..params import Param, params
@@ -32,7 +33,7 @@ class PaDiM(BackboneModel):
         Param("epsilon", float, 0.01, "Added to the covariance's diagonal (εI) so it can be inverted.",
               minimum=0.0, maximum=10.0),
         Param("sigma", float, 4.0, "Gaussian blur of the anomaly map, in pixels (0: none).", minimum=0.0,
-              maximum=64.0),
+              maximum=64.0, note="0 = no blur"),
     )
 
     def __init__(self, **values):
@@ -101,11 +102,13 @@ class PaDiM(BackboneModel):
         return {"mean": self.mean, "inverse_covariance": self.inverse_covariance, "channel_index": self.channel_index}
 
     def _load_state(self, state: dict[str, torch.Tensor]) -> None:
-        try:
-            mean, inverse, index = state["mean"], state["inverse_covariance"], state["channel_index"]
-        except KeyError as missing:
-            raise ModelFileError(f"PaDiM model file lacks tensor {missing}") from None
-        if int(index.max()) >= sum(self.layer_channels()) or mean.shape[1] != index.numel():
-            raise ModelFileError(f"PaDiM statistics do not fit backbone {self.params['backbone']} "
-                                 f"layers {self.layers}")
+        mean = require_tensor(state, "mean", ndim=2)
+        inverse = require_tensor(state, "inverse_covariance", ndim=3)
+        index = require_tensor(state, "channel_index", ndim=1, integer=True)
+        positions, channels = mean.shape
+        if (index.numel() != channels or inverse.shape != (positions, channels, channels) or index.min() < 0
+                or int(index.max()) >= sum(self.layer_channels())):
+            raise ModelFileError(f"PaDiM statistics (mean {tuple(mean.shape)}, inverse covariance "
+                                 f"{tuple(inverse.shape)}, {index.numel()} channels) do not fit backbone "
+                                 f"{self.params['backbone']} layers {self.layers}")
         self.mean, self.inverse_covariance, self.channel_index = mean.float(), inverse.float(), index.long().cpu()

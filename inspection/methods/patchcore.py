@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import ModelFileError
 from ..model.backbone_model import BackboneModel
+from ..model.fields import require_tensor
 from ..model.progress import Progress, ProgressCallback
 from ..ops.coreset import greedy_coreset, random_projection
 from ..ops.knn import nearest_neighbors
@@ -33,16 +34,16 @@ class PatchCore(BackboneModel):
         Param("coreset_ratio", float, 0.01, "Share of all good patches kept in the memory bank (greedy k-center).",
               minimum=1e-5, maximum=1.0),
         Param("projection_dim", int, 128, "Dimension of the random projection the coreset is selected on "
-              "(0: select on the full features).", minimum=0, maximum=4096),
+              "(0: select on the full features).", minimum=0, maximum=4096, note="0 = full features"),
         Param("embed_dim", int, 0, "Reduce each patch feature to this many channels by average pooling "
-              "(0: keep all; the paper uses 1024 with Wide-ResNet50).", minimum=0, maximum=8192),
+              "(0: keep all; the paper uses 1024 with Wide-ResNet50).", minimum=0, maximum=8192, note="0 = keep all"),
         Param("neighbourhood", int, 3, "Local aggregation: average each feature over its p×p neighbourhood (odd).",
               minimum=1, maximum=9, odd=True),
         Param("reweight", bool, False, "Re-weight the image score by how dense the bank is around the match "
               "(the paper's Eq. 7)."),
         Param("reweight_neighbors", int, 9, "Bank neighbours used by the re-weighting.", minimum=1, maximum=100),
         Param("sigma", float, 4.0, "Gaussian blur of the anomaly map, in pixels (0: none).", minimum=0.0,
-              maximum=64.0),
+              maximum=64.0, note="0 = no blur"),
     )
 
     def __init__(self, **values):
@@ -112,9 +113,9 @@ class PatchCore(BackboneModel):
         return {"memory_bank": self.memory_bank}
 
     def _load_state(self, state: dict[str, torch.Tensor]) -> None:
-        bank = state.get("memory_bank")
-        if bank is None or bank.ndim != 2 or bank.shape[1] != self.embedding_dim:
-            raise ModelFileError(f"memory bank of shape {None if bank is None else tuple(bank.shape)} does not fit "
-                                 f"backbone {self.params['backbone']} layers {self.layers} "
-                                 f"({self.embedding_dim} channels expected)")
+        bank = require_tensor(state, "memory_bank", ndim=2)
+        if bank.shape[1] != self.embedding_dim or bank.shape[0] == 0:
+            raise ModelFileError(f"memory bank of shape {tuple(bank.shape)} does not fit backbone "
+                                 f"{self.params['backbone']} layers {self.layers} ({self.embedding_dim} channels "
+                                 "expected)")
         self.memory_bank = bank.float()

@@ -38,7 +38,8 @@ class BackboneModel(AnomalyModel):
             Param("backbone", str, DEFAULT_BACKBONE, "Pretrained network whose intermediate features are compared.",
                   choices=tuple(BACKBONES), group="backbone"),
             Param("weights", str, "", "Backbone weights: empty for the ImageNet weights found automatically, a "
-                  "file path, or 'random' (untrained; for tests of the mechanics only).", group="backbone"),
+                  "file path, or 'random' (untrained; for tests of the mechanics only).", group="backbone",
+                  note="empty = ImageNet weights"),
             Param("layers", str, default_layers, "Feature layers, comma-separated: layer names, or strides (the "
                   f"deepest layer at that stride). The default {default_layers} means {examples}.",
                   group="backbone"),

@@ -29,7 +29,7 @@ import torch
 from .. import __version__
 from ..data.preprocess import INTENSITY_MODES, RESIZE_MODES, Preprocessing, normalization_tensors
 from ..device import DEVICE_CHOICES, resolve_device
-from ..errors import ModelFileError, ParameterError
+from ..errors import InspectionError, ModelFileError, ParameterError
 from ..params import Param, ParamSet, params
 from .batching import item_name, iter_batches, split_holdout
 from .calibration import Calibration
@@ -70,8 +70,15 @@ COMMON_PARAMS = params(
           minimum=0, group="calibration"),
     Param("image_fpr", float, 0.05, "Target false-positive rate of the image verdict on good images.",
           minimum=1e-6, maximum=0.999999, group="calibration"),
-    Param("pixel_fpr", float, 0.05, "Target false-positive rate of the defect mask on good pixels.",
-          minimum=1e-6, maximum=0.999999, group="calibration"),
+    Param("pixel_rule", str, "false_regions", "How the pixel threshold (defect mask and boxes) is set on the "
+          "held-out good images: false_regions — at most 'false_regions' false defect regions per good image; "
+          "pixel_fpr — at most 'pixel_fpr' of the good pixels flagged.", choices=("false_regions", "pixel_fpr"),
+          group="calibration"),
+    Param("false_regions", float, 0.1, "Pixel threshold (rule false_regions): false defect regions allowed per "
+          "good image, on average (0.1: one false box on every tenth good part).", minimum=0.0, maximum=100.0,
+          group="calibration"),
+    Param("pixel_fpr", float, 0.05, "Pixel threshold (rule pixel_fpr): target false-positive rate of the defect "
+          "mask on good pixels.", minimum=1e-6, maximum=0.999999, group="calibration"),
     Param("batch_size", int, 16, "Images per forward pass.", minimum=1, maximum=1024, group="calibration"),
     rules=(_check_resize_and_crop, _check_device_available),
 )
@@ -207,7 +214,8 @@ class AnomalyModel(ABC):
         prediction = self.predict(calibration_images)
         self.calibration = Calibration.from_good(
             prediction.raw_scores, prediction.raw_maps, self.params["image_fpr"], self.params["pixel_fpr"],
-            [item_name(item) for item in calibration_images])
+            [item_name(item) for item in calibration_images], self.params["pixel_rule"],
+            self.params["false_regions"])
         progress(Progress("calibrate", len(calibration_images), len(calibration_images)))
         self.info.update(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -272,15 +280,12 @@ class AnomalyModel(ABC):
     # --- thresholds -------------------------------------------------------------------------------------
 
     def set_thresholds(self, image_threshold: float | None = None, pixel_threshold: float | None = None) -> None:
-        """Replace the saved thresholds (raw units); the score normalisation stays fixed."""
+        """Replace the thresholds (raw units); the score scales move so that they show them at 0.5."""
         calibration = self._require_calibrated()
         for name, value in (("image threshold", image_threshold), ("pixel threshold", pixel_threshold)):
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if image_threshold is not None:
-            calibration.image_threshold = float(image_threshold)
-        if pixel_threshold is not None:
-            calibration.pixel_threshold = float(pixel_threshold)
+        self.calibration = calibration.with_thresholds(image_threshold, pixel_threshold)
 
     # --- persistence ------------------------------------------------------------------------------------
 
@@ -314,10 +319,15 @@ class AnomalyModel(ABC):
         except ParameterError as error:
             raise ModelFileError(f"{path.name}: its settings are not valid here: {error}") from None
         model.preprocessing = header.preprocessing
-        model._check_header(header)
-        model._ensure_setup()
-        device_now = model.device
-        model._load_state({name: tensor.to(device_now) for name, tensor in tensors.items()})
+        try:
+            model._check_header(header)
+            model._ensure_setup()
+            device_now = model.device
+            model._load_state({name: tensor.to(device_now) for name, tensor in tensors.items()})
+        except InspectionError as error:  # missing weights, tensors that do not fit, …: say which file
+            if path.name in str(error):
+                raise
+            raise type(error)(f"{path.name}: {error}") from None
         model.calibration = header.calibration
         model.info = header.info
         return model

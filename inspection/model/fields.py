@@ -1,10 +1,12 @@
-"""Reading typed values out of a model file's JSON header: each wrong field is one error that names it."""
+"""Reading typed values out of a model file: header fields and learned tensors; each wrong one is an error naming it."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from typing import Any
+
+import torch
 
 from ..errors import ModelFileError
 
@@ -62,3 +64,24 @@ def require_texts(value: Any, where: str) -> list[str]:
     if not isinstance(value, list):
         raise ModelFileError(f"field {where!r} must be a list of texts, got {type(value).__name__}")
     return [require_text(item, f"{where}[{index}]") for index, item in enumerate(value)]
+
+
+def require_tensor(state: Mapping[str, Any], name: str, *, ndim: int | None = None,
+                   integer: bool = False) -> torch.Tensor:
+    """A learned tensor of a model file: present, of the right kind (float, or integer), finite, `ndim`-dimensional.
+
+    Never cast silently: an integer memory bank, say, would give other scores than the one that was saved.
+    """
+    tensor = state.get(name)
+    if not isinstance(tensor, torch.Tensor):
+        raise ModelFileError(f"the model's tensors lack {name!r}")
+    kind_ok = not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool) if integer \
+        else tensor.is_floating_point()
+    if not kind_ok:
+        expected = "integers" if integer else "floating-point numbers"
+        raise ModelFileError(f"tensor {name!r} holds {tensor.dtype}, expected {expected}")
+    if ndim is not None and tensor.ndim != ndim:
+        raise ModelFileError(f"tensor {name!r} has {tensor.ndim} dimensions {tuple(tensor.shape)}, expected {ndim}")
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ModelFileError(f"tensor {name!r} holds NaN or infinite values")
+    return tensor

@@ -197,14 +197,16 @@ class ModelHeader:
         if version != FORMAT_VERSION:
             raise ModelFileError(f"model file format version {version!r} is not supported by this version "
                                  f"(expects {FORMAT_VERSION}); retrain the model")
-        require_keys(values, ("method", "params", "preprocessing"), "header")
+        require_keys(values, ("method", "params", "preprocessing", "calibration"), "header")
+        if values["calibration"] is None:
+            # Every saved model was calibrated when it was fitted: without thresholds it cannot decide anything.
+            raise ModelFileError("field 'calibration' is empty: the model has no thresholds; retrain it")
         return cls(
             method=require_text(values["method"], "method"),
             params=require_mapping(values["params"], "params"),
             preprocessing=preprocessing_from_dict(values["preprocessing"]),
             seed=require_number(values.get("seed", 0), "seed", minimum=0, integer=True),
             package_version=require_text(values.get("package_version", ""), "package_version"),
-            calibration=Calibration.from_dict(values["calibration"]) if values.get("calibration") is not None
-            else None,
+            calibration=Calibration.from_dict(values["calibration"]),
             info=ModelInfo.from_dict(values.get("info") or {}),
             backbone=BackboneRecord.from_dict(values["backbone"]) if values.get("backbone") is not None else None)

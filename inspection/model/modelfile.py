@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 import tempfile
 from collections.abc import Callable
@@ -64,8 +65,12 @@ def write_model_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
     """The header as stored (JSON), read from the first bytes of the file; the tensors are not loaded."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {str(path)!r} does not exist")
+    try:
+        info = os.stat(path)
+    except OSError:
+        raise ModelFileError(f"model file {str(path)!r} does not exist") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelFileError(f"{str(path)!r} is not a regular file (a folder, pipe or device): not a model file")
     try:
         with open(path, "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
@@ -136,7 +141,8 @@ def _rewrite(path: str | os.PathLike, change: Callable[[ModelHeader], None]) -> 
 
 def save_thresholds(path: str | os.PathLike, image_threshold: float | None = None,
                     pixel_threshold: float | None = None) -> ModelHeader:
-    """Rewrite a model file's thresholds (raw units) atomically; returns the new header."""
+    """Rewrite a model file's thresholds (raw units) atomically, the score scales re-anchored so that they show
+    the new thresholds at 0.5; returns the new header."""
     for name, value in (("image threshold", image_threshold), ("pixel threshold", pixel_threshold)):
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -144,10 +150,8 @@ def save_thresholds(path: str | os.PathLike, image_threshold: float | None = Non
     def change(header: ModelHeader) -> None:
         if header.calibration is None:
             raise ModelFileError(f"{Path(path).name} has no calibration to update")
-        if image_threshold is not None:
-            header.calibration.image_threshold = float(image_threshold)
-        if pixel_threshold is not None:
-            header.calibration.pixel_threshold = float(pixel_threshold)
+        # The scales move with the thresholds: a saved threshold is always shown at 0.5, on every page.
+        header.calibration = header.calibration.with_thresholds(image_threshold, pixel_threshold)
 
     return _rewrite(path, change)
 

@@ -18,18 +18,16 @@ cases because there is no curve to return.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
-__all__ = ["image_auroc", "pixel_auroc", "pro_curve", "aupro", "pixel_metrics"]
+from .regions import MIN_REGION_AREA, label_stack, region_masks
 
-# 8-connectivity inside each image, but no connection between consecutive images of the stack: this
-# labels all N masks with one vectorised call and is identical to labelling each mask separately
-# with ``structure=np.ones((3, 3))`` (Bergmann et al., MVTec AD, IJCV 2021).
-_PER_IMAGE_8_CONNECTIVITY = np.zeros((3, 3, 3), dtype=bool)
-_PER_IMAGE_8_CONNECTIVITY[1] = True
+__all__ = ["image_auroc", "pixel_auroc", "pro_curve", "aupro", "pixel_metrics", "region_metrics", "compare_masks"]
+
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,9 @@ def _pixel_curves(maps: np.ndarray, masks: np.ndarray, with_pro: bool) -> _Thres
     Memory is O(number of pixels).
     """
     if with_pro:
-        region_labels, n_regions = ndimage.label(masks, structure=_PER_IMAGE_8_CONNECTIVITY)
+        # Ground-truth regions: 8-connected within each image, as labelling each mask separately would give
+        # (Bergmann et al., MVTec AD, IJCV 2021); every region counts, however small.
+        region_labels, n_regions = label_stack(masks, min_area=1)
         region_labels = region_labels.ravel()
     else:
         region_labels, n_regions = masks.ravel(), 0
@@ -218,4 +218,57 @@ def pixel_metrics(maps: ArrayLike, masks: ArrayLike, max_fpr: float = 0.3) -> di
     return {
         "pixel_auroc": _auroc_from_curves(curves),
         "aupro": _aupro_from_curves(curves, max_fpr),
+    }
+
+
+def compare_masks(predicted: ArrayLike, truth: ArrayLike) -> dict[str, Any]:
+    """One image's predicted defect mask against its ground truth: IoU, each true region found or missed (found:
+    at least half of its pixels predicted), and how many predicted regions touch no true pixel."""
+    predicted_mask, truth_mask = np.asarray(predicted, bool)[None], np.asarray(truth, bool)[None]
+    if predicted_mask.shape != truth_mask.shape:
+        raise ValueError(f"masks differ in shape: {predicted_mask.shape[1:]} and {truth_mask.shape[1:]}")
+    truth_labels, n_truth = label_stack(truth_mask, min_area=1)
+    sizes = np.bincount(truth_labels.ravel(), minlength=n_truth + 1)[1:]
+    covered = np.bincount(truth_labels[predicted_mask], minlength=n_truth + 1)[1:]
+    predicted_labels, n_predicted = label_stack(predicted_mask, min_area=1)
+    touching = np.bincount(predicted_labels[truth_mask], minlength=n_predicted + 1)[1:] > 0
+    union = int((predicted_mask | truth_mask).sum())
+    return {"iou": float((predicted_mask & truth_mask).sum() / union) if union else float("nan"),
+            "truth_regions": [{"area": int(size), "covered": float(hit / size), "found": bool(hit >= 0.5 * size)}
+                              for size, hit in zip(sizes, covered)],
+            "false_regions": int((~touching).sum())}
+
+
+def region_metrics(maps: ArrayLike, masks: ArrayLike, threshold: float,
+                   min_area: int = MIN_REGION_AREA) -> dict[str, float]:
+    """What an inspector sees at a pixel threshold: boxes found and false, and the mask's overlap.
+
+    Predicted regions are the connected pixels above `threshold` (at least `min_area` of them) on every image,
+    whatever its verdict. A ground-truth region is found when at least half of its pixels lie inside predicted
+    regions; a predicted region is false when it touches no ground-truth pixel.
+
+    - ``region_recall``: found ground-truth regions / all ground-truth regions;
+    - ``false_boxes_per_good_image``: predicted regions on good images (all false) / good images;
+    - ``false_boxes_per_defect_image``: false predicted regions on defect images / defect images;
+    - ``mask_iou``: pixels in both the predicted and the true mask / pixels in either, over the defect images.
+    """
+    maps_array, masks_array = _as_maps_and_masks(maps, masks)
+    predicted = region_masks(maps_array, threshold, min_area)
+    truth_labels, n_truth = label_stack(masks_array, min_area=1)
+    truth_sizes = np.bincount(truth_labels.ravel(), minlength=n_truth + 1)[1:]
+    covered = np.bincount(truth_labels[predicted], minlength=n_truth + 1)[1:]
+    predicted_labels, n_predicted = label_stack(predicted, min_area=1)
+    false_regions = np.bincount(predicted_labels[masks_array], minlength=n_predicted + 1)[1:] == 0
+    # Each region lies in one image: the first axis of its bounding box says which.
+    image_of_region = np.array([box[0].start for box in ndimage.find_objects(predicted_labels)], np.int64)
+    is_defect_image = masks_array.reshape(len(masks_array), -1).any(axis=1)
+    on_defect = is_defect_image[image_of_region] if n_predicted else np.zeros(0, bool)
+    n_good, n_defect = int((~is_defect_image).sum()), int(is_defect_image.sum())
+    union = (predicted | masks_array)[is_defect_image].sum()
+    return {
+        "region_recall": float(np.mean(covered >= 0.5 * truth_sizes)) if n_truth else float("nan"),
+        "false_boxes_per_good_image": float((false_regions & ~on_defect).sum() / n_good) if n_good else float("nan"),
+        "false_boxes_per_defect_image": float((false_regions & on_defect).sum() / n_defect) if n_defect
+        else float("nan"),
+        "mask_iou": float((predicted & masks_array)[is_defect_image].sum() / union) if union else float("nan"),
     }

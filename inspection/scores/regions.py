@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
-__all__ = ["Region", "find_regions", "scale_regions"]
+__all__ = ["Region", "find_regions", "scale_regions", "MIN_REGION_AREA", "label_stack", "region_masks", "count_regions"]
 
 _STRUCTURES = {
     4: ndimage.generate_binary_structure(2, 1),
@@ -126,3 +126,39 @@ def scale_regions(regions: Iterable[Region], sx: float, sy: float) -> list[Regio
         )
         for region in regions
     ]
+
+
+#: Regions smaller than this (working-resolution pixels) are noise, not defects: never shown, never counted.
+MIN_REGION_AREA = 16
+
+# 8-connectivity within each image of a stack [N, H, W], none across images: one label call for them all.
+_STACK_STRUCTURE = np.zeros((3, 3, 3), bool)
+_STACK_STRUCTURE[1] = True
+
+
+def label_stack(masks: np.ndarray, min_area: int = MIN_REGION_AREA) -> tuple[np.ndarray, int]:
+    """Connected regions of a stack of boolean masks [N, H, W], each within its own image, those smaller than
+    `min_area` removed: (labels [N, H, W] with 0 = background and regions numbered 1…n, n)."""
+    labels, count = ndimage.label(np.asarray(masks, bool), structure=_STACK_STRUCTURE)
+    if count == 0 or min_area <= 1:
+        return labels, count
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = areas >= min_area
+    keep[0] = False
+    renumber = np.zeros(count + 1, labels.dtype)
+    renumber[keep] = np.arange(1, int(keep.sum()) + 1)
+    return renumber[labels], int(keep.sum())
+
+
+def region_masks(maps: np.ndarray, threshold: float, min_area: int = MIN_REGION_AREA) -> np.ndarray:
+    """Defect masks of a stack of maps: pixels above `threshold` in regions of at least `min_area` pixels."""
+    maps = np.asarray(maps)
+    above = np.greater(maps, threshold, where=~np.isnan(maps), out=np.zeros(maps.shape, bool))
+    return label_stack(above, min_area)[0] > 0
+
+
+def count_regions(maps: np.ndarray, threshold: float, min_area: int = MIN_REGION_AREA) -> int:
+    """How many defect regions (`map > threshold`, at least `min_area` pixels) a stack of maps holds."""
+    maps = np.asarray(maps)
+    above = np.greater(maps, threshold, where=~np.isnan(maps), out=np.zeros(maps.shape, bool))
+    return label_stack(above, min_area)[1]

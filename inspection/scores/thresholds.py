@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .metrics import check_scores_and_labels
+from .regions import MIN_REGION_AREA, count_regions
 
 __all__ = [
     "validate_fpr",
@@ -302,3 +303,38 @@ def threshold_at_rate(quantiles: Sequence[float], target_rate: float) -> float:
     if not quantiles.size:
         raise ValueError("no score quantiles to set a threshold from")
     return float(np.interp(1.0 - target_rate, np.linspace(0.0, 1.0, quantiles.size), quantiles))
+
+
+def threshold_at_false_regions(good_maps: np.ndarray, regions_per_image: float,
+                               min_area: int = MIN_REGION_AREA, levels: int = 400) -> float:
+    """The lowest pixel threshold at which good images show at most `regions_per_image` defect regions each, on
+    average (regions: connected pixels above the threshold, at least `min_area` of them).
+
+    What a person inspecting parts cares about on a good part is the number of false boxes, not the share of
+    false pixels. The region count falls as the threshold rises (a region can split into two on the way, so
+    the search checks its answer and steps up until the count holds).
+    """
+    maps = np.asarray(good_maps, dtype=np.float32)
+    if maps.ndim != 3 or maps.shape[0] == 0:
+        raise ValueError(f"good_maps must be a non-empty stack [N, H, W], got shape {maps.shape}")
+    if not (math.isfinite(regions_per_image) and regions_per_image >= 0):
+        raise ValueError(f"regions_per_image must be a number >= 0, got {regions_per_image!r}")
+    allowed = math.floor(regions_per_image * maps.shape[0] + 1e-9)
+    finite = maps[np.isfinite(maps)]
+    if finite.size == 0:
+        raise ValueError("good_maps contain no finite pixel: cannot calibrate a pixel threshold")
+    # Candidates: the upper quantiles of the good pixels (where a threshold of a few regions lies) and every
+    # image's maximum (the threshold at which that image's last region vanishes).
+    quantiles = np.quantile(finite, np.linspace(0.9, 1.0, levels))
+    maxima = np.nanmax(maps.reshape(maps.shape[0], -1), axis=1)
+    candidates = np.unique(np.concatenate([quantiles, maxima]))
+    low, high = 0, candidates.size - 1  # at the largest candidate (the global maximum) no region is left
+    while low < high:
+        middle = (low + high) // 2
+        if count_regions(maps, float(candidates[middle]), min_area) <= allowed:
+            high = middle
+        else:
+            low = middle + 1
+    while low < candidates.size - 1 and count_regions(maps, float(candidates[low]), min_area) > allowed:
+        low += 1
+    return float(candidates[low])
