@@ -15,7 +15,7 @@ from .model.calibration import Calibration
 from .model.prediction import Prediction
 from .model.views import Panel
 from .scores.regions import MIN_REGION_AREA, Region
-from .visualize import box_to_original, draw_boxes, mask_overlay, overlay
+from .visualize import box_to_original, colorize_range, draw_boxes, mask_overlay, overlay
 
 #: Images are decoded for display and scoring at most this large (longer side, px): far above any model's working
 #: resolution, and a 100 Mpx frame's heatmap then costs megabytes, not gigabytes.
@@ -103,6 +103,19 @@ def mask_picture(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int
     """A mask shown over a dimmed copy of its image, so that its position on the part stays visible."""
     dimmed = (image.astype(np.float32) * 0.55).astype(np.uint8)
     return mask_overlay(dimmed, mask, color=color, alpha=0.65)
+
+
+def panel_picture(panel: Panel) -> np.ndarray:
+    """A method's panel as an RGB uint8 picture: a picture as it is, a float map in the heatmap colours over its
+    `value_range` (shared by the panels of one image that give the same one) or its own minimum..maximum."""
+    if not panel.is_map:
+        return panel.image
+    if panel.value_range is not None:
+        low, high = panel.value_range
+    else:
+        finite = panel.image[np.isfinite(panel.image)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    return colorize_range(panel.image, low, high)
 
 
 def _require_calibration(calibration: Calibration | None) -> Calibration:
