@@ -3,6 +3,10 @@
 A fresh process per run (started with ``spawn``: nothing inherited from this one) makes its peak memory
 (resident set; GPU peak allocation on CUDA) its own, not the sum of everything run before. Results go to
 ``results.json`` and a Markdown table ``results.md``.
+
+A method may be given with settings of its own, ``METHOD:NAME=VALUE[,NAME=VALUE…]`` (e.g. ``vae:scoring=residual``),
+so that one bench compares variants of a method; each row is labelled with its variant (the value of the
+method's `variant_param`, e.g. "vae (residual)") and with those settings.
 """
 
 from __future__ import annotations
@@ -27,29 +31,51 @@ import torch
 from . import __version__
 from .data.datasets import list_categories
 from .errors import ParameterError
+from .model.base import AnomalyModel
+from .registry import get_method
 from .threads import configure_threads, thread_settings
 
-_COLUMNS = (("method", "method"), ("category", "category"), ("backbone", "backbone"),
+_COLUMNS = (("label", "method"), ("category", "category"), ("backbone", "backbone"),
             ("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"),
             ("region_recall", "regions found"), ("false_boxes_per_good_image", "false boxes / good"),
             ("mask_iou", "mask IoU"),
-            ("fit_seconds", "fit s"), ("predict_ms_per_image", "predict ms/img"),
-            ("peak_memory_mib", "peak MiB"), ("device", "device"))
+            ("fit_seconds", "fit s"), ("total_seconds", "fit+eval s"), ("predict_ms_per_image", "ms/img b1"),
+            ("predict_ms_per_image_batch16", "ms/img b16"), ("peak_memory_mib", "peak MiB"), ("device", "device"))
 
 
-def parse_settings(settings: Sequence[str], category: str) -> dict[str, str]:
-    """`NAME=VALUE` for every run and `CATEGORY:NAME=VALUE` for one category → this category's overrides."""
+def parse_settings(settings: Sequence[str], category: str, method: str = "") -> dict[str, str]:
+    """This run's overrides: `NAME=VALUE` for every run; `SCOPE:NAME=VALUE` for the runs of one category or one
+    method; `SCOPE:SCOPE:NAME=VALUE` for the runs matching both (e.g. magnetic_tile:vae:epochs=10)."""
     chosen: dict[str, str] = {}
     for setting in settings:
         if "=" not in setting:
             raise ParameterError(f"setting {setting!r} is not NAME=VALUE or CATEGORY:NAME=VALUE")
         key, value = setting.split("=", 1)
-        if ":" in key:
-            scope, key = key.split(":", 1)
-            if scope != category:
-                continue
-        chosen[key] = value
+        *scopes, key = key.split(":")
+        if all(scope in (category, method) for scope in scopes):
+            chosen[key] = value
     return chosen
+
+
+def parse_method_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """"vae:scoring=residual,epochs=100" → ("vae", {"scoring": "residual", "epochs": "100"}); the method exists."""
+    name, _, rest = spec.partition(":")
+    get_method(name)
+    settings = {}
+    for item in filter(None, rest.split(",")):
+        if "=" not in item:
+            raise ParameterError(f"method {spec!r}: {item!r} is not NAME=VALUE")
+        key, value = item.split("=", 1)
+        settings[key] = value
+    return name, settings
+
+
+def run_label(model: AnomalyModel, own_settings: dict[str, str]) -> str:
+    """The row's name: the method, its variant, and the settings given to this run alone, e.g.
+    "vae (projection, epochs=300)"."""
+    parts = [str(model.params[model.variant_param])] if model.variant_param else []
+    parts += [f"{key}={value}" for key, value in own_settings.items() if key != model.variant_param]
+    return f"{model.name} ({', '.join(parts)})" if parts else model.name
 
 
 def find_root(data_roots: Sequence[str], category: str) -> str:
@@ -60,20 +86,25 @@ def find_root(data_roots: Sequence[str], category: str) -> str:
 
 
 def bench_one(method: str, data_root: str, category: str, params: dict[str, Any],
-              save_to: str | None = None) -> dict[str, Any]:
-    """Fit, evaluate and measure one method on one category (in the current process); save it when asked."""
+              own_settings: dict[str, str] | None = None, save_to: str | None = None) -> dict[str, Any]:
+    """Fit, evaluate and measure one method on one category (in the current process); save it when asked.
+    `own_settings` are the settings given to this method alone (they name the row)."""
     from .pipeline import train
 
     configure_threads()
     before = thread_settings()  # the load when the run starts: timings taken under load say so
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
     result = train(method, params, data_root, category, save_to)
+    total_seconds = time.perf_counter() - started
     model = result.model
     peak_mib = peak_rss_mib()
-    row = {"method": method, "category": category, "backbone": model.params.get("backbone", "-"),
+    row = {"method": method, "label": run_label(model, own_settings or {}), "category": category,
+           "backbone": model.params.get("backbone", "-"),
            "params": model.params, "preprocessing": model.preprocessing.to_dict(),
-           "fit_seconds": round(model.info.fit_seconds, 2), "peak_memory_mib": round(peak_mib, 1),
+           "fit_seconds": round(model.info.fit_seconds, 2), "total_seconds": round(total_seconds, 2),
+           "peak_memory_mib": round(peak_mib, 1),
            "n_fit_images": model.info.n_fit_images, "n_heldout_images": model.info.n_heldout_images,
            **result.metrics, **before,
            "load_average_1min_after": thread_settings()["load_average_1min"]}
@@ -134,47 +165,58 @@ def large_image_memory(model_path: Path, side: int, scratch: Path) -> dict[str, 
 def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Sequence[str], out: Path,
               settings: Sequence[str] = (), device: str | None = None, quiet: bool = False,
               large_image: int | None = None) -> list[dict[str, Any]]:
-    """Every method on every category, each in a fresh process; with `large_image`, also the peak memory of
-    scoring one large_image×large_image grayscale PNG with the first of those models."""
-    from .registry import get_method
-
+    """Every method (spec) on every category, each in a fresh process; results are written after every run.
+    With `large_image`, also the peak memory of scoring one large_image×large_image grayscale PNG with the first
+    of those models."""
+    specs = [parse_method_spec(spec) for spec in methods]  # unknown methods fail before any run
     # Every run's settings and data are checked before the first run starts, or anything is written.
     runs = []
     for category in categories:
         root = find_root(data_roots, category)
-        for method in methods:
-            params = {**parse_settings(settings, category), **({"device": device} if device else {})}
+        for method, own_settings in specs:
+            params = {**parse_settings(settings, category, method), **own_settings,
+                      **({"device": device} if device else {})}
             get_method(method).param_set().resolve(params)
-            runs.append((method, root, category, params))
+            runs.append((method, root, category, params, own_settings))
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))
     first_model = scratch / "first.safetensors"
-    results = []
-    for method, root, category, params in runs:
-        if not quiet:
-            print(f"bench: {method} on {category} …", file=sys.stderr, flush=True)
-        save_to = str(first_model) if large_image and not results else None
-        results.append(in_fresh_process(bench_one, method, root, category, params, save_to))
-        if not quiet:
-            row = results[-1]
-            print(f"  image {row['image_auroc']:.4f} pixel {row['pixel_auroc']:.4f} aupro {row['aupro']:.4f} "
-                  f"fit {row['fit_seconds']:.1f}s predict {row['predict_ms_per_image']:.1f}ms "
-                  f"peak {row['peak_memory_mib']:.0f}MiB", file=sys.stderr, flush=True)
+    results: list[dict[str, Any]] = []
+    try:
+        for method, root, category, params, own_settings in runs:
+            if not quiet:
+                given = "".join(f" {key}={value}" for key, value in own_settings.items())
+                print(f"bench: {method}{given} on {category} …", file=sys.stderr, flush=True)
+            save_to = str(first_model) if large_image and not results else None
+            results.append(in_fresh_process(bench_one, method, root, category, params, own_settings, save_to))
+            _write_results(out, results)  # after every run: a long bench that fails late keeps what it measured
+            if not quiet:
+                row = results[-1]
+                print(f"  image {row['image_auroc']:.4f} pixel {row['pixel_auroc']:.4f} aupro {row['aupro']:.4f} "
+                      f"fit {row['fit_seconds']:.1f}s total {row['total_seconds']:.1f}s "
+                      f"predict {row['predict_ms_per_image']:.1f} / {row['predict_ms_per_image_batch16']:.1f} "
+                      f"ms/img (batch 1 / 16) peak {row['peak_memory_mib']:.0f}MiB", file=sys.stderr, flush=True)
+        large = None
+        if large_image and results:
+            if not quiet:
+                print(f"bench: predict memory on a {large_image}×{large_image} image …", file=sys.stderr, flush=True)
+            large = {"model": f"{results[0]['label']} / {results[0]['category']}",
+                     **large_image_memory(first_model, large_image, scratch)}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _write_results(out, results, large)
+    return results
+
+
+def _write_results(out: Path, results: list[dict[str, Any]], large_image: dict[str, Any] | None = None) -> None:
     environment = {"inspection": __version__, "torch": torch.__version__, "python": platform.python_version(),
                    "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
                    "date": time.strftime("%Y-%m-%d")}
     report: dict[str, Any] = {"environment": environment, "results": results}
-    try:
-        if large_image and results:
-            if not quiet:
-                print(f"bench: predict memory on a {large_image}×{large_image} image …", file=sys.stderr, flush=True)
-            report["large_image"] = {"model": f"{results[0]['method']} / {results[0]['category']}",
-                                     **large_image_memory(first_model, large_image, scratch)}
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    if large_image:
+        report["large_image"] = large_image
     (out / "results.json").write_text(json.dumps(report, indent=2))
-    (out / "results.md").write_text(markdown_table(results, environment, report.get("large_image")))
-    return results
+    (out / "results.md").write_text(markdown_table(results, environment, large_image))
 
 
 def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any],
@@ -184,12 +226,14 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
     for row in results:
         cells = []
         for key, _ in _COLUMNS:
-            value = row.get(key, "")
-            if key in {"image_auroc", "pixel_auroc", "aupro"}:
-                cells.append(f"{value:.4f}")
-            elif key in {"region_recall", "false_boxes_per_good_image", "mask_iou"}:
+            value = row.get(key, row["method"] if key == "label" else "")
+            if key in {"region_recall", "false_boxes_per_good_image", "mask_iou"}:
                 cells.append(f"{value:.2f}" if isinstance(value, float) else "—")
-            elif key in {"fit_seconds", "predict_ms_per_image"}:
+            elif value == "":
+                cells.append("")
+            elif key in {"image_auroc", "pixel_auroc", "aupro"}:
+                cells.append(f"{value:.4f}")
+            elif key in {"fit_seconds", "total_seconds", "predict_ms_per_image", "predict_ms_per_image_batch16"}:
                 cells.append(f"{value:.1f}")
             elif key == "peak_memory_mib":
                 cells.append(f"{value:.0f}")
@@ -198,15 +242,15 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
             else:
                 cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
-    preprocessing = {f"{row['category']}": row["preprocessing"] for row in results}
     notes = [f"Measured {environment['date']} with inspection {environment['inspection']}, torch "
              f"{environment['torch']}, {environment['cpu_threads']} CPU threads ({environment['machine']}).",
-             "predict ms/img: median of one preprocessed image at batch 1 after warm-up, map at input resolution "
-             "included, decoding excluded. peak MiB: the run's own process (fit + evaluation), its peak resident "
-             "memory (VmHWM). Each run records its threads, wait policy and the machine's load average; a run that "
-             "started or ended with a load above its cores is marked ⚠.",
+             "fit+eval s: the whole run (fit, calibration, evaluation on the test split, timing). ms/img b1 / b16: "
+             "median time per preprocessed image at batch size 1 / in batches of 16, after warm-up, map at input "
+             "resolution included, decoding excluded. peak MiB: the run's own process (fit + evaluation), its peak "
+             "resident memory (VmHWM). Each run records its threads, wait policy and the machine's load average; a "
+             "run that started or ended with a load above its cores is marked ⚠.",
              "Preprocessing per category: " + "; ".join(
-                 f"{category}: {describe_preprocessing(p)}" for category, p in preprocessing.items())]
+                 f"{category}: {text}" for category, text in _preprocessing_by_category(results).items())]
     if large_image:
         notes.append(f"Large image: `predict` of one {large_image['side']}×{large_image['side']} grayscale PNG "
                      f"({large_image['megapixels']} Mpx) with {large_image['model']}: peak RSS "
@@ -249,6 +293,17 @@ def _load_warning(row: dict[str, Any]) -> str:
         return ""
     load = max(value for value in (row.get("load_average_1min"), row.get("load_average_1min_after")) if value)
     return f" ⚠ measured under load ({load:.1f} on {row['cores_available']} cores)"
+
+
+def _preprocessing_by_category(results: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Each category's preprocessing; when methods differ (e.g. a network trained at 128 px), each one named."""
+    described: dict[str, dict[str, list[str]]] = {}
+    for row in results:
+        text = describe_preprocessing(row["preprocessing"])
+        described.setdefault(row["category"], {}).setdefault(text, []).append(row.get("label", row["method"]))
+    return {category: next(iter(texts)) if len(texts) == 1 else
+            ", ".join(f"{text} ({', '.join(labels)})" for text, labels in texts.items())
+            for category, texts in described.items()}
 
 
 def describe_preprocessing(preprocessing: dict[str, Any]) -> str:

@@ -46,7 +46,9 @@ class ProgressBars:
             self.bar = tqdm(total=report.total, desc=report.stage, unit="step", leave=False, file=sys.stderr)
         self.bar.total = report.total
         self.bar.n = report.step
-        if report.loss is not None:
+        if report.losses:
+            self.bar.set_postfix({name: f"{value:.4g}" for name, value in report.losses.items()})
+        elif report.loss is not None:
             self.bar.set_postfix(loss=f"{report.loss:.4g}")
         self.bar.refresh()
 
@@ -186,11 +188,12 @@ def command_bench(args: argparse.Namespace) -> int:
 
     check_output_folder(args.out)
     if args.contention:
-        from .bench import find_root
+        from .bench import find_root, parse_method_spec
         from .contention import run_contention
 
+        method, _ = parse_method_spec(args.methods[0])  # a method's own settings do not apply to contention runs
         for category in args.categories:
-            run_contention(find_root(args.data, category), category, Path(args.out), method=args.methods[0],
+            run_contention(find_root(args.data, category), category, Path(args.out), method=method,
                            quiet=args.quiet)
         return 0
     large_image = None if args.large_image is None else _LARGE_IMAGE.coerce(args.large_image)
@@ -277,14 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     recalibrate.set_defaults(handler=command_recalibrate)
 
     bench = commands.add_parser("bench", help="fit + evaluate each method on each category; results.json/.md")
-    bench.add_argument("--methods", nargs="+", required=True, choices=sorted(methods()))
+    bench.add_argument("--methods", nargs="+", required=True, metavar="METHOD[:NAME=VALUE,…]",
+                       help=f"methods to run ({', '.join(sorted(methods()))}), each optionally with settings of its "
+                            "own, e.g. vae:scoring=residual (the same method may be given with different settings)")
     bench.add_argument("--data", nargs="+", required=True, help="dataset root(s); categories are looked up in each")
     bench.add_argument("--categories", nargs="+", required=True)
     bench.add_argument("--out", required=True, help="output folder")
     _add_param_option(bench, device)
-    bench.add_argument("--set", nargs="*", metavar="[CATEGORY:]NAME=VALUE",
-                       help="parameter overrides, for all runs or for one category "
-                            "(e.g. magnetic_tile:resize_mode=full)")
+    bench.add_argument("--set", nargs="*", metavar="[SCOPE:…]NAME=VALUE",
+                       help="parameter overrides, for all runs or for the runs of one category, one method, or "
+                            "both (e.g. magnetic_tile:resize_mode=full, vae:epochs=100, magnetic_tile:vae:epochs=10)")
     bench.add_argument("--contention", action="store_true",
                        help="instead of accuracy: time predict and fit quiet and beside busy neighbours (the first "
                             "method, each category); writes contention.json and contention.md")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ParameterError
@@ -95,6 +95,15 @@ class ParamSet:
 
     def defaults(self) -> dict[str, Any]:
         return {param.name: param.default for param in self.params}
+
+    def with_defaults(self, **defaults: Any) -> ParamSet:
+        """The same declarations with other defaults (e.g. a method that works at 128 px sets crop=128)."""
+        unknown = sorted(set(defaults) - set(self.names()))
+        if unknown:
+            raise ValueError(f"no such parameter(s) to give a default: {unknown}")
+        changed = tuple(replace(param, default=param.coerce(defaults[param.name])) if param.name in defaults else param
+                        for param in self.params)
+        return ParamSet(changed, self.rules)
 
     def resolve(self, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Defaults overlaid with `values`, each coerced and checked, then the rules; unknown names are refused."""

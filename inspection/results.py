@@ -5,7 +5,7 @@ the README's figure."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -13,8 +13,9 @@ import numpy as np
 from .data.preprocess import Geometry
 from .model.calibration import Calibration
 from .model.prediction import Prediction
+from .model.views import Panel
 from .scores.regions import MIN_REGION_AREA, Region
-from .visualize import box_to_original, draw_boxes, mask_overlay, overlay
+from .visualize import box_to_original, colorize_range, draw_boxes, mask_overlay, overlay
 
 #: Images are decoded for display and scoring at most this large (longer side, px): far above any model's working
 #: resolution, and a 100 Mpx frame's heatmap then costs megabytes, not gigabytes.
@@ -40,6 +41,7 @@ class ImageResult:
     geometry: Geometry
     reconstruction: np.ndarray | None = None  # working resolution RGB, for methods that reconstruct
     colour_max: float = 1.0  # the top of the heatmap's colour scale (the threshold 0.5 is its middle)
+    panels: list[Panel] = field(default_factory=list)  # the method's views, when the prediction was asked for them
 
     @property
     def verdict(self) -> str:
@@ -79,11 +81,13 @@ def image_result(prediction: Prediction, index: int, image: np.ndarray, name: st
                if is_defect or regions_when_good else [])
     geometry = prediction.geometries[index]
     reconstruction = prediction.reconstructions[index] if prediction.reconstructions is not None else None
+    panels = list(prediction.panels[index]) if prediction.panels is not None else []
     return ImageResult(
         name=name, image=image, score=float(prediction.image_scores[index]), raw_score=raw_score,
         is_defect=bool(is_defect), heatmap=prediction.map_on_original(index),
         regions=regions, boxes=[box_to_original(region, geometry) for region in regions], geometry=geometry,
-        reconstruction=reconstruction, colour_max=calibration.colour_max if colour_max is None else colour_max)
+        reconstruction=reconstruction, colour_max=calibration.colour_max if colour_max is None else colour_max,
+        panels=panels)
 
 
 def defect_mask_on_original(result: ImageResult, calibration: Calibration,
@@ -99,6 +103,19 @@ def mask_picture(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int
     """A mask shown over a dimmed copy of its image, so that its position on the part stays visible."""
     dimmed = (image.astype(np.float32) * 0.55).astype(np.uint8)
     return mask_overlay(dimmed, mask, color=color, alpha=0.65)
+
+
+def panel_picture(panel: Panel) -> np.ndarray:
+    """A method's panel as an RGB uint8 picture: a picture as it is, a float map in the heatmap colours over its
+    `value_range` (shared by the panels of one image that give the same one) or its own minimum..maximum."""
+    if not panel.is_map:
+        return panel.image
+    if panel.value_range is not None:
+        low, high = panel.value_range
+    else:
+        finite = panel.image[np.isfinite(panel.image)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    return colorize_range(panel.image, low, high)
 
 
 def _require_calibration(calibration: Calibration | None) -> Calibration:

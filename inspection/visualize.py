@@ -105,3 +105,17 @@ def colorbar(height: int = 256, width: int = 24, vmax: float = SCALE_MAX) -> np.
     column = np.concatenate([np.linspace(vmax, THRESHOLD, height // 2, dtype=np.float32),
                              np.linspace(THRESHOLD, SCALE_MIN, height - height // 2, dtype=np.float32)])[:, None]
     return colorize(np.repeat(column, width, axis=1), vmax)
+
+
+def colorize_range(values: np.ndarray, low: float, high: float, colormap: str = COLORMAP) -> np.ndarray:
+    """H×W float map → H×W×3 uint8 RGB on a plain linear scale from `low` to `high` (a method's own values, not
+    the model's normalised scores: no threshold in the middle); NaN becomes mid grey."""
+    values = np.asarray(values, dtype=np.float32)
+    span = float(high) - float(low)
+    unit = np.clip((values - float(low)) / (span if span > 0 else 1.0), 0.0, 1.0) * 255.0
+    not_inspected = np.isnan(unit)
+    unit[not_inspected] = 0.0
+    lookup = (colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+    rgb = lookup[unit.astype(np.uint8)]
+    rgb[not_inspected] = 128
+    return rgb

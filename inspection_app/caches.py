@@ -34,9 +34,11 @@ def cached_model(path: str, modified: float) -> AnomalyModel:
 
 
 @st.cache_resource(show_spinner=False, max_entries=128)
-def cached_prediction(path: str, modified: float, image_key: str, _image: np.ndarray) -> Prediction:
-    """One forward pass per (model file version, image): sliders and reruns reuse it."""
-    return cached_model(path, modified).predict([_image])
+def cached_prediction(path: str, modified: float, image_key: str, _image: np.ndarray,
+                      panels: bool = False) -> Prediction:
+    """One forward pass per (model file version, image, panels or not): sliders and reruns reuse it. With
+    `panels` it carries the method's views of its work (e.g. a reconstruction), which the Inspect page draws."""
+    return cached_model(path, modified).predict([_image], panels=panels)
 
 
 @st.cache_data(show_spinner=False, max_entries=4000)
@@ -68,9 +70,10 @@ def load_path_image(path: Path) -> np.ndarray:
     return cached_image(str(path), path.stat().st_mtime)
 
 
-def predict_image(entry: ModelEntry, image: np.ndarray, image_key: str) -> Prediction:
-    """The model's prediction for one image, computed once per (model file version, image key)."""
-    return cached_prediction(str(entry.path), entry.modified, image_key, image)
+def predict_image(entry: ModelEntry, image: np.ndarray, image_key: str, panels: bool = False) -> Prediction:
+    """The model's prediction for one image (with the method's panels when asked), computed once per (model file
+    version, image key, panels)."""
+    return cached_prediction(str(entry.path), entry.modified, image_key, image, panels)
 
 
 def model_of(entry: ModelEntry) -> AnomalyModel:

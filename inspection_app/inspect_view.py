@@ -1,13 +1,15 @@
 """What the Inspect page shows beyond the pictures: the mask slider's range, the mask's overlap with the ground
-truth in words and rows."""
+truth in words and rows, the method's panels arranged in rows."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from inspection.model.views import Panel
 from inspection.results import ImageResult
 
 
@@ -32,3 +34,34 @@ def truth_rows(overlap: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"ground-truth region": index + 1, "found": "yes" if region["found"] else "missed",
              "covered": f"{region['covered']:.0%}", "area (px)": region["area"]}
             for index, region in enumerate(overlap["truth_regions"])]
+
+
+#: Panels shown side by side on the Inspect page.
+PANELS_PER_ROW = 3
+
+
+def is_wide(panel: Panel) -> bool:
+    """A panel more than twice as wide as high (a strip of frames): it takes a row of its own."""
+    height, width = panel.image.shape[:2]
+    return width > 2 * height
+
+
+def panel_rows(panels: Sequence[Panel], per_row: int = PANELS_PER_ROW) -> list[list[Panel]]:
+    """The method's panels in order, in rows of up to `per_row`; a wide one (`is_wide`) gets a row of its own so
+    that it is not shrunk to a column's width."""
+    rows: list[list[Panel]] = []
+    current: list[Panel] = []
+    for panel in panels:
+        if is_wide(panel):
+            if current:
+                rows.append(current)
+                current = []
+            rows.append([panel])
+            continue
+        current.append(panel)
+        if len(current) == per_row:
+            rows.append(current)
+            current = []
+    if current:
+        rows.append(current)
+    return rows

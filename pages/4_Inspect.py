@@ -1,6 +1,6 @@
 """Inspect: one image in detail — original and heatmap with defect regions, the defect mask at a pixel threshold
-you move live beside the ground truth (with their overlap), the reconstruction when the method makes one, and
-the regions' scores."""
+you move live beside the ground truth (with their overlap), the method's own views (its panels: reconstructions,
+feature errors…) or its reconstruction when it makes one, and the regions' scores."""
 
 from __future__ import annotations
 
@@ -8,11 +8,18 @@ import streamlit as st
 
 from inspection.data.datasets import load_sample_mask
 from inspection.registry import get_method
-from inspection.results import defect_mask_on_original, image_result, mask_picture, unfamiliar_notes
+from inspection.results import defect_mask_on_original, image_result, mask_picture, panel_picture, unfamiliar_notes
 from inspection.scores.metrics import compare_masks
 from inspection_app import caches, page, sidebar
 from inspection_app.browse import SPLITS, filter_samples
-from inspection_app.inspect_view import mask_slider_range, overlap_summary, truth_rows
+from inspection_app.inspect_view import (
+    PANELS_PER_ROW,
+    is_wide,
+    mask_slider_range,
+    overlap_summary,
+    panel_rows,
+    truth_rows,
+)
 from inspection_app.uploads import UPLOAD_TYPES, content_digest, decode_upload, max_upload_mb
 
 page.page_setup("Inspect", "One image in detail: what the model saw, where it finds anomalies, and which pixels are "
@@ -55,7 +62,7 @@ if image is None:
 
 try:
     model = caches.model_of(entry)
-    prediction = caches.predict_image(entry, image, image_key)
+    prediction = caches.predict_image(entry, image, image_key, panels=True)
     calibration = model.calibration
     if calibration is None:
         raise ValueError(f"{entry.path.name} has no calibration (thresholds): retrain it")
@@ -109,7 +116,16 @@ if ground_truth is not None:
                     caption="Ground truth" + (" (good: no defect)" if sample.label == 0 else ""), width="stretch")
 else:
     bottom[1].caption("No ground truth for this image (an upload, or a defect without a mask).")
-if result.reconstruction is not None:
+if result.panels:  # the method's own views (its reconstruction among them when it makes one), in its order
+    st.subheader(f"What {model.label} sees")
+    for row in panel_rows(result.panels):
+        # A strip of frames spans the page; other panels share a row of equal columns (a short row stays narrow).
+        columns = st.columns(1 if is_wide(row[0]) else PANELS_PER_ROW)
+        for column, panel in zip(columns, row):
+            column.image(panel_picture(panel), caption=panel.title, width="stretch")
+            if panel.note:
+                column.caption(panel.note)
+elif result.reconstruction is not None:
     st.image(result.reconstruction, caption="Reconstruction (working resolution)", width=420)
 else:
     st.caption(f"No reconstruction: {get_method(model.name).no_reconstruction_reason}.")

@@ -490,6 +490,18 @@ def test_inspect_shows_views_side_by_side_and_the_mask_follows_the_slider(models
     assert at.slider[0].value == pytest.approx(0.1)  # the next image keeps the chosen threshold
 
 
+def test_inspect_draws_a_methods_panels(models: Path, demo_root: Path, tmp_path: Path) -> None:
+    vae = train_small_model(demo_root, tmp_path / "vae.safetensors", "small vae", method="vae", resize=32, crop=32,
+                            epochs=2, hidden_dim=32, latent_dim=8, width=8, projection_steps=5, strip_frames=3)
+    copy_model(vae, models)
+    at = run_page("pages/4_Inspect.py")
+    assert_clean(at)
+    assert [header.value for header in at.subheader][0] == "What vae (projection) sees"
+    # original, heatmap, mask, ground truth; then the panels: input, f(x), x_T, the strip of x_t
+    assert len(at.image) == 4 + 4
+    assert not any("No reconstruction" in caption.value for caption in at.caption)
+
+
 def test_inspect_an_upload(models: Path, small_model: Path, demo_root: Path) -> None:
     copy_model(small_model, models)
     at = run_page("pages/4_Inspect.py", inspect_origin="upload")

@@ -205,7 +205,8 @@ def test_every_declared_parameter_of_every_method_gets_a_field() -> None:
         fields = form_fields(method_cls)
         shown = {spec.name for specs in fields.values() for spec in specs}
         assert shown == set(method_cls.param_set().names()), name
-        assert list(fields)[:2] == ["backbone", "method"]
+        # The backbone first when the method has one (methods trained from scratch have none), then the method's.
+        assert list(fields)[:2] == ["backbone", "method"] if "backbone" in fields else list(fields)[0] == "method"
     patchcore = {spec.name: spec for specs in form_fields(methods()["patchcore"]).values() for spec in specs}
     assert patchcore["backbone"].widget == "select" and "efficientnet_lite0" in patchcore["backbone"].options
     assert patchcore["reweight"].widget == "checkbox"
@@ -323,3 +324,22 @@ def test_image_result_keeps_a_reconstruction(small_model, demo_root: Path) -> No
     result = image_result(replace(prediction, reconstructions=rebuilt), 0, image, "scratch.png")
     assert result.reconstruction is not None and result.reconstruction.shape == (96, 96, 3)
     assert (result.reconstruction == 7).all()
+
+
+def test_panels_become_pictures_and_rows() -> None:
+    from inspection.model.views import Panel
+    from inspection.results import panel_picture
+    from inspection_app.inspect_view import panel_rows
+
+    picture = Panel("input", np.zeros((8, 8, 3), np.uint8))
+    assert panel_picture(picture) is picture.image  # a picture is shown as it is
+    ramp = np.linspace(0.0, 2.0, 64, dtype=np.float32).reshape(8, 8)
+    own = panel_picture(Panel("error", ramp))  # its own min..max: the whole colour scale
+    shared = panel_picture(Panel("error", ramp, value_range=(0.0, 4.0)))  # half of a shared scale
+    assert own.shape == (8, 8, 3) and own.dtype == np.uint8
+    assert not np.array_equal(own[-1, -1], shared[-1, -1]) and np.array_equal(own[0, 0], shared[0, 0])
+    strip = Panel("steps", np.zeros((8, 40, 3), np.uint8))
+    maps = [Panel(f"map {index}", ramp) for index in range(4)]
+    rows = panel_rows([*maps[:2], strip, *maps[2:], picture])
+    assert [[panel.title for panel in row] for row in rows] == [["map 0", "map 1"], ["steps"],
+                                                                ["map 2", "map 3", "input"]]

@@ -20,7 +20,16 @@ import torch
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # scales to [-1, 1], as TF/TF-Lite weights expect
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # RGB in [0, 1], for networks trained from scratch with sigmoid outputs
 }
+
+def normalization_tensors(name: str, device: torch.device | str | None = None,
+                          dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (mean, std) of normalisation `name` as [1, 3, 1, 1] tensors: normalised = (rgb01 − mean) / std."""
+    mean, std = NORMALIZATIONS[name]
+    return (torch.tensor(mean, device=device, dtype=dtype).view(1, 3, 1, 1),
+            torch.tensor(std, device=device, dtype=dtype).view(1, 3, 1, 1))
+
 
 #: "center_crop": resize the shorter side to `resize`, then cut the centre `crop`×`crop` (the field's default).
 #: "full": resize the whole frame to `crop`×`crop` (aspect ratio not kept, nothing cut off: for parts that
@@ -122,10 +131,8 @@ class Preprocessing:
 
     def normalize(self, images: np.ndarray) -> torch.Tensor:
         """uint8 N×H×W×3 → float32 N×3×H×W tensor with the weights' normalisation."""
-        mean, std = NORMALIZATIONS[self.normalization]
         tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-        mean_t = torch.tensor(mean).view(1, 3, 1, 1)
-        std_t = torch.tensor(std).view(1, 3, 1, 1)
+        mean_t, std_t = normalization_tensors(self.normalization)
         return (tensor - mean_t) / std_t
 
     def batch(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[Geometry]]:

@@ -8,7 +8,8 @@ backbone answers with its deepest layer at each stride. Layer names per backbone
 - mobilenet_v2 (torchvision): ``features.1`` (2), ``features.3`` (4), ``features.6`` (8),
   ``features.10`` (16), ``features.13`` (16), ``features.16`` (32), ``features.18`` (32).
 - resnet18, wide_resnet50_2 (torchvision): ``layer1`` (4), ``layer2`` (8), ``layer3`` (16), ``layer4`` (32).
-- vgg19 (torchvision): ``relu1_1`` … ``relu5_4`` (``reluN_k`` has stride 2**(N-1)).
+- vgg19 (torchvision, reflection padding as DFR uses it): ``relu1_1`` … ``relu5_4`` (``reluN_k`` has stride
+  2**(N-1)).
 
 Where the weights come from is `features.weights`; running a trunk for a dict of feature maps is
 `features.extractor`.
@@ -146,6 +147,16 @@ def _vgg19_names() -> list[str]:
     return names
 
 
+def _vgg19_reflect() -> nn.Module:
+    """torchvision's VGG-19 with reflection padding in every convolution, as DFR runs it (borders less distorted
+    than by zero padding); the weights are the same."""
+    model = _torchvision("vgg19")()
+    for module in model.features:
+        if isinstance(module, nn.Conv2d):
+            module.padding_mode = "reflect"
+    return model
+
+
 def _vgg19_trunk(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return list(zip(_vgg19_names(), model.features))
 
@@ -215,8 +226,8 @@ for _name, _description, _channels, _filename in (
 
 register_backbone(BackboneSpec(
     name="vgg19",
-    description="VGG-19 (torchvision), used by DFR",
-    build=_torchvision("vgg19"),
+    description="VGG-19 (torchvision) with reflection padding, used by DFR",
+    build=_vgg19_reflect,
     trunk=_vgg19_trunk,
     layers=_vgg19_layers(),
     known_weights=(_tv_weights("vgg19-dcbb9e9d.pth"),),

@@ -3,7 +3,9 @@
 A method is a class with parameters set in ``__init__`` (declared once, validated, saved with the model),
 ``fit(good_images)`` that learns from good images only, ``predict(images)`` that returns anomaly maps at
 the working resolution plus image scores, and ``save``/``load`` of one file. Subclasses implement four
-small hooks: ``_fit_batches``, ``_score``, ``_state`` and ``_load_state``.
+small hooks: ``_fit_batches``, ``_score``, ``_state`` and ``_load_state``. Methods whose scoring also yields
+pictures — reconstructions, views of their work (`views.Panel`) — override ``_score_detailed`` too, so that
+nothing is computed twice.
 
 Calibration happens inside ``fit``: a seeded share of the good images is held out from learning and
 scored afterwards; the thresholds and the fixed score normalisation come from those held-out scores.
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data.preprocess import INTENSITY_MODES, NORMALIZATIONS, RESIZE_MODES, Preprocessing
+from ..data.preprocess import INTENSITY_MODES, RESIZE_MODES, Preprocessing, normalization_tensors
 from ..device import DEVICE_CHOICES, resolve_device
 from ..errors import InspectionError, ModelFileError, ParameterError
 from ..params import Param, ParamSet, params
@@ -35,6 +37,7 @@ from .header import BackboneRecord, ModelHeader, ModelInfo
 from .modelfile import parse_header, read_model_file, resolve_model_path, write_model_file
 from .prediction import Prediction
 from .progress import Progress, ProgressCallback, no_progress
+from .views import Panel, ScoredBatch, rgb_uint8
 
 
 def _check_resize_and_crop(values: Mapping[str, Any]) -> None:
@@ -90,6 +93,10 @@ class AnomalyModel(ABC):
     description: ClassVar[str] = ""
     #: The method's own parameters (the common ones are added by `param_set`).
     method_params: ClassVar[ParamSet] = ParamSet()
+    #: Defaults of common parameters that differ for this method (e.g. a network trained at 128 px: crop=128).
+    default_overrides: ClassVar[dict[str, Any]] = {}
+    #: The parameter whose value names a variant of the method in tables, e.g. "scoring" → "vae (projection)".
+    variant_param: ClassVar[str] = ""
     #: Whether `predict` also returns reconstructed images, and why not when it does not.
     has_reconstruction: ClassVar[bool] = False
     no_reconstruction_reason: ClassVar[str] = "this method scores features; it does not reconstruct the image"
@@ -109,11 +116,16 @@ class AnomalyModel(ABC):
 
     @classmethod
     def param_set(cls) -> ParamSet:
-        return COMMON_PARAMS + cls.method_params
+        return (COMMON_PARAMS + cls.method_params).with_defaults(**cls.default_overrides)
 
     def get_params(self) -> dict[str, Any]:
         """The parameters, as resolved by the declarations (scikit-learn's contract)."""
         return dict(self.params)
+
+    @property
+    def label(self) -> str:
+        """The method's name with its variant when it has one, e.g. "vae (projection)" (for tables)."""
+        return f"{self.name} ({self.params[self.variant_param]})" if self.variant_param else self.name
 
     def __repr__(self) -> str:
         defaults = self.param_set().defaults()
@@ -159,9 +171,11 @@ class AnomalyModel(ABC):
     def _load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore learned tensors (on self.device); ModelFileError when they do not fit the parameters."""
 
-    def _reconstruct(self, images: torch.Tensor) -> torch.Tensor | None:
-        """Reconstructed images [B, 3, H, W] (normalised like the input), for methods that have one."""
-        return None
+    def _score_detailed(self, images: torch.Tensor, panels: bool) -> ScoredBatch:
+        """`_score` plus what the method can show: reconstructions (when `has_reconstruction`) and, when `panels`,
+        each image's views (`views.Panel`). Runs under no_grad: a scoring that needs gradients enables them."""
+        maps, scores = self._score(images)
+        return ScoredBatch(maps, scores)
 
     def _backbone_record(self) -> BackboneRecord | None:
         """The backbone and weights the model was fitted with, for feature methods."""
@@ -213,20 +227,23 @@ class AnomalyModel(ABC):
         return self
 
     def predict(self, images: Sequence[Any], batch_size: int | None = None,
-                progress: ProgressCallback | None = None) -> Prediction:
-        """Anomaly maps (working resolution) and image scores for paths or RGB arrays."""
+                progress: ProgressCallback | None = None, panels: bool = False) -> Prediction:
+        """Anomaly maps (working resolution) and image scores for paths or RGB arrays; each image's panels (what
+        the method shows of its work, `views.Panel`) too when `panels` — for a page, not for a whole test split."""
         self._require_fitted()
         images = list(images)
-        maps, scores, geometries, reconstructions = [], [], [], []
+        maps, scores, geometries, reconstructions, image_panels = [], [], [], [], []
         done = 0
         for tensor, batch_geometries in iter_batches(images, self.preprocessing,
                                                      batch_size or self.params["batch_size"]):
-            batch_maps, batch_scores, batch_reconstruction = self.predict_tensor(tensor)
+            batch_maps, batch_scores, batch_reconstruction, batch_panels = self._predict_batch(tensor, panels)
             maps.append(batch_maps)
             scores.append(batch_scores)
             geometries.extend(batch_geometries)
             if batch_reconstruction is not None:
                 reconstructions.append(batch_reconstruction)
+            if panels:
+                image_panels.extend(batch_panels or [[] for _ in batch_geometries])
             done += len(batch_geometries)
             if progress is not None:
                 progress(Progress("predict", done, len(images)))
@@ -235,25 +252,30 @@ class AnomalyModel(ABC):
             np.concatenate(maps) if maps else np.zeros((0, height, width), np.float32),
             np.concatenate(scores) if scores else np.zeros(0),
             geometries, self.calibration,
-            np.concatenate(reconstructions) if reconstructions else None)
+            np.concatenate(reconstructions) if reconstructions else None,
+            image_panels if panels else None)
 
-    @torch.no_grad()
     def predict_tensor(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Score an already normalised batch: (maps [B,H,W] float32, scores [B], reconstructions or None)."""
-        self._require_fitted()
-        images = images.to(self.device)
-        maps, scores = self._score(images)
-        reconstruction = self._reconstruct(images) if self.has_reconstruction else None
-        if reconstruction is not None:
-            reconstruction = self._denormalize(reconstruction)
-        return (maps.float().cpu().numpy(), scores.double().cpu().numpy(), reconstruction)
+        maps, scores, reconstructions, _ = self._predict_batch(images, panels=False)
+        return maps, scores, reconstructions
 
-    def _denormalize(self, images: torch.Tensor) -> np.ndarray:
-        mean, std = NORMALIZATIONS[self.preprocessing.normalization]
-        mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-        std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-        rgb = (images * std_t + mean_t).clamp(0, 1).mul(255).round().byte()
-        return rgb.permute(0, 2, 3, 1).cpu().numpy()
+    @torch.no_grad()
+    def _predict_batch(self, images: torch.Tensor, panels: bool
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[list[Panel]] | None]:
+        self._require_fitted()
+        scored = self._score_detailed(images.to(self.device), panels)
+        if self.has_reconstruction != (scored.reconstructions is not None):
+            raise RuntimeError(f"{self.name}: has_reconstruction is {self.has_reconstruction} but its scoring "
+                               f"{'gave no' if self.has_reconstruction else 'gave'} reconstructions")
+        reconstructions = rgb_uint8(scored.reconstructions) if scored.reconstructions is not None else None
+        return (scored.maps.float().cpu().numpy(), scored.scores.double().cpu().numpy(), reconstructions,
+                scored.panels if panels else None)
+
+    def unit_range(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised input images → RGB in [0, 1] (undoing the preprocessing's normalisation)."""
+        mean_t, std_t = normalization_tensors(self.preprocessing.normalization, images.device, images.dtype)
+        return images * std_t + mean_t
 
     # --- thresholds -------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import numpy as np
 from ..data.preprocess import Geometry, map_to_original
 from ..scores.regions import Region, find_regions
 from .calibration import Calibration
+from .views import Panel
 
 
 @dataclass
@@ -20,6 +21,8 @@ class Prediction:
     geometries: list[Geometry]
     calibration: Calibration | None
     reconstructions: np.ndarray | None = None  # [N, H, W, 3] uint8, for methods that reconstruct
+    #: Per image, what the method shows of its work (`views.Panel`, in display order); None unless asked for.
+    panels: list[list[Panel]] | None = None
 
     @property
     def anomaly_maps(self) -> np.ndarray:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Progress:
-    """Stage name, step out of total, and the loss when there is one."""
+    """Stage name, step out of total, and the loss when there is one (all named losses when there are several)."""
 
     stage: str
     step: int
     total: int
-    loss: float | None = None
+    loss: float | None = None  # the main loss (the one a chart of a single curve shows)
+    losses: Mapping[str, float] | None = None  # every named loss when there are several, e.g. a GAN's two
 
 
 ProgressCallback = Callable[[Progress], None]
