@@ -14,6 +14,7 @@ import torch
 from conftest import random_images
 from inspection.errors import ModelFileError
 from inspection.evaluate import evaluate
+from inspection.model.backbone_model import BackboneModel
 from inspection.model.base import AnomalyModel
 from inspection.model.batching import split_holdout
 from inspection.model.modelfile import read_model_info, save_thresholds, update_header, update_info, write_model_file
@@ -93,8 +94,10 @@ def test_holdout_split_is_seeded_and_sized():
 def test_registry_lists_both_methods_with_declared_parameters():
     assert {"patchcore", "padim"} <= set(methods())
     for method_cls in methods().values():
-        names = method_cls.param_set().names()
-        assert {"seed", "backbone", "image_fpr", "pixel_fpr", "resize_mode"} <= set(names)
+        names = set(method_cls.param_set().names())
+        assert {"seed", "image_fpr", "pixel_fpr", "resize_mode"} <= names
+        # Methods on pretrained features name their backbone; methods that train their own network need none.
+        assert ("backbone" in names) == issubclass(method_cls, BackboneModel)
         assert all(param.help for param in method_cls.param_set())
 
 
@@ -385,7 +388,8 @@ def test_estimator_contract():
 
 
 # Settings that make a method's fit take seconds here; a method that needs none is covered with no edit.
-QUICK = {"padim": {"n_features": 20}, "patchcore": {"coreset_ratio": 0.05}}
+QUICK = {"padim": {"n_features": 20}, "patchcore": {"coreset_ratio": 0.05},
+         "patch_svdd": {"epochs": 1, "pairs_per_image": 16}}
 
 
 @pytest.mark.parametrize("method", sorted(methods()))
