@@ -257,7 +257,7 @@ class PatchSVDD(AnomalyModel):
         Param("combine", str, "product", "How the two scales' maps are combined: product (the paper's), or sum.",
               choices=("product", "sum")),
         Param("coreset", bool, False, "Keep only a greedy k-center coreset of the normal patches as the memory: "
-              "inference gets faster (and no longer grows with the training set) for a little accuracy."),
+              "scoring searches ratio × fewer patches, several times faster, for a little accuracy."),
         Param("coreset_ratio", float, 0.03, "Share of the normal patches kept at each scale when 'coreset' is on. "
               "On bottle, 0.03 scored 17× faster for −0.01 pixel AUROC; 0.01 is faster still but costs more.",
               minimum=1e-5, maximum=1.0),
