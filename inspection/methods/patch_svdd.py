@@ -246,7 +246,7 @@ class PatchSVDD(AnomalyModel):
               "drawn from every image per step; one forward pass embeds them all.", minimum=1, maximum=100000),
         Param("train_crop", int, 0, "Side of the random square each training step cuts from the images (0: the "
               "whole image). Smaller is faster per step; neighbours near its border are clipped more often.",
-              minimum=0, maximum=4096),
+              minimum=0, maximum=4096, note="0 = whole image"),
         Param("embedding_dim", int, 64, "D: size of a patch embedding.", minimum=2, maximum=1024),
         Param("encoder", str, "standard", "standard: the paper's 8 convolutions of 3×3; mobilenet_v1: layers 2–8 as "
               "MobileNet V1 depthwise-separable blocks (3×3 depthwise + 1×1 pointwise, same widths and patch "
