@@ -17,7 +17,8 @@ from inspection.features.weights import build_backbone, locate_weights
 skimage_data = pytest.importorskip("skimage.data")
 
 BACKBONE_NAMES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2", "resnet18",
-                  "wide_resnet50_2", "vgg19"]
+                  "wide_resnet50_2", "vgg19", "mobilenet_v1", "mobilenet_v1_075", "mobilenet_v1_050",
+                  "mobilenet_v1_025"]
 
 
 def test_registry_has_the_fixed_names():

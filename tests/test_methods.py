@@ -92,7 +92,7 @@ def test_holdout_split_is_seeded_and_sized():
 
 
 def test_registry_lists_the_methods_with_declared_parameters():
-    assert {"patchcore", "padim", "dfr", "vae", "anogan"} <= set(methods())
+    assert {"patchcore", "padim", "dfr", "vae", "anogan", "patch_svdd"} <= set(methods())
     for method_cls in methods().values():
         names = method_cls.param_set().names()
         assert {"seed", "image_fpr", "pixel_fpr", "resize_mode"} <= set(names)
@@ -391,7 +391,8 @@ def test_estimator_contract():
 QUICK = {"padim": {"n_features": 20}, "patchcore": {"coreset_ratio": 0.05},
          "dfr": {"epochs": 2, "batch_positions": 1024},
          "vae": {"epochs": 2, "hidden_dim": 32, "latent_dim": 8, "width": 8, "projection_steps": 3},
-         "anogan": {"epochs": 2, "width": 8, "latent_dim": 16, "z_steps": 3}}
+         "anogan": {"epochs": 2, "width": 8, "latent_dim": 16, "z_steps": 3},
+         "patch_svdd": {"epochs": 1, "pairs_per_image": 16}}
 
 
 @pytest.mark.parametrize("method", sorted(methods()))

