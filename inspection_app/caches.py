@@ -13,9 +13,11 @@ import streamlit as st
 from inspection.data.datasets import Dataset
 from inspection.data.demo import demo_dataset
 from inspection.data.images import load_image
+from inspection.device import resolve_device
+from inspection.features.cost import backbone_cost
 from inspection.model.base import AnomalyModel
 from inspection.model.prediction import Prediction
-from inspection.registry import load_model
+from inspection.registry import backbones, load_model
 
 from .browse import thumbnail
 from .library import ModelEntry
@@ -79,3 +81,12 @@ def predict_image(entry: ModelEntry, image: np.ndarray, image_key: str, panels: 
 def model_of(entry: ModelEntry) -> AnomalyModel:
     """The loaded model of a models-folder entry (cached)."""
     return cached_model(str(entry.path), entry.modified)
+
+
+@st.cache_data(show_spinner="Measuring the backbones…", max_entries=16)
+def cached_backbone_costs(side: int, measure: bool) -> list[dict]:
+    """Every registered backbone's parameters and mult-adds at an input side; ms per image on this device when
+    measured (batch 1, median of 5 after warm-up; random weights, which do not change either number)."""
+    device = resolve_device("auto").type
+    return [backbone_cost(name, side, measure, repeats=5, device=device).to_dict() for name in backbones()]
+

@@ -35,3 +35,11 @@ def evaluation_row(name: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """A row of metrics measured now (same keys as metric_rows' metric columns)."""
     return {"name": name, **metric_cells(metrics), "device": metrics.get("device", "—"),
             "test images": metrics.get("n_test")}
+
+
+def backbone_cost_rows(costs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The backbone cost table as the Train page shows it: parameters and mult-adds in millions, ms per image."""
+    return [{"backbone": cost["backbone"], "input side": cost["resolution"],
+             "parameters (M)": round(cost["parameters"] / 1e6, 2), "mult-adds (M)": round(cost["mult_adds"] / 1e6),
+             "ms / image": cost["ms_per_image"] if cost["ms_per_image"] is not None else "—"} for cost in costs]
+

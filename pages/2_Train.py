@@ -7,8 +7,9 @@ from typing import Any
 
 import streamlit as st
 
+from inspection.features.mobilenet import RESOLUTIONS as COST_SIDES
 from inspection.registry import backbones, methods
-from inspection_app import page, sidebar, training
+from inspection_app import caches, page, sidebar, training
 from inspection_app.forms import GROUP_TITLES, FieldSpec, form_fields, resolve_form
 from inspection_app.jobs import TrainingRequest
 from inspection_app.library import (
@@ -20,6 +21,7 @@ from inspection_app.library import (
     unique_model_path,
     validate_name,
 )
+from inspection_app.tables import backbone_cost_rows
 
 page.page_setup("Train", "Fit a model on the good training images of the chosen dataset, calibrate its thresholds on "
                 "held-out good images, evaluate it on the test split and save it to the models folder.")
@@ -65,6 +67,16 @@ method = page.kept_selectbox(st, "Method", list(registered), "train_method", def
                              help="Every registered method appears here; its parameters below come from its "
                                   "declarations.")
 method_cls = registered[method]
+if "backbone" in method_cls.param_set().names():
+    with st.expander("What each backbone costs"):
+        cost_side = st.select_slider("Input side (crop)", options=sorted({*COST_SIDES, 256}), value=224,
+                                     key="cost_side")
+        timed = st.toggle("Time them on this device", key="cost_timed",
+                          help="One image at batch 1, median of 5 forward passes after a warm-up (a few seconds).")
+        st.dataframe(backbone_cost_rows(caches.cached_backbone_costs(cost_side, timed)), hide_index=True)
+        st.caption("Parameters include each network's 1000-class ImageNet head; mult-adds are the convolutions' "
+                   "and linear layers' multiply-accumulates of one image, counted exactly (the MobileNet paper's "
+                   "way). Feature methods run the trunk only up to their deepest layer, so they cost less.")
 if dataset is None:
     st.info("Choose a dataset in the sidebar first.")
     st.stop()

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from app_testing import REPO, SMALL_PARAMS, copy_model, demo_image, train_small_model
 from inspection.model.modelfile import read_model_info, update_header
 from inspection.model.progress import Progress
-from inspection.registry import get_method
+from inspection.registry import backbones, get_method
 from inspection_app import caches, training
 from inspection_app import page as page_module
 from inspection_app.jobs import MANAGER, TrainingManager, TrainingRequest, folder_lock
@@ -228,6 +228,27 @@ def test_train_form_is_built_from_the_declarations(models: Path) -> None:
     assert at.number_input(key="param-padim-n_features").value == 100
 
 
+def test_train_page_shows_what_each_backbone_costs(models: Path) -> None:
+    at = run_page("pages/2_Train.py")
+    assert_clean(at)
+    table = at.dataframe[0].value.set_index("backbone")
+    assert set(table.index) == set(backbones())
+    # The MobileNet paper's figures for MobileNet V1 (α = 1, 224): 4.2 M parameters, 569 M mult-adds.
+    assert table.loc["mobilenet_v1", "parameters (M)"] == pytest.approx(4.2, abs=0.1)
+    assert table.loc["mobilenet_v1", "mult-adds (M)"] == pytest.approx(569, abs=1)
+    assert (table["ms / image"] == "—").all()
+    at.select_slider(key="cost_side").set_value(128).run()
+    at.toggle(key="cost_timed").set_value(True).run()
+    assert_clean(at)
+    smaller = at.dataframe[0].value.set_index("backbone")
+    assert smaller.loc["mobilenet_v1", "mult-adds (M)"] == pytest.approx(569 * (128 / 224) ** 2, rel=0.05)
+    assert all(float(value) > 0 for value in smaller["ms / image"])
+    # Methods without a pretrained backbone have nothing to show.
+    at.selectbox(key="train_method").set_value("vae").run()
+    assert_clean(at)
+    assert not any(expander.label == "What each backbone costs" for expander in at.expander)
+
+
 def _submit(at: AppTest) -> AppTest:
     return next(button for button in at.button if button.label == "Train").click().run()
 
@@ -245,7 +266,7 @@ def test_train_page_trains_evaluates_saves_and_lists(models: Path) -> None:
     assert_clean(at)
     header = read_model_info(models / "line-3.safetensors")
     assert header["params"]["crop"] == 96 and header["info"]["metrics"]["n_test"] == 50
-    assert at.dataframe[0].value["name"].tolist() == ["line 3"]
+    assert at.dataframe[-1].value["name"].tolist() == ["line 3"]
 
 
 def test_train_page_refuses_a_second_training_clearly(models: Path) -> None:
@@ -276,7 +297,7 @@ def test_train_page_renames_and_deletes(models: Path, small_model: Path) -> None
     at.button(key="manage_rename").click().run()
     assert_clean(at)
     assert not path.exists() and (models / "renamed-model.safetensors").is_file()
-    assert at.dataframe[0].value["name"].tolist() == ["renamed model"]
+    assert at.dataframe[-1].value["name"].tolist() == ["renamed model"]
     assert at.button(key="manage_delete").disabled
     at.checkbox(key="manage_confirm-0").check().run()
     at.button(key="manage_delete").click().run()

@@ -206,7 +206,7 @@ def test_train_upload_threshold_and_every_page(app: dict, page, tmp_path: Path) 
     assert model_file.stat().st_size > 0
     # The page polls the background job: when it has ended, it says so and lists the new model.
     page.locator('[data-testid="stAlertContentSuccess"]', has_text="Trained").wait_for(timeout=60_000)
-    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30_000)  # the trained models table
+    page.locator('[data-testid="stDataFrame"]').last.wait_for(timeout=30_000)  # the trained models table
     wait_idle(page)
     assert_no_errors(page, "Train (after training)")
     screenshot(page, "train")
