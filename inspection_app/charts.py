@@ -5,7 +5,7 @@ Built here (not in the pages) so that their content is testable without a browse
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -86,11 +86,14 @@ def roc_figure(fpr: Sequence[float], tpr: Sequence[float], point_fpr: float, poi
     return figure
 
 
-def loss_figure(losses: Sequence[float]) -> go.Figure:
-    """The training loss per reported step."""
-    figure = go.Figure(go.Scatter(y=np.asarray(losses, np.float64), mode="lines", name="loss",
-                                  line=dict(color=POINT_COLOR)))
-    figure.update_layout(title="Training loss", xaxis_title="step", yaxis_title="loss",
+def loss_figure(losses: Sequence[float] | Mapping[str, Sequence[float]]) -> go.Figure:
+    """The training loss per reported step: one curve, or one per named loss (e.g. generator, discriminator)."""
+    curves = dict(losses) if isinstance(losses, Mapping) else {"loss": losses}
+    figure = go.Figure()
+    for index, (name, values) in enumerate(curves.items()):
+        figure.add_trace(go.Scatter(y=np.asarray(values, np.float64), mode="lines", name=name,
+                                    line=dict(color=POINT_COLOR) if index == 0 else None))
+    figure.update_layout(title="Training loss", xaxis_title="step", yaxis_title="loss", showlegend=len(curves) > 1,
                          **{**_LAYOUT, "height": 260})
     return figure
 

@@ -64,6 +64,8 @@ class JobState:
     step: int = 0
     total: int = 0
     losses: list[float] = field(default_factory=list)
+    #: Every named loss per report, when the method reports several (e.g. a GAN's generator and discriminator).
+    named_losses: dict[str, list[float]] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     finished: float | None = None
     error: str = ""
@@ -201,8 +203,10 @@ class TrainingManager:
             with self._lock:
                 state = self._jobs[job_id]
                 losses = state.losses + [float(report.loss)] if report.loss is not None else state.losses
+                named = {name: [*state.named_losses.get(name, []), float(value)]
+                         for name, value in (report.losses or {}).items()} or state.named_losses
                 self._jobs[job_id] = replace(state, status="running", stage=report.stage, step=report.step,
-                                             total=report.total, losses=losses)
+                                             total=report.total, losses=losses, named_losses=named)
 
         outcome: dict[str, Any] = {"status": "failed", "error": "the training was interrupted"}
         try:
@@ -225,7 +229,9 @@ class TrainingManager:
         """A snapshot of a job (None when unknown)."""
         with self._lock:
             state = self._jobs.get(job_id)
-            return replace(state, losses=list(state.losses)) if state else None
+            return replace(state, losses=list(state.losses),
+                           named_losses={name: list(values) for name, values in state.named_losses.items()}) \
+                if state else None
 
     def active(self) -> JobState | None:
         """The running job's snapshot, if any."""

@@ -67,7 +67,7 @@ def _monitor_body() -> None:
     if state.active:
         st.progress(state.fraction, text=state.describe())
         if state.losses:
-            st.plotly_chart(loss_figure(state.losses), key="loss-live")
+            st.plotly_chart(loss_figure(state.named_losses or state.losses), key="loss-live")
         if st.button("Stop training", key="stop_training"):
             MANAGER.cancel(state.job_id)
         return

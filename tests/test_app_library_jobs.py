@@ -19,6 +19,7 @@ from inspection.errors import (
 )
 from inspection.model.modelfile import read_model_info
 from inspection.model.progress import Progress
+from inspection_app.charts import loss_figure
 from inspection_app.jobs import (
     JobState,
     TrainingBusyError,
@@ -127,6 +128,7 @@ def test_manager_runs_a_job_in_the_background_and_records_progress(tmp_path: Pat
     state = manager.wait(job_id, timeout=10)
     assert state.status == "done" and state.fraction == 1.0
     assert state.losses == [1.0, 0.5, pytest.approx(1 / 3)]
+    assert state.named_losses == {}
     assert state.result_path == str(tmp_path / "job.safetensors") and state.metrics == {"image_auroc": 0.9}
     assert manager.active() is None and manager.latest().job_id == job_id
 
@@ -255,3 +257,21 @@ def test_a_failure_in_the_training_process_comes_back_as_its_error(tmp_path: Pat
 def test_friendly_error(error: BaseException, expected: str, user: bool) -> None:
     assert friendly_error(error).startswith(expected)
     assert is_user_error(error) is user
+
+
+def test_a_method_with_several_losses_gets_one_curve_each(tmp_path: Path) -> None:
+    def runner(request: TrainingRequest, progress) -> tuple[Path, dict]:
+        for step in range(1, 3):
+            progress(Progress("epoch", step, 2, loss=2.0 / step, losses={"generator": 2.0 / step,
+                                                                         "discriminator": 0.5 * step}))
+        Path(request.out_path).write_bytes(b"model")
+        return Path(request.out_path), {}
+
+    manager = TrainingManager(runner)
+    state = manager.wait(manager.start(_request(tmp_path)), timeout=10)
+    assert state.losses == [2.0, 1.0]
+    assert state.named_losses == {"generator": [2.0, 1.0], "discriminator": [0.5, 1.0]}
+    figure = loss_figure(state.named_losses)
+    assert [trace.name for trace in figure.data] == ["generator", "discriminator"]
+    assert list(figure.data[1].y) == [0.5, 1.0] and figure.layout.showlegend
+
