@@ -1,7 +1,9 @@
 """Evaluating a fitted model on a dataset's test split, the field's way, and timing it honestly.
 
-Metrics are computed at the working resolution against ground-truth masks put through the same resize and
-crop as their images. Speed is the median wall time per image of preprocessed images at batch size 1 and
+Metrics are computed at the working scale on each image's whole resized frame, against ground-truth masks
+resized the same way: every defect pixel of the original counts, and one the model never saw (outside a
+centre crop) scores -inf, missed at every threshold. `inspected_fraction` is the share of the images' area
+the model saw. Speed is the median wall time per image of preprocessed images at batch size 1 and
 in batches of 16, after a warm-up, the anomaly map at input resolution included; decoding is timed apart.
 """
 
@@ -17,12 +19,13 @@ import numpy as np
 import torch
 
 from .data.datasets import Dataset, load_sample_mask
+from .data.preprocess import map_to_frame
 from .device import describe_device
 from .model.base import AnomalyModel
 from .model.batching import decode
 from .model.calibration import Calibration
 from .model.progress import Progress, ProgressCallback
-from .scores.metrics import image_auroc, pixel_metrics, region_metrics
+from .scores.metrics import image_auroc, pixel_metrics, region_metrics, stack_ragged
 from .scores.thresholds import clopper_pearson, conformal_threshold, f1_optimal_threshold, score_quantiles
 
 
@@ -98,14 +101,21 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
                                "image_auroc": image_auroc(prediction.raw_scores, labels)}
 
     with_masks = [index for index, sample in enumerate(samples) if sample.label == 0 or sample.mask_path]
-    masks = np.stack([
-        model.preprocessing.transform_mask(
-            load_sample_mask(samples[index], (prediction.geometries[index].original_height,
-                                              prediction.geometries[index].original_width)),
-            prediction.geometries[index])
-        for index in with_masks]) if with_masks else np.zeros((0,) + model.preprocessing.size, bool)
-    maps = prediction.raw_maps[with_masks]
-    metrics.update(pixel_metrics(maps, masks))
+    metrics["inspected_fraction"] = float(np.mean([geometry.inspected_fraction
+                                                   for geometry in prediction.geometries]))
+    frames, frame_masks = [], []
+    for index in with_masks:
+        geometry = prediction.geometries[index]
+        frames.append(map_to_frame(prediction.raw_maps[index], geometry))
+        frame_masks.append(model.preprocessing.frame_mask(
+            load_sample_mask(samples[index], (geometry.original_height, geometry.original_width)), geometry))
+    if frames:
+        maps, masks, valid = stack_ragged(frames, frame_masks)
+    else:
+        maps = np.zeros((0,) + model.preprocessing.size, np.float32)
+        masks, valid = np.zeros(maps.shape, bool), np.zeros(maps.shape, bool)
+    del frames, frame_masks
+    metrics.update(pixel_metrics(maps, masks, valid=valid))
     if model.calibration is not None and len(maps):
         # What an inspector sees at the saved pixel threshold: boxes found, false boxes, the mask's overlap.
         metrics.update(region_metrics(maps, masks, model.calibration.pixel_threshold))
@@ -115,9 +125,11 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
     evaluation = Evaluation(metrics)
 
     if masks.any():
-        evaluation.pixel_quantiles = {"good": score_quantiles(maps[~masks]), "defect": score_quantiles(maps[masks])}
-        evaluation.pixel_counts = {"good": int((~masks).sum()), "defect": int(masks.sum())}
-        evaluation.f1_pixel_threshold = _f1_pixel_threshold(maps, masks)
+        seen = np.isfinite(maps)  # quantiles and the F1 threshold describe the pixels the model scored
+        evaluation.pixel_quantiles = {"good": score_quantiles(maps[~masks & seen]),
+                                      "defect": score_quantiles(maps[masks & seen])}
+        evaluation.pixel_counts = {"good": int((~masks & seen).sum()), "defect": int((masks & seen).sum())}
+        evaluation.f1_pixel_threshold = _f1_pixel_threshold(maps[seen], masks[seen])
     if 0 < labels.sum() < len(labels):
         evaluation.f1_image_threshold = f1_optimal_threshold(prediction.raw_scores, labels)[0]
     evaluation.records = [

@@ -26,6 +26,9 @@ class PaDiM(BackboneModel):
     name = "padim"
     description = "A Gaussian per patch position over pretrained features; score = Mahalanobis distance."
     feature_strides = (4, 8, 16)
+    # Not aspect (images of other sizes have other positions) nor tiles (a tile position is no part position).
+    resize_modes_reason = ("it learns one Gaussian per patch position, so every image must show the part on one "
+                           "fixed grid of positions (use full to keep the whole part)")
     stage_labels = {**BackboneModel.stage_labels, "covariance": "Estimating the Gaussians"}
     method_params = params(
         Param("n_features", int, 100, "d: number of randomly chosen feature channels kept.", minimum=1,

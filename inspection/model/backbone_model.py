@@ -60,6 +60,10 @@ class BackboneModel(AnomalyModel):
         spec = get_backbone_spec(self.params["backbone"])
         return [spec.layers[layer].stride for layer in self.layers]
 
+    def padding_multiple(self) -> int:
+        # Every chosen layer's grid then divides the working size exactly: coarse and fine grids stay aligned.
+        return max(self.layer_strides())
+
     def default_normalization(self) -> str:
         return get_backbone_spec(self.params["backbone"]).default_normalization
 
