@@ -137,8 +137,16 @@ class AnomalyModel(ABC):
                 raise ParameterError(f"{cls.name} does not offer resize_mode {values['resize_mode']!r}: "
                                      f"{cls.resize_modes_reason}; it offers {list(cls.resize_modes)}")
 
-        return (COMMON_PARAMS + cls.method_params + params(rules=(check_resize_mode,))
-                ).with_defaults(**cls.default_overrides)
+        declared = (COMMON_PARAMS + cls.method_params + params(rules=(check_resize_mode,))
+                    ).with_defaults(**cls.default_overrides)
+        missing = [mode for mode in RESIZE_MODES if mode not in cls.resize_modes]
+        if not missing:
+            return declared
+        # Forms and --help say which modes the method lacks, and why, beside the field.
+        said = tuple(replace(param, help=f"{param.help} Not {' or '.join(missing)} for {cls.name}: "
+                                         f"{cls.resize_modes_reason}.")
+                     if param.name == "resize_mode" else param for param in declared)
+        return ParamSet(said, declared.rules)
 
     def padding_multiple(self) -> int:
         """Aspect mode pads the working size up to a multiple of this (the deepest stride the method uses)."""
