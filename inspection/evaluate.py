@@ -79,8 +79,10 @@ def time_prediction(model: AnomalyModel, items: Sequence[Any], repeats: int = 20
     singles = tensors[:repeats]
     single_ms = _median_ms([lambda tensor=tensor: model.predict_tensor(tensor) for tensor in singles], warmup,
                            budget_s, minimum=min(3, len(singles)))
-    # Fewer images than a batch: the batch repeats them (speed does not depend on which images they are).
-    batch = torch.cat([tensors[index % len(tensors)] for index in range(TIMING_BATCH)])
+    # Fewer images than a batch: the batch repeats them (speed does not depend on which images they are). A batch
+    # holds images of one working size (aspect and tiles modes vary it): those of the first image's.
+    same_size = [tensor for tensor in tensors if tensor.shape == tensors[0].shape]
+    batch = torch.cat([same_size[index % len(same_size)] for index in range(TIMING_BATCH)])
     estimated_batch_s = single_ms * TIMING_BATCH / 1000
     batch_warmup = 1 if estimated_batch_s < budget_s / 4 else 0  # warming up a call of many seconds gains nothing
     batch_ms = _median_ms([lambda: model.predict_tensor(batch)] * 3, batch_warmup, budget_s, minimum=1)

@@ -11,7 +11,7 @@ from PIL import Image
 from inspection.data.datasets import open_dataset
 from inspection.data.preprocess import Preprocessing, map_to_frame
 from inspection.errors import ParameterError
-from inspection.evaluate import evaluate
+from inspection.evaluate import evaluate, time_prediction
 from inspection.methods.padim import PaDiM
 from inspection.methods.patchcore import PatchCore, _replicate_content
 from inspection.model.prediction import Prediction
@@ -92,6 +92,11 @@ def test_aspect_mode_scores_images_of_different_aspect_ratios_in_one_call(aspect
         assert together.raw_scores[index] == pytest.approx(alone.raw_scores[0], rel=1e-4)  # order kept
         np.testing.assert_allclose(together.raw_maps[index][:seen_h, :seen_w], alone.raw_maps[0][:seen_h, :seen_w],
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_speed_is_timed_on_images_of_different_sizes(aspect_model):
+    timing = time_prediction(aspect_model, _images(seed=4, count=5), repeats=3, warmup=1, budget_s=1.0)
+    assert timing["predict_ms_per_image"] > 0 and timing["predict_ms_per_image_batch16"] > 0
 
 
 def test_padding_never_raises_a_score(aspect_model):
