@@ -94,6 +94,13 @@ def test_aspect_mode_scores_images_of_different_aspect_ratios_in_one_call(aspect
                                    rtol=1e-4, atol=1e-4)
 
 
+def test_the_paper_reweighting_works_in_aspect_mode():
+    model = PatchCore(resize_mode="aspect", resize=64, crop=64, weights="random", min_holdout=3, batch_size=4,
+                      reweight=True).fit(_images())
+    prediction = model.predict(_images(seed=5, count=4))
+    assert np.isfinite(prediction.raw_scores).all() and (prediction.raw_scores > 0).all()
+
+
 def test_speed_is_timed_on_images_of_different_sizes(aspect_model):
     timing = time_prediction(aspect_model, _images(seed=4, count=5), repeats=3, warmup=1, budget_s=1.0)
     assert timing["predict_ms_per_image"] > 0 and timing["predict_ms_per_image_batch16"] > 0
@@ -105,7 +112,8 @@ def test_padding_never_raises_a_score(aspect_model):
     grid[:, 2:, :] = 100.0  # patches on padding scoring very high
     grid[:, :, 4:] = 100.0
     content = torch.tensor([[16, 32], [13, 30]])  # pixels of a 32 × 48 working size: 8-pixel cells
-    replaced = _replicate_content(grid, content, (32, 48))
+    replaced, source = _replicate_content(grid, content, (32, 48))
+    assert int(source[0, 3, 5]) == 1 * 6 + 3 and int(source[1, 0, 0]) == 0
     assert float(replaced.max()) == pytest.approx(float(grid[:, :2, :4].max()))
     torch.testing.assert_close(replaced[:, :2, :4], grid[:, :2, :4])
     torch.testing.assert_close(replaced[:, 3, 5], grid[:, 1, 3])  # the nearest content patch's score

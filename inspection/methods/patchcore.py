@@ -94,9 +94,12 @@ class PatchCore(BackboneModel):
         patches, (height, width) = self.embed(images)
         distances, indices = nearest_neighbors(patches, self.memory_bank, k=1)
         patch_scores = distances[:, 0].view(images.shape[0], height, width)
+        source = None
         if content is not None:  # aspect mode: padding never raises a score
-            patch_scores = _replicate_content(patch_scores, content, images.shape[-2:])
+            patch_scores, source = _replicate_content(patch_scores, content, images.shape[-2:])
         image_scores, argmax = patch_scores.flatten(1).max(dim=1)
+        if source is not None:  # the content patch the maximum came from (for the re-weighting)
+            argmax = source.flatten(1).gather(1, argmax[:, None])[:, 0]
         if self.params["reweight"]:
             image_scores = image_scores * self._reweighting(patches.view(images.shape[0], height * width, -1),
                                                             indices[:, 0].view(images.shape[0], -1), argmax)
@@ -125,8 +128,10 @@ class PatchCore(BackboneModel):
         self.memory_bank = bank.float()
 
 
-def _replicate_content(grid_scores: torch.Tensor, content: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    """Patch scores [B, h, w] whose patches centre on padding replaced by the nearest content patch's score.
+def _replicate_content(grid_scores: torch.Tensor, content: torch.Tensor, size: torch.Size
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch scores [B, h, w] whose patches centre on padding replaced by the nearest content patch's score, and
+    [B, h, w] the flat index (into h·w) of the patch each score now comes from.
 
     The image score (the maximum) and the upsampled, blurred map then come from content patches only; `content`
     [B, 2] holds each image's content height and width in pixels of the working size `size`.
@@ -138,4 +143,5 @@ def _replicate_content(grid_scores: torch.Tensor, content: torch.Tensor, size: t
     rows = torch.minimum(torch.arange(height, device=content.device)[None, :], last[:, :1])  # [B, h]
     columns = torch.minimum(torch.arange(width, device=content.device)[None, :], last[:, 1:])  # [B, w]
     images = torch.arange(batch, device=content.device)[:, None, None]
-    return grid_scores[images, rows[:, :, None], columns[:, None, :]]
+    source = rows[:, :, None] * width + columns[:, None, :]
+    return grid_scores[images, rows[:, :, None], columns[:, None, :]], source
