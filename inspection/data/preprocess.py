@@ -120,10 +120,6 @@ class Preprocessing:
         """The working size of modes with a fixed one (in aspect and tiles modes: the model's tile/short side)."""
         return self.crop, self.crop
 
-    @property
-    def variable_size(self) -> bool:
-        return self.mode in VARIABLE_SIZE_MODES
-
     def to_dict(self) -> dict:
         return asdict(self)
 
