@@ -1,4 +1,5 @@
-"""Command line: ``python -m inspection {fit,evaluate,predict,bench,methods,demo} …`` (or ``inspection …``).
+"""Command line: ``python -m inspection {fit,evaluate,predict,explain,recalibrate,bench,methods,demo} …`` (or
+``inspection …``).
 
 The command and option names are fixed so that scripts can rely on them. Every method parameter becomes an
 option from its declaration in the registry, so a new method's settings appear here with no edit. Errors a
@@ -159,6 +160,26 @@ def command_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_explain(args: argparse.Namespace) -> int:
+    import cv2
+
+    from .data.images import load_image
+    from .explain import explain_image
+    from .results import DISPLAY_MAX_SIDE
+
+    out = check_output_file(args.out)  # before the model is loaded
+    model = load_model(args.model, device=_device(args))
+    image = load_image(args.image, max_side=DISPLAY_MAX_SIDE)
+    explanation = explain_image(model, image, layer=args.layer, guided=args.guided)
+    picture = explanation.overlay(image, guided=args.guided)
+    # Encoded in memory: the file is a PNG whatever its name says.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(cv2.imencode(".png", picture[:, :, ::-1])[1].tobytes())  # OpenCV wants BGR
+    kind = "Guided Grad-CAM" if args.guided else "Grad-CAM"
+    print(f"wrote {out}: {kind} of the image score (raw {explanation.score:.4g}) at layer {explanation.layer}")
+    return 0
+
+
 def command_recalibrate(args: argparse.Namespace) -> int:
     from .batch import collect_inputs
     from .recalibrate import recalibrate, undo_recalibration
@@ -271,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"images per forward pass ({COMMON_PARAMS.get('batch_size').minimum:g} to "
                               f"{COMMON_PARAMS.get('batch_size').maximum:g})")
     predict.set_defaults(handler=command_predict)
+
+    explain = commands.add_parser("explain", help="Grad-CAM of an image's score (which backbone features it depends "
+                                                 "on), written as an overlay PNG")
+    explain.add_argument("--model", required=True, help="model file, with or without its suffix")
+    explain.add_argument("image", help="image file")
+    explain.add_argument("--out", required=True, help="PNG file to write")
+    explain.add_argument("--layer", default=None, help="backbone layer, one of the model's (default: its deepest)")
+    explain.add_argument("--guided", action="store_true", help="Guided Grad-CAM: guided backpropagation's saliency "
+                                                               "times Grad-CAM (finer detail)")
+    _add_param_option(explain, device)
+    explain.set_defaults(handler=command_explain)
 
     recalibrate = commands.add_parser("recalibrate", help="set a model's thresholds again from new good images "
                                                          "(no refit); --undo brings the previous ones back")

@@ -50,10 +50,21 @@ def colorize(anomaly_map: np.ndarray, vmax: float = SCALE_MAX, colormap: str = C
 
 def overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.45, vmax: float = SCALE_MAX) -> np.ndarray:
     """Heatmap blended over an RGB image of the same size; not-inspected pixels dimmed and hatched."""
-    if image.shape[:2] != anomaly_map.shape:
-        raise ValueError(f"map of shape {anomaly_map.shape} does not match image of shape {image.shape[:2]}")
-    blended = cv2.addWeighted(np.ascontiguousarray(image), 1 - alpha, colorize(anomaly_map, vmax), alpha, 0)
-    outside = np.isnan(anomaly_map)
+    return _blend(image, anomaly_map, colorize(anomaly_map, vmax), alpha)
+
+
+def overlay_range(image: np.ndarray, values: np.ndarray, low: float, high: float, alpha: float = 0.45) -> np.ndarray:
+    """A map of other values than the model's scores (plain linear colours from `low` to `high`, e.g. an
+    explanation in [0, 1]) blended over an RGB image of the same size, drawn like `overlay` otherwise."""
+    return _blend(image, values, colorize_range(values, low, high), alpha)
+
+
+def _blend(image: np.ndarray, values: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+    """`colours` (the map `values` coloured) over the image; where `values` is NaN, the image dimmed and hatched."""
+    if image.shape[:2] != values.shape:
+        raise ValueError(f"map of shape {values.shape} does not match image of shape {image.shape[:2]}")
+    blended = cv2.addWeighted(np.ascontiguousarray(image), 1 - alpha, colours, alpha, 0)
+    outside = np.isnan(values)
     if outside.any():
         rows, cols = np.nonzero(outside)
         hatch = ((rows + cols) // 6) % 2 == 0
