@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from tqdm import tqdm
 
+from .batch import OVERLAY_CHOICES
 from .data.datasets import open_dataset
 from .errors import ParameterError, friendly_error, is_user_error
 from .evaluate import round_metrics
@@ -142,21 +143,39 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 _LARGE_IMAGE = Param("large_image", int, 0, "Side of the large test image.", minimum=16, maximum=20000)
+_WORST = Param("worst", int, 12, "The highest-scoring images pictured in the report.", minimum=0, maximum=200)
 
 
 def command_predict(args: argparse.Namespace) -> int:
     from .batch import collect_inputs, score_files
+    from .report import write_report
 
     batch_size = COMMON_PARAMS.get("batch_size").coerce(args.batch_size)
+    worst = _WORST.coerce(args.worst)
     out = check_output_folder(args.out)  # before the model is loaded or anything is scored
     model = load_model(args.model, device=_device(args))
-    summary = score_files(model, collect_inputs(args.inputs), out, batch_size, quiet=args.quiet)
-    print(f"scored {summary.scored} image(s): {summary.flagged} defect(s) at threshold "
-          f"{model.calibration.normalized_image_threshold:.3f} (normalised); {summary.failed} unreadable; "
-          f"wrote {summary.csv_path} and overlays")
+    files = collect_inputs(args.inputs)
+    try:
+        summary = score_files(model, files, out, batch_size, quiet=args.quiet, resume=not args.restart,
+                              overlays=args.overlays)
+    except KeyboardInterrupt:
+        print(f"interrupted: the images scored so far are kept in {out}; the same command goes on from there",
+              file=sys.stderr)
+        return 130
+    if summary.restarted:
+        print(f"note: the earlier results in {out} were made with another model or other thresholds: every image "
+              "was scored again", file=sys.stderr)
     if summary.scored == 0:
         raise ParameterError(f"none of the {summary.failed} input(s) could be read as an image (reasons in "
                              f"{summary.csv_path})")
+    written = [str(summary.csv_path)] + (["overlays"] if args.overlays != "none" else [])
+    if args.report:
+        written.append(str(write_report(model, summary, worst=worst, model_name=Path(args.model).name,
+                                        inputs=[str(name) for name in args.inputs], batch_size=batch_size).path))
+    earlier = f" ({summary.skipped} already scored by an earlier run: skipped)" if summary.skipped else ""
+    print(f"scored {summary.scored} image(s){earlier}: {summary.flagged} defect(s) at threshold "
+          f"{model.calibration.normalized_image_threshold:.3f} (normalised); {summary.failed} unreadable; "
+          f"wrote {', '.join(written)}")
     return 0
 
 
@@ -283,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", default=None, help="write the metrics and per-image scores here")
     evaluate.set_defaults(handler=command_evaluate)
 
-    predict = commands.add_parser("predict", help="score image files or folders: CSV + heatmap overlays")
+    predict = commands.add_parser("predict", help="score image files or folders: CSV + heatmap overlays (+ HTML "
+                                                  "report); a rerun into the same --out skips what is scored")
     predict.add_argument("--model", required=True, help="model file, with or without its suffix")
     predict.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     predict.add_argument("--out", required=True, help="output folder")
@@ -291,6 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", default=16, metavar="INT",
                          help=f"images per forward pass ({COMMON_PARAMS.get('batch_size').minimum:g} to "
                               f"{COMMON_PARAMS.get('batch_size').maximum:g})")
+    predict.add_argument("--report", action="store_true",
+                         help="also write report.html: one self-contained page with the counts, the score histogram, "
+                              "the flagged and worst images' heatmaps and every file's row")
+    predict.add_argument("--worst", default=_WORST.default, metavar="N",
+                         help=f"the report pictures every flagged image and at least the N highest scores "
+                              f"(default {_WORST.default}; {_WORST.maximum:g} pictures at most)")
+    predict.add_argument("--overlays", default="all", choices=OVERLAY_CHOICES,
+                         help="which images get a heatmap overlay PNG in --out (default: all)")
+    predict.add_argument("--restart", action="store_true",
+                         help="score every image again, even those an earlier run into --out scored already")
     predict.set_defaults(handler=command_predict)
 
     explain = commands.add_parser("explain", help="Grad-CAM of an image's score (which backbone features it depends "

@@ -20,6 +20,8 @@ from .scores.regions import Region
 
 COLORMAP = "jet"
 SCALE_MIN, THRESHOLD, SCALE_MAX = 0.0, 0.5, 1.0  # normalised maps; SCALE_MAX is the default colour maximum
+# Good and defect in every chart (the app's Plotly figures and the HTML report's SVG).
+GOOD_COLOR, DEFECT_COLOR = "#2b8a3e", "#c92a2a"
 
 
 def colour_position(values: np.ndarray, vmax: float = SCALE_MAX) -> np.ndarray:
