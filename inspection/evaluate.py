@@ -108,9 +108,14 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
             prediction.geometries[index])
         for index in with_masks]) if with_masks else np.zeros((0,) + model.preprocessing.size, bool)
     maps = prediction.raw_maps[with_masks]
-    if not dataset.protocol.aligned:  # a move can take a whole defect out of view; the image stays a defect
-        defects = [row for row, index in enumerate(with_masks) if samples[index].label == 1]
-        metrics["protocol"]["n_defect_masks_out_of_view"] = int(sum(not masks[row].any() for row in defects))
+    if not dataset.protocol.aligned:
+        # A move can take a whole defect out of view: the image stays a defect (as the field counts it), and how
+        # many did, and the image AUROC without them, say how much of a drop that explains.
+        out_of_view = {index for row, index in enumerate(with_masks)
+                       if samples[index].label == 1 and not masks[row].any()}
+        in_view = [index for index in range(len(samples)) if index not in out_of_view]
+        metrics["protocol"].update(n_defect_masks_out_of_view=len(out_of_view), image_auroc_defects_in_view=(
+            image_auroc(prediction.raw_scores[in_view], labels[in_view])))
     metrics.update(pixel_metrics(maps, masks))
     if model.calibration is not None and len(maps):
         # What an inspector sees at the saved pixel threshold: boxes found, false boxes, the mask's overlap.

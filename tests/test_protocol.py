@@ -176,6 +176,7 @@ def test_cli_evaluate_with_the_rotated_protocol(small_model, demo_root, tmp_path
     result = json.loads(out.read_text())
     assert result["protocol"]["name"] == "rotated" and result["protocol"]["seed"] == 0
     assert result["protocol"]["fill"] == "reflect" and result["protocol"]["n_defect_masks_out_of_view"] >= 0
+    assert 0.5 < result["protocol"]["image_auroc_defects_in_view"] <= 1
     assert result["n_test"] == 50 and 0.5 < result["image_auroc"] <= 1 and 0.5 < result["pixel_auroc"] <= 1
     capsys.readouterr()
     assert main(["--quiet", "evaluate", "--model", str(small_model), "--data", str(demo_root), "--protocol",
