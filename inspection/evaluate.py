@@ -138,6 +138,7 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
     if timing_repeats:
         if progress is not None:
             progress(Progress("timing", 0, 1))
+        # The files as they are: a protocol's move is part of the data, not of what inspection costs.
         metrics.update(time_prediction(model, [sample.path for sample in samples], timing_repeats))
     metrics["device"] = describe_device(model.device)
     return evaluation
