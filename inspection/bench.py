@@ -30,6 +30,7 @@ import torch
 
 from . import __version__
 from .data.datasets import list_categories
+from .data.protocol import ALIGNED, AlignmentProtocol
 from .errors import ParameterError
 from .model.base import AnomalyModel
 from .registry import get_method
@@ -86,9 +87,10 @@ def find_root(data_roots: Sequence[str], category: str) -> str:
 
 
 def bench_one(method: str, data_root: str, category: str, params: dict[str, Any],
-              own_settings: dict[str, str] | None = None, save_to: str | None = None) -> dict[str, Any]:
-    """Fit, evaluate and measure one method on one category (in the current process); save it when asked.
-    `own_settings` are the settings given to this method alone (they name the row)."""
+              own_settings: dict[str, str] | None = None, save_to: str | None = None,
+              protocol: AlignmentProtocol = ALIGNED) -> dict[str, Any]:
+    """Fit, evaluate and measure one method on one category (in the current process) under `protocol`; save it
+    when asked. `own_settings` are the settings given to this method alone (they name the row)."""
     from .pipeline import train
 
     configure_threads()
@@ -96,7 +98,7 @@ def bench_one(method: str, data_root: str, category: str, params: dict[str, Any]
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    result = train(method, params, data_root, category, save_to)
+    result = train(method, params, data_root, category, save_to, protocol=protocol)
     total_seconds = time.perf_counter() - started
     model = result.model
     peak_mib = peak_rss_mib()
@@ -229,10 +231,10 @@ def folder_memory_markdown(result: dict[str, Any], environment: dict[str, Any]) 
 
 def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Sequence[str], out: Path,
               settings: Sequence[str] = (), device: str | None = None, quiet: bool = False,
-              large_image: int | None = None) -> list[dict[str, Any]]:
+              large_image: int | None = None, protocol: AlignmentProtocol = ALIGNED) -> list[dict[str, Any]]:
     """Every method (spec) on every category, each in a fresh process; results are written after every run.
-    With `large_image`, also the peak memory of scoring one large_image×large_image grayscale PNG with the first
-    of those models."""
+    Under `protocol` every run's train and test images are moved by it. With `large_image`, also the peak memory
+    of scoring one large_image×large_image grayscale PNG with the first of those models."""
     specs = [parse_method_spec(spec) for spec in methods]  # unknown methods fail before any run
     # Every run's settings and data are checked before the first run starts, or anything is written.
     runs = []
@@ -253,7 +255,8 @@ def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Seq
                 given = "".join(f" {key}={value}" for key, value in own_settings.items())
                 print(f"bench: {method}{given} on {category} …", file=sys.stderr, flush=True)
             save_to = str(first_model) if large_image and not results else None
-            results.append(in_fresh_process(bench_one, method, root, category, params, own_settings, save_to))
+            results.append(in_fresh_process(bench_one, method, root, category, params, own_settings, save_to,
+                                            protocol))
             _write_results(out, results)  # after every run: a long bench that fails late keeps what it measured
             if not quiet:
                 row = results[-1]
@@ -320,6 +323,8 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
              "run that started or ended with a load above its cores is marked ⚠.",
              "Preprocessing per category: " + "; ".join(
                  f"{category}: {text}" for category, text in _preprocessing_by_category(results).items())]
+    protocols = {AlignmentProtocol.from_dict(row["protocol"]) for row in results if row.get("protocol")}
+    notes += [f"Protocol: {protocol.describe()}." for protocol in sorted(protocols, key=lambda item: item.seed)]
     if large_image:
         notes.append(f"Large image: `predict` of one {large_image['side']}×{large_image['side']} grayscale PNG "
                      f"({large_image['megapixels']} Mpx) with {large_image['model']}: peak RSS "

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .batch import OVERLAY_CHOICES
 from .data.datasets import open_dataset
+from .data.protocol import PROTOCOLS, AlignmentProtocol
 from .errors import ParameterError, friendly_error, is_user_error
 from .evaluate import round_metrics
 from .model.base import COMMON_PARAMS
@@ -98,15 +99,44 @@ def _device(args: argparse.Namespace) -> str | None:
     return None if args.param_device is None else COMMON_PARAMS.get("device").coerce(args.param_device)
 
 
+_PROTOCOL_SEED = Param("protocol_seed", int, 0, "Seed of the protocol's per-image moves.", minimum=0)
+
+
+def _add_protocol_options(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    """--protocol and --protocol-seed (`default` None: the model's own)."""
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=default,
+                        help=f"aligned: images as captured; rotated: {what} each turned by a random angle in "
+                             "(-10°, +10°) and cut as a random 224 crop of the 256 frame, masks alike "
+                             f"(default: {default or 'the protocol the model was fitted under'})")
+    seed_default = "0" if default else "the model's when it was fitted under the same protocol, else 0"
+    parser.add_argument("--protocol-seed", default=None, metavar="INT",
+                        help=f"seed of the per-image angles and crops (default: {seed_default})")
+
+
+def _protocol_seed(args: argparse.Namespace) -> int | None:
+    """The --protocol-seed given (checked), or None."""
+    return None if args.protocol_seed is None else _PROTOCOL_SEED.coerce(args.protocol_seed)
+
+
+def _protocol(args: argparse.Namespace, fitted: AlignmentProtocol | None = None) -> AlignmentProtocol:
+    """The protocol asked for; what is not given comes from `fitted` (the model's) when there is one."""
+    name = args.protocol or (fitted.name if fitted else "aligned")
+    seed = _protocol_seed(args)
+    if seed is None:
+        seed = fitted.seed if fitted is not None and fitted.name == name else 0
+    return AlignmentProtocol(name, seed)
+
+
 def command_fit(args: argparse.Namespace) -> int:
     from .pipeline import model_path, train
 
     given = _given_params(args)
     _check_applicable(args.method, given)
+    protocol = _protocol(args)
     bars = ProgressBars(args.quiet)
     try:
         result = train(args.method, given, args.data, args.category, args.out, evaluate_test=not args.no_evaluate,
-                       progress=bars)
+                       progress=bars, protocol=protocol)
     finally:
         bars.close()
     model, info = result.model, result.model.info
@@ -125,8 +155,10 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output_file(args.json)
+    _protocol_seed(args)  # a wrong seed fails before the model is loaded
     model = load_model(args.model, device=_device(args))
-    dataset = open_dataset(args.data, args.category)
+    protocol = _protocol(args, model.info.alignment_protocol())
+    dataset = open_dataset(args.data, args.category).with_protocol(protocol)
     bars = ProgressBars(args.quiet)
     try:
         evaluation = evaluate(model, dataset, progress=bars)
@@ -227,7 +259,10 @@ def command_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     check_output_folder(args.out)
+    protocol = _protocol(args)
     if args.contention:
+        if not protocol.aligned:
+            raise ParameterError("--protocol does not apply to --contention (it measures speed, not accuracy)")
         from .bench import find_root, parse_method_spec
         from .contention import run_contention
 
@@ -238,7 +273,8 @@ def command_bench(args: argparse.Namespace) -> int:
         return 0
     large_image = None if args.large_image is None else _LARGE_IMAGE.coerce(args.large_image)
     run_bench(methods=args.methods, data_roots=args.data, categories=args.categories, out=Path(args.out),
-              settings=args.set or [], device=_device(args), quiet=args.quiet, large_image=large_image)
+              settings=args.set or [], device=_device(args), quiet=args.quiet, large_image=large_image,
+              protocol=protocol)
     return 0
 
 
@@ -291,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, help=f"model file to write (the suffix {MODEL_SUFFIX} is added when "
                                                   "missing)")
     fit.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on the test split")
+    _add_protocol_options(fit, "aligned", "train and test images")
     _method_param_options(fit)
     fit.set_defaults(handler=command_fit)
 
@@ -300,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--category", default=None)
     _add_param_option(evaluate, device)
     evaluate.add_argument("--json", default=None, help="write the metrics and per-image scores here")
+    _add_protocol_options(evaluate, None, "test images")
     evaluate.set_defaults(handler=command_evaluate)
 
     predict = commands.add_parser("predict", help="score image files or folders: CSV + heatmap overlays (+ HTML "
@@ -355,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--contention", action="store_true",
                        help="instead of accuracy: time predict and fit quiet and beside busy neighbours (the first "
                             "method, each category); writes contention.json and contention.md")
+    _add_protocol_options(bench, "aligned", "train and test images")
     bench.add_argument("--large-image", default=None, metavar="SIDE",
                        help="also measure the peak memory of predict on one SIDE×SIDE grayscale PNG (e.g. 9999)")
     bench.set_defaults(handler=command_bench)
