@@ -168,6 +168,13 @@ def metric(page, label: str, scope: str = "") -> str:
     return block.locator('[data-testid="stMetricValue"]').first.inner_text().strip()
 
 
+def images_shown(page, count: int) -> None:
+    """Wait until the page shows `count` images (a rerun may still be drawing them), or fail saying how many."""
+    from playwright.sync_api import expect
+
+    expect(page.locator('[data-testid="stImage"]')).to_have_count(count, timeout=30_000)
+
+
 def screenshot(page, name: str) -> None:
     """A screenshot of the whole page (the main area scrolls, so the viewport is grown to fit it)."""
     height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
@@ -262,13 +269,13 @@ def test_train_upload_threshold_and_every_page(app: dict, page, tmp_path: Path) 
     # 4. Every other page opens with no exception and no error box.
     open_page(page, app, "Dataset")
     assert_no_errors(page, "Dataset")
-    assert page.locator('[data-testid="stImage"]').count() == 24  # one page of thumbnails
+    images_shown(page, 24)  # one page of thumbnails
     choose(page, "Split", "test")
     choose(page, "Type", "hole")
-    assert page.locator('[data-testid="stImage"]').count() == 10
+    images_shown(page, 10)
     page.locator("button", has_text="Enlarge").first.click()
     wait_idle(page)
-    assert page.locator('[data-testid="stImage"]').count() == 11
+    images_shown(page, 11)
     assert_no_errors(page, "Dataset (enlarged)")
     screenshot(page, "dataset")
 
@@ -286,7 +293,7 @@ def test_train_upload_threshold_and_every_page(app: dict, page, tmp_path: Path) 
     step("compare")
     open_page(page, app, "Compare")
     assert_no_errors(page, "Compare")
-    assert page.locator('[data-testid="stImage"]').count() == 4 * 3  # 4 images: original + 2 heatmaps each
+    images_shown(page, 4 * 3)  # 4 images: original + 2 heatmaps each
     assert page.get_by_text("score ", exact=False).count() >= 8
     screenshot(page, "compare")
 
