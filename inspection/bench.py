@@ -350,7 +350,7 @@ def promise_table(results: Sequence[dict[str, Any]]) -> str:
             low, high = entry["ci"]
             weaker = f" (promise {entry['promised']:.1%})" if entry["promised"] > entry["target"] + 1e-12 else ""
             cells.append(f"{entry['fpr']:.1%} [{low:.1%}, {high:.1%}]{weaker}")
-        lines.append(f"| {row['method']} | {row['category']} | {row.get('n_heldout_images', '—')} | "
+        lines.append(f"| {row.get('label', row['method'])} | {row['category']} | {row.get('n_heldout_images', '—')} | "
                      f"{row['n_unseen_good']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
