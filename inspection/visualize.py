@@ -40,7 +40,12 @@ def colour_position(values: np.ndarray, vmax: float = SCALE_MAX) -> np.ndarray:
 
 def colorize(anomaly_map: np.ndarray, vmax: float = SCALE_MAX, colormap: str = COLORMAP) -> np.ndarray:
     """H×W float map → H×W×3 uint8 RGB on the two-half scale up to `vmax`; NaN (not inspected) becomes mid grey."""
-    unit = colour_position(anomaly_map, vmax)
+    return _coloured(colour_position(anomaly_map, vmax), colormap)
+
+
+def _coloured(unit: np.ndarray, colormap: str) -> np.ndarray:
+    """Positions in [0, 1] (NaN: not inspected) → RGB uint8 through the colour map; NaN becomes mid grey.
+    `unit` is a temporary of the caller's and is scaled in place (a 4096² map: no second float copy)."""
     unit *= 255.0
     not_inspected = np.isnan(unit)
     unit[not_inspected] = 0.0
@@ -125,10 +130,4 @@ def colorize_range(values: np.ndarray, low: float, high: float, colormap: str = 
     the model's normalised scores: no threshold in the middle); NaN becomes mid grey."""
     values = np.asarray(values, dtype=np.float32)
     span = float(high) - float(low)
-    unit = np.clip((values - float(low)) / (span if span > 0 else 1.0), 0.0, 1.0) * 255.0
-    not_inspected = np.isnan(unit)
-    unit[not_inspected] = 0.0
-    lookup = (colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
-    rgb = lookup[unit.astype(np.uint8)]
-    rgb[not_inspected] = 128
-    return rgb
+    return _coloured(np.clip((values - float(low)) / (span if span > 0 else 1.0), 0.0, 1.0), colormap)
