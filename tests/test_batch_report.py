@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_testing import REPO, copy_model, demo_image, train_small_model
+from app_testing import copy_model, demo_image, run_page, train_small_model
 from inspection.batch import CSV_NAME, STATE_NAME, collect_inputs, score_files
 from inspection.cli import main
 from inspection.model.modelfile import update_header
@@ -192,10 +192,7 @@ def models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_root: Path) -> 
 
 
 def run_batch_page(**state) -> AppTest:
-    at = AppTest.from_file(str(REPO / "pages" / "6_Batch.py"), default_timeout=120)
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.run()
+    return run_page("pages/6_Batch.py", **state)
 
 
 def test_the_batch_page_scores_a_folder_resumes_and_offers_the_downloads(models: Path, small_model: Path,

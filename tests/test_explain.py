@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app_testing import REPO, copy_model, train_small_model
+from app_testing import assert_clean, copy_model, run_page, train_small_model
 from inspection.cli import main
 from inspection.errors import NotExplainableError, ParameterError
 from inspection.explain import default_layer, explain_image, grad_cam, unavailable_reason
@@ -163,15 +163,7 @@ def models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_root: Path) -> 
 
 
 def run_inspect(**state) -> AppTest:
-    at = AppTest.from_file(str(REPO / "pages" / "4_Inspect.py"), default_timeout=120)
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.run()
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [exception.value for exception in at.exception]
-    assert not at.error, [error.value for error in at.error]
+    return run_page("pages/4_Inspect.py", **state)
 
 
 def test_the_inspect_page_explains_the_score_on_request(models: Path, demo_root: Path, tmp_path: Path) -> None:
