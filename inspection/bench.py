@@ -30,6 +30,7 @@ import torch
 
 from . import __version__
 from .data.datasets import list_categories
+from .data.protocol import ALIGNED, AlignmentProtocol
 from .errors import ParameterError
 from .model.base import AnomalyModel
 from .registry import get_method
@@ -86,9 +87,10 @@ def find_root(data_roots: Sequence[str], category: str) -> str:
 
 
 def bench_one(method: str, data_root: str, category: str, params: dict[str, Any],
-              own_settings: dict[str, str] | None = None, save_to: str | None = None) -> dict[str, Any]:
-    """Fit, evaluate and measure one method on one category (in the current process); save it when asked.
-    `own_settings` are the settings given to this method alone (they name the row)."""
+              own_settings: dict[str, str] | None = None, save_to: str | None = None,
+              protocol: AlignmentProtocol = ALIGNED) -> dict[str, Any]:
+    """Fit, evaluate and measure one method on one category (in the current process) under `protocol`; save it
+    when asked. `own_settings` are the settings given to this method alone (they name the row)."""
     from .pipeline import train
 
     configure_threads()
@@ -96,7 +98,7 @@ def bench_one(method: str, data_root: str, category: str, params: dict[str, Any]
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    result = train(method, params, data_root, category, save_to)
+    result = train(method, params, data_root, category, save_to, protocol=protocol)
     total_seconds = time.perf_counter() - started
     model = result.model
     peak_mib = peak_rss_mib()
@@ -162,12 +164,77 @@ def large_image_memory(model_path: Path, side: int, scratch: Path) -> dict[str, 
                                                          str(scratch / "out-small")), 1)}
 
 
+def write_folder_images(folder: Path, count: int, side: int, demo_root: Path) -> Path:
+    """`count` side×side JPEG images (a production line's folder) made from the demo dataset's test images, each
+    resized, and mirrored on every other pass so that no two files are alike."""
+    sources = sorted(demo_root.glob("test/*/*.png"))
+    if not sources:
+        raise ParameterError(f"no test images under {demo_root}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        image = cv2.resize(cv2.imread(str(sources[index % len(sources)])), (side, side), interpolation=cv2.INTER_LINEAR)
+        if (index // len(sources)) % 2:
+            image = np.ascontiguousarray(image[:, ::-1])
+        cv2.imwrite(str(folder / f"part_{index:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return folder
+
+
+def predict_folder_run(model_path: str, folder: str, out: str) -> dict[str, Any]:
+    """`predict --report` of a folder in this process — the same calls as the command line's, in the same order:
+    seconds, images in the CSV, peak resident memory (VmHWM) of the whole process."""
+    from .batch import collect_inputs, score_files
+    from .registry import load_model
+    from .report import write_report
+
+    configure_threads()
+    started = time.perf_counter()
+    model = load_model(model_path)
+    summary = score_files(model, collect_inputs([folder]), Path(out), batch_size=16)
+    report = write_report(model, summary, model_name=Path(model_path).name, inputs=[folder], batch_size=16)
+    seconds = time.perf_counter() - started
+    if summary.scored != len(summary.rows):
+        raise RuntimeError(f"predict of {folder}: {summary.failed} image(s) could not be read")
+    return {"seconds": round(seconds, 1), "images": len(summary.rows), "skipped": summary.skipped,
+            "peak_rss_mib": round(peak_rss_mib(), 1), "report_kib": round(report.path.stat().st_size / 1024, 1),
+            **thread_settings()}
+
+
+def folder_memory(model_path: Path, count: int, side: int, demo_root: Path, scratch: Path) -> dict[str, Any]:
+    """Peak RSS of `predict --report` over a folder of `count` side×side images, each run in a fresh process: the
+    first run, the same command again (every image skipped) and, for comparison, a folder a tenth as large."""
+    few = max(1, count // 10)
+    large = write_folder_images(scratch / "images", count, side, demo_root)
+    small = write_folder_images(scratch / "images-few", few, side, demo_root)
+    return {"images": count, "side": side,
+            "first": in_fresh_process(predict_folder_run, str(model_path), str(large), str(scratch / "out")),
+            "again": in_fresh_process(predict_folder_run, str(model_path), str(large), str(scratch / "out")),
+            "few": in_fresh_process(predict_folder_run, str(model_path), str(small), str(scratch / "out-few"))}
+
+
+def folder_memory_markdown(result: dict[str, Any], environment: dict[str, Any]) -> str:
+    """The folder measurement as a Markdown table and the conditions it was measured under."""
+    lines = ["| run | images | seconds | peak RSS MiB | report KiB |", "|---|---|---|---|---|"]
+    for key, label in (("first", "first run"), ("again", "the same command again (every image skipped)"),
+                       ("few", "a folder a tenth as large")):
+        run = result[key]
+        lines.append(f"| {label} | {run['images']} | {run['seconds']:.1f} | {run['peak_rss_mib']:.0f} | "
+                     f"{run['report_kib']:.0f} |")
+    first = result["first"]
+    return "\n".join(lines) + (
+        f"\n\n`predict --report` over {result['images']} generated {result['side']}×{result['side']} JPEG images "
+        f"with {result['model']}, batch size 16, every overlay written; each run in a fresh process (seconds: the "
+        f"whole command, model loading and report included), peak RSS = its VmHWM. Measured {environment['date']} "
+        f"with inspection {environment['inspection']}, torch "
+        f"{environment['torch']}, {first['torch_threads']} torch threads ({environment['machine']}), load average "
+        f"{first['load_average_1min']:.1f} on {first['cores_available']} cores as the first run ended.\n")
+
+
 def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Sequence[str], out: Path,
               settings: Sequence[str] = (), device: str | None = None, quiet: bool = False,
-              large_image: int | None = None) -> list[dict[str, Any]]:
+              large_image: int | None = None, protocol: AlignmentProtocol = ALIGNED) -> list[dict[str, Any]]:
     """Every method (spec) on every category, each in a fresh process; results are written after every run.
-    With `large_image`, also the peak memory of scoring one large_image×large_image grayscale PNG with the first
-    of those models."""
+    Under `protocol` every run's train and test images are moved by it. With `large_image`, also the peak memory
+    of scoring one large_image×large_image grayscale PNG with the first of those models."""
     specs = [parse_method_spec(spec) for spec in methods]  # unknown methods fail before any run
     # Every run's settings and data are checked before the first run starts, or anything is written.
     runs = []
@@ -188,7 +255,8 @@ def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Seq
                 given = "".join(f" {key}={value}" for key, value in own_settings.items())
                 print(f"bench: {method}{given} on {category} …", file=sys.stderr, flush=True)
             save_to = str(first_model) if large_image and not results else None
-            results.append(in_fresh_process(bench_one, method, root, category, params, own_settings, save_to))
+            results.append(in_fresh_process(bench_one, method, root, category, params, own_settings, save_to,
+                                            protocol))
             _write_results(out, results)  # after every run: a long bench that fails late keeps what it measured
             if not quiet:
                 row = results[-1]
@@ -208,10 +276,14 @@ def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Seq
     return results
 
 
+def environment_record() -> dict[str, Any]:
+    """What a measurement was made with: versions, machine, threads, date."""
+    return {"inspection": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "cpu_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+
+
 def _write_results(out: Path, results: list[dict[str, Any]], large_image: dict[str, Any] | None = None) -> None:
-    environment = {"inspection": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                   "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
-                   "date": time.strftime("%Y-%m-%d")}
+    environment = environment_record()
     report: dict[str, Any] = {"environment": environment, "results": results}
     if large_image:
         report["large_image"] = large_image
@@ -251,6 +323,8 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
              "run that started or ended with a load above its cores is marked ⚠.",
              "Preprocessing per category: " + "; ".join(
                  f"{category}: {text}" for category, text in _preprocessing_by_category(results).items())]
+    protocols = {AlignmentProtocol.from_dict(row["protocol"]) for row in results if row.get("protocol")}
+    notes += [f"Protocol: {protocol.describe()}." for protocol in sorted(protocols, key=lambda item: item.seed)]
     if large_image:
         notes.append(f"Large image: `predict` of one {large_image['side']}×{large_image['side']} grayscale PNG "
                      f"({large_image['megapixels']} Mpx) with {large_image['model']}: peak RSS "
@@ -276,7 +350,7 @@ def promise_table(results: Sequence[dict[str, Any]]) -> str:
             low, high = entry["ci"]
             weaker = f" (promise {entry['promised']:.1%})" if entry["promised"] > entry["target"] + 1e-12 else ""
             cells.append(f"{entry['fpr']:.1%} [{low:.1%}, {high:.1%}]{weaker}")
-        lines.append(f"| {row['method']} | {row['category']} | {row.get('n_heldout_images', '—')} | "
+        lines.append(f"| {row.get('label', row['method'])} | {row['category']} | {row.get('n_heldout_images', '—')} | "
                      f"{row['n_unseen_good']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

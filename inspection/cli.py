@@ -1,4 +1,5 @@
-"""Command line: ``python -m inspection {fit,evaluate,predict,bench,methods,demo} …`` (or ``inspection …``).
+"""Command line: ``python -m inspection {fit,evaluate,predict,explain,recalibrate,bench,methods,demo} …`` (or
+``inspection …``).
 
 The command and option names are fixed so that scripts can rely on them. Every method parameter becomes an
 option from its declaration in the registry, so a new method's settings appear here with no edit. Errors a
@@ -16,7 +17,9 @@ from typing import Any, NoReturn
 
 from tqdm import tqdm
 
+from .batch import OVERLAY_CHOICES
 from .data.datasets import open_dataset
+from .data.protocol import PROTOCOLS, AlignmentProtocol
 from .errors import ParameterError, friendly_error, is_user_error
 from .evaluate import round_metrics
 from .model.base import COMMON_PARAMS
@@ -96,15 +99,44 @@ def _device(args: argparse.Namespace) -> str | None:
     return None if args.param_device is None else COMMON_PARAMS.get("device").coerce(args.param_device)
 
 
+_PROTOCOL_SEED = Param("protocol_seed", int, 0, "Seed of the protocol's per-image moves.", minimum=0)
+
+
+def _add_protocol_options(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    """--protocol and --protocol-seed (`default` None: the model's own)."""
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=default,
+                        help=f"aligned: images as captured; rotated: {what} each turned by a random angle in "
+                             "(-10°, +10°) and cut as a random 224 crop of the 256 frame, masks alike "
+                             f"(default: {default or 'the protocol the model was fitted under'})")
+    seed_default = "0" if default else "the model's when it was fitted under the same protocol, else 0"
+    parser.add_argument("--protocol-seed", default=None, metavar="INT",
+                        help=f"seed of the per-image angles and crops (default: {seed_default})")
+
+
+def _protocol_seed(args: argparse.Namespace) -> int | None:
+    """The --protocol-seed given (checked), or None."""
+    return None if args.protocol_seed is None else _PROTOCOL_SEED.coerce(args.protocol_seed)
+
+
+def _protocol(args: argparse.Namespace, fitted: AlignmentProtocol | None = None) -> AlignmentProtocol:
+    """The protocol asked for; what is not given comes from `fitted` (the model's) when there is one."""
+    name = args.protocol or (fitted.name if fitted else "aligned")
+    seed = _protocol_seed(args)
+    if seed is None:
+        seed = fitted.seed if fitted is not None and fitted.name == name else 0
+    return AlignmentProtocol(name, seed)
+
+
 def command_fit(args: argparse.Namespace) -> int:
     from .pipeline import model_path, train
 
     given = _given_params(args)
     _check_applicable(args.method, given)
+    protocol = _protocol(args)
     bars = ProgressBars(args.quiet)
     try:
         result = train(args.method, given, args.data, args.category, args.out, evaluate_test=not args.no_evaluate,
-                       progress=bars)
+                       progress=bars, protocol=protocol)
     finally:
         bars.close()
     model, info = result.model, result.model.info
@@ -123,8 +155,10 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
     if args.json:
         check_output_file(args.json)
+    _protocol_seed(args)  # a wrong seed fails before the model is loaded
     model = load_model(args.model, device=_device(args))
-    dataset = open_dataset(args.data, args.category)
+    protocol = _protocol(args, model.info.alignment_protocol())
+    dataset = open_dataset(args.data, args.category).with_protocol(protocol)
     bars = ProgressBars(args.quiet)
     try:
         evaluation = evaluate(model, dataset, progress=bars)
@@ -141,21 +175,59 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 _LARGE_IMAGE = Param("large_image", int, 0, "Side of the large test image.", minimum=16, maximum=20000)
+_WORST = Param("worst", int, 12, "The highest-scoring images pictured in the report.", minimum=0, maximum=200)
 
 
 def command_predict(args: argparse.Namespace) -> int:
     from .batch import collect_inputs, score_files
+    from .report import write_report
 
     batch_size = COMMON_PARAMS.get("batch_size").coerce(args.batch_size)
+    worst = _WORST.coerce(args.worst)
     out = check_output_folder(args.out)  # before the model is loaded or anything is scored
     model = load_model(args.model, device=_device(args))
-    summary = score_files(model, collect_inputs(args.inputs), out, batch_size, quiet=args.quiet)
-    print(f"scored {summary.scored} image(s): {summary.flagged} defect(s) at threshold "
-          f"{model.calibration.normalized_image_threshold:.3f} (normalised); {summary.failed} unreadable; "
-          f"wrote {summary.csv_path} and overlays")
+    files = collect_inputs(args.inputs)
+    try:
+        summary = score_files(model, files, out, batch_size, quiet=args.quiet, resume=not args.restart,
+                              overlays=args.overlays)
+    except KeyboardInterrupt:
+        print(f"interrupted: the images scored so far are kept in {out}; the same command goes on from there",
+              file=sys.stderr)
+        return 130
+    if summary.restarted:
+        print(f"note: the earlier results in {out} were made with another model or other thresholds: every image "
+              "was scored again", file=sys.stderr)
     if summary.scored == 0:
         raise ParameterError(f"none of the {summary.failed} input(s) could be read as an image (reasons in "
                              f"{summary.csv_path})")
+    written = [str(summary.csv_path)] + (["overlays"] if args.overlays != "none" else [])
+    if args.report:
+        written.append(str(write_report(model, summary, worst=worst, model_name=Path(args.model).name,
+                                        inputs=[str(name) for name in args.inputs], batch_size=batch_size).path))
+    earlier = f" ({summary.skipped} already scored by an earlier run: skipped)" if summary.skipped else ""
+    print(f"scored {summary.scored} image(s){earlier}: {summary.flagged} defect(s) at threshold "
+          f"{model.calibration.normalized_image_threshold:.3f} (normalised); {summary.failed} unreadable; "
+          f"wrote {', '.join(written)}")
+    return 0
+
+
+def command_explain(args: argparse.Namespace) -> int:
+    import cv2
+
+    from .data.images import load_image
+    from .explain import explain_image
+    from .results import DISPLAY_MAX_SIDE
+
+    out = check_output_file(args.out)  # before the model is loaded
+    model = load_model(args.model, device=_device(args))
+    image = load_image(args.image, max_side=DISPLAY_MAX_SIDE)
+    explanation = explain_image(model, image, layer=args.layer, guided=args.guided)
+    picture = explanation.overlay(image, guided=args.guided)
+    # Encoded in memory: the file is a PNG whatever its name says.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(cv2.imencode(".png", picture[:, :, ::-1])[1].tobytes())  # OpenCV wants BGR
+    kind = "Guided Grad-CAM" if args.guided else "Grad-CAM"
+    print(f"wrote {out}: {kind} of the image score (raw {explanation.score:.4g}) at layer {explanation.layer}")
     return 0
 
 
@@ -187,7 +259,10 @@ def command_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     check_output_folder(args.out)
+    protocol = _protocol(args)
     if args.contention:
+        if not protocol.aligned:
+            raise ParameterError("--protocol does not apply to --contention (it measures speed, not accuracy)")
         from .bench import find_root, parse_method_spec
         from .contention import run_contention
 
@@ -198,7 +273,8 @@ def command_bench(args: argparse.Namespace) -> int:
         return 0
     large_image = None if args.large_image is None else _LARGE_IMAGE.coerce(args.large_image)
     run_bench(methods=args.methods, data_roots=args.data, categories=args.categories, out=Path(args.out),
-              settings=args.set or [], device=_device(args), quiet=args.quiet, large_image=large_image)
+              settings=args.set or [], device=_device(args), quiet=args.quiet, large_image=large_image,
+              protocol=protocol)
     return 0
 
 
@@ -251,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, help=f"model file to write (the suffix {MODEL_SUFFIX} is added when "
                                                   "missing)")
     fit.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on the test split")
+    _add_protocol_options(fit, "aligned", "train and test images")
     _method_param_options(fit)
     fit.set_defaults(handler=command_fit)
 
@@ -260,9 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--category", default=None)
     _add_param_option(evaluate, device)
     evaluate.add_argument("--json", default=None, help="write the metrics and per-image scores here")
+    _add_protocol_options(evaluate, None, "test images")
     evaluate.set_defaults(handler=command_evaluate)
 
-    predict = commands.add_parser("predict", help="score image files or folders: CSV + heatmap overlays")
+    predict = commands.add_parser("predict", help="score image files or folders: CSV + heatmap overlays (+ HTML "
+                                                  "report); a rerun into the same --out skips what is scored")
     predict.add_argument("--model", required=True, help="model file, with or without its suffix")
     predict.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     predict.add_argument("--out", required=True, help="output folder")
@@ -270,7 +349,28 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", default=16, metavar="INT",
                          help=f"images per forward pass ({COMMON_PARAMS.get('batch_size').minimum:g} to "
                               f"{COMMON_PARAMS.get('batch_size').maximum:g})")
+    predict.add_argument("--report", action="store_true",
+                         help="also write report.html: one self-contained page with the counts, the score histogram, "
+                              "the flagged and worst images' heatmaps and every file's row")
+    predict.add_argument("--worst", default=_WORST.default, metavar="N",
+                         help=f"the report pictures every flagged image and at least the N highest scores "
+                              f"(default {_WORST.default}; {_WORST.maximum:g} pictures at most)")
+    predict.add_argument("--overlays", default="all", choices=OVERLAY_CHOICES,
+                         help="which images get a heatmap overlay PNG in --out (default: all)")
+    predict.add_argument("--restart", action="store_true",
+                         help="score every image again, even those an earlier run into --out scored already")
     predict.set_defaults(handler=command_predict)
+
+    explain = commands.add_parser("explain", help="Grad-CAM of an image's score (which backbone features it depends "
+                                                 "on), written as an overlay PNG")
+    explain.add_argument("--model", required=True, help="model file, with or without its suffix")
+    explain.add_argument("image", help="image file")
+    explain.add_argument("--out", required=True, help="PNG file to write")
+    explain.add_argument("--layer", default=None, help="backbone layer, one of the model's (default: its deepest)")
+    explain.add_argument("--guided", action="store_true", help="Guided Grad-CAM: guided backpropagation's saliency "
+                                                               "times Grad-CAM (finer detail)")
+    _add_param_option(explain, device)
+    explain.set_defaults(handler=command_explain)
 
     recalibrate = commands.add_parser("recalibrate", help="set a model's thresholds again from new good images "
                                                          "(no refit); --undo brings the previous ones back")
@@ -293,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--contention", action="store_true",
                        help="instead of accuracy: time predict and fit quiet and beside busy neighbours (the first "
                             "method, each category); writes contention.json and contention.md")
+    _add_protocol_options(bench, "aligned", "train and test images")
     bench.add_argument("--large-image", default=None, metavar="SIDE",
                        help="also measure the peak memory of predict on one SIDE×SIDE grayscale PNG (e.g. 9999)")
     bench.set_defaults(handler=command_bench)

@@ -64,6 +64,12 @@ class OutputError(InspectionError, OSError):
     what = "Cannot write the output"
 
 
+class NotExplainableError(InspectionError, ValueError):
+    """An explanation (Grad-CAM) was asked of a model whose score it is not defined for; the message says why."""
+
+    what = "No Grad-CAM for this model"
+
+
 class BusyError(InspectionError, RuntimeError):
     """Work was refused because other work of its kind is running (e.g. a training); the message says which."""
 

@@ -1,10 +1,11 @@
 """Evaluating a fitted model on a dataset's test split, the field's way, and timing it honestly.
 
 Metrics are computed at the working scale on each image's whole resized frame, against ground-truth masks
-resized the same way: every defect pixel of the original counts, and one the model never saw (outside a
-centre crop) scores -inf, missed at every threshold. `inspected_fraction` is the share of the images' area
-the model saw. Speed is the median wall time per image of preprocessed images at batch size 1 and
-in batches of 16, after a warm-up, the anomaly map at input resolution included; decoding is timed apart.
+resized the same way (and, under a non-aligned protocol, moved as their images: `data/protocol.py`): every defect
+pixel of the original counts, and one the model never saw (outside a centre crop) scores -inf, missed at every
+threshold. `inspected_fraction` is the share of the images' area the model saw. Speed is the median wall time per
+image of preprocessed images at batch size 1 and in batches of 16, after a warm-up, the anomaly map at input
+resolution included; decoding is timed apart.
 """
 
 from __future__ import annotations
@@ -97,10 +98,12 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
     samples = dataset.test
     if not samples:
         raise ValueError(f"dataset {dataset.category!r} has no test images to evaluate on")
-    prediction = model.predict([sample.path for sample in samples], progress=progress)
+    prediction = model.predict([sample.source for sample in samples], progress=progress)
     labels = np.array([sample.label for sample in samples])
     metrics: dict[str, Any] = {"n_test": len(samples), "n_defect": int(labels.sum()),
                                "image_auroc": image_auroc(prediction.raw_scores, labels)}
+    if not dataset.protocol.aligned:  # aligned evaluations stay as they were; others say what moved the images
+        metrics["protocol"] = dataset.protocol.to_dict()
 
     with_masks = [index for index, sample in enumerate(samples) if sample.label == 0 or sample.mask_path]
     metrics["inspected_fraction"] = float(np.mean([geometry.inspected_fraction
@@ -117,6 +120,14 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
         maps = np.zeros((0,) + model.preprocessing.size, np.float32)
         masks, valid = np.zeros(maps.shape, bool), np.zeros(maps.shape, bool)
     del frames, frame_masks
+    if not dataset.protocol.aligned:
+        # A move can take a whole defect out of view: the image stays a defect (as the field counts it), and how
+        # many did, and the image AUROC without them, say how much of a drop that explains.
+        out_of_view = {index for row, index in enumerate(with_masks)
+                       if samples[index].label == 1 and not masks[row].any()}
+        in_view = [index for index in range(len(samples)) if index not in out_of_view]
+        metrics["protocol"].update(n_defect_masks_out_of_view=len(out_of_view), image_auroc_defects_in_view=(
+            image_auroc(prediction.raw_scores[in_view], labels[in_view])))
     metrics.update(pixel_metrics(maps, masks, valid=valid))
     if model.calibration is not None and len(maps):
         # What an inspector sees at the saved pixel threshold: boxes found, false boxes, the mask's overlap.
@@ -141,6 +152,7 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
     if timing_repeats:
         if progress is not None:
             progress(Progress("timing", 0, 1))
+        # The files as they are: a protocol's move is part of the data, not of what inspection costs.
         metrics.update(time_prediction(model, [sample.path for sample in samples], timing_repeats))
     metrics["device"] = describe_device(model.device)
     return evaluation

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.datasets import Dataset, open_dataset
+from .data.protocol import AlignmentProtocol
 from .errors import friendly_error
 from .evaluate import Evaluation, evaluate, record_evaluation
 from .model.base import AnomalyModel
@@ -50,9 +51,11 @@ def model_path(out: str | os.PathLike) -> Path:
 
 def fit_on_dataset(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback | None = None,
                    evaluate_test: bool = True) -> Evaluation | None:
-    """Fit on the train split (good images), then evaluate on the test split when there is one."""
-    model.fit([sample.path for sample in dataset.train], progress=progress)
-    model.info.update(category=dataset.category, data_path=str(dataset.root), layout=dataset.layout)
+    """Fit on the train split (good images), then evaluate on the test split when there is one (both under the
+    dataset's protocol, which the model records)."""
+    model.fit([sample.source for sample in dataset.train], progress=progress)
+    model.info.update(category=dataset.category, data_path=str(dataset.root), layout=dataset.layout,
+                      protocol=dataset.protocol.to_dict())
     if not (evaluate_test and dataset.test):
         return None
     evaluation = evaluate(model, dataset, progress=progress)
@@ -75,13 +78,16 @@ class TrainingResult:
 
 def train(method: str, params: dict[str, Any], data: str | os.PathLike, category: str | None = None,
           out: str | os.PathLike | None = None, *, evaluate_test: bool = True, display_name: str = "",
-          progress: ProgressCallback | None = None) -> TrainingResult:
-    """Fit `method` with `params` on a dataset's good images, evaluate it, and save it to `out` (when given)."""
+          progress: ProgressCallback | None = None, protocol: AlignmentProtocol | None = None) -> TrainingResult:
+    """Fit `method` with `params` on a dataset's good images, evaluate it, and save it to `out` (when given);
+    under `protocol` (default: aligned) the train and test images are moved by it."""
     progress = progress or no_progress
     model = create_model(method, **params)  # settings and the destination are checked before any data is read
     if out is not None:
         check_output_file(model_path(out))
     dataset = open_dataset(data, category)
+    if protocol is not None:
+        dataset = dataset.with_protocol(protocol)
     evaluation = fit_on_dataset(model, dataset, progress=progress, evaluate_test=evaluate_test)
     if display_name:
         model.info.display_name = display_name

@@ -20,6 +20,8 @@ from .scores.regions import Region
 
 COLORMAP = "jet"
 SCALE_MIN, THRESHOLD, SCALE_MAX = 0.0, 0.5, 1.0  # normalised maps; SCALE_MAX is the default colour maximum
+# Good and defect in every chart (the app's Plotly figures and the HTML report's SVG).
+GOOD_COLOR, DEFECT_COLOR = "#2b8a3e", "#c92a2a"
 
 
 def colour_position(values: np.ndarray, vmax: float = SCALE_MAX) -> np.ndarray:
@@ -38,7 +40,12 @@ def colour_position(values: np.ndarray, vmax: float = SCALE_MAX) -> np.ndarray:
 
 def colorize(anomaly_map: np.ndarray, vmax: float = SCALE_MAX, colormap: str = COLORMAP) -> np.ndarray:
     """H×W float map → H×W×3 uint8 RGB on the two-half scale up to `vmax`; NaN (not inspected) becomes mid grey."""
-    unit = colour_position(anomaly_map, vmax)
+    return _coloured(colour_position(anomaly_map, vmax), colormap)
+
+
+def _coloured(unit: np.ndarray, colormap: str) -> np.ndarray:
+    """Positions in [0, 1] (NaN: not inspected) → RGB uint8 through the colour map; NaN becomes mid grey.
+    `unit` is a temporary of the caller's and is scaled in place (a 4096² map: no second float copy)."""
     unit *= 255.0
     not_inspected = np.isnan(unit)
     unit[not_inspected] = 0.0
@@ -50,10 +57,21 @@ def colorize(anomaly_map: np.ndarray, vmax: float = SCALE_MAX, colormap: str = C
 
 def overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.45, vmax: float = SCALE_MAX) -> np.ndarray:
     """Heatmap blended over an RGB image of the same size; not-inspected pixels dimmed and hatched."""
-    if image.shape[:2] != anomaly_map.shape:
-        raise ValueError(f"map of shape {anomaly_map.shape} does not match image of shape {image.shape[:2]}")
-    blended = cv2.addWeighted(np.ascontiguousarray(image), 1 - alpha, colorize(anomaly_map, vmax), alpha, 0)
-    outside = np.isnan(anomaly_map)
+    return _blend(image, anomaly_map, colorize(anomaly_map, vmax), alpha)
+
+
+def overlay_range(image: np.ndarray, values: np.ndarray, low: float, high: float, alpha: float = 0.45) -> np.ndarray:
+    """A map of other values than the model's scores (plain linear colours from `low` to `high`, e.g. an
+    explanation in [0, 1]) blended over an RGB image of the same size, drawn like `overlay` otherwise."""
+    return _blend(image, values, colorize_range(values, low, high), alpha)
+
+
+def _blend(image: np.ndarray, values: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+    """`colours` (the map `values` coloured) over the image; where `values` is NaN, the image dimmed and hatched."""
+    if image.shape[:2] != values.shape:
+        raise ValueError(f"map of shape {values.shape} does not match image of shape {image.shape[:2]}")
+    blended = cv2.addWeighted(np.ascontiguousarray(image), 1 - alpha, colours, alpha, 0)
+    outside = np.isnan(values)
     if outside.any():
         rows, cols = np.nonzero(outside)
         hatch = ((rows + cols) // 6) % 2 == 0
@@ -112,10 +130,4 @@ def colorize_range(values: np.ndarray, low: float, high: float, colormap: str = 
     the model's normalised scores: no threshold in the middle); NaN becomes mid grey."""
     values = np.asarray(values, dtype=np.float32)
     span = float(high) - float(low)
-    unit = np.clip((values - float(low)) / (span if span > 0 else 1.0), 0.0, 1.0) * 255.0
-    not_inspected = np.isnan(unit)
-    unit[not_inspected] = 0.0
-    lookup = (colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
-    rgb = lookup[unit.astype(np.uint8)]
-    rgb[not_inspected] = 128
-    return rgb
+    return _coloured(np.clip((values - float(low)) / (span if span > 0 else 1.0), 0.0, 1.0), colormap)

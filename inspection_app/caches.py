@@ -1,4 +1,4 @@
-"""What the app keeps between reruns: loaded models, forward passes, decoded images, dataset listings.
+"""What the app keeps between reruns: loaded models, forward passes, explanations, decoded images, dataset listings.
 
 Every cache key includes the file's modification time, so a rewritten model or image is never served stale.
 """
@@ -14,6 +14,7 @@ from inspection.data.datasets import Dataset
 from inspection.data.demo import demo_dataset
 from inspection.data.images import load_image
 from inspection.device import resolve_device
+from inspection.explain import Box, Explanation, explain_image
 from inspection.features.cost import backbone_cost
 from inspection.model.base import AnomalyModel
 from inspection.model.prediction import Prediction
@@ -41,6 +42,13 @@ def cached_prediction(path: str, modified: float, image_key: str, _image: np.nda
     """One forward pass per (model file version, image, panels or not): sliders and reruns reuse it. With
     `panels` it carries the method's views of its work (e.g. a reconstruction), which the Inspect page draws."""
     return cached_model(path, modified).predict([_image], panels=panels)
+
+
+@st.cache_resource(show_spinner="Computing Grad-CAM…", max_entries=32)
+def cached_explanation(path: str, modified: float, image_key: str, _image: np.ndarray, layer: str,
+                       box: Box | None, guided: bool) -> Explanation:
+    """Grad-CAM of one image's score per (model file version, image, layer, explained box, guided or not)."""
+    return explain_image(cached_model(path, modified), _image, layer, box, guided)
 
 
 @st.cache_data(show_spinner=False, max_entries=4000)
@@ -76,6 +84,12 @@ def predict_image(entry: ModelEntry, image: np.ndarray, image_key: str, panels: 
     """The model's prediction for one image (with the method's panels when asked), computed once per (model file
     version, image key, panels)."""
     return cached_prediction(str(entry.path), entry.modified, image_key, image, panels)
+
+
+def explain(entry: ModelEntry, image: np.ndarray, image_key: str, layer: str, box: Box | None,
+            guided: bool) -> Explanation:
+    """Grad-CAM (and Guided Grad-CAM when `guided`) of the image's score, or of a box's, computed once each."""
+    return cached_explanation(str(entry.path), entry.modified, image_key, image, layer, box, guided)
 
 
 def model_of(entry: ModelEntry) -> AnomalyModel:

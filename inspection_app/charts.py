@@ -10,16 +10,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from inspection.visualize import SCALE_MAX, SCALE_MIN, THRESHOLD, colorize
+from inspection.scores.histogram import histogram_range
+from inspection.visualize import DEFECT_COLOR, GOOD_COLOR, SCALE_MAX, SCALE_MIN, THRESHOLD, colorize
 
-GOOD_COLOR = "#2b8a3e"
-DEFECT_COLOR = "#c92a2a"
 POINT_COLOR = "#1c7ed6"
 # Legends sit under the plot, never over its title.
 _LAYOUT = dict(template="plotly_white", margin=dict(l=55, r=20, t=45, b=95), height=360,
                legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0))
-#: Histograms end at Tukey's far-out fence (Q3 + 3 IQR): the outliers beyond are counted, not drawn.
-OUTLIER_FENCE_IQR = 3.0
 
 
 def clip_for_display(values: np.ndarray, limit: float) -> tuple[np.ndarray, int]:
@@ -42,14 +39,7 @@ def score_histogram(good: Sequence[float], defect: Sequence[float], threshold: f
     figure = go.Figure()
     histnorm = "probability" if weights_are_quantiles else None
     good, defect = np.asarray(good, dtype=np.float64), np.asarray(defect, dtype=np.float64)
-    both = np.concatenate([good, defect])
-    both = both[np.isfinite(both)]
-    if both.size:
-        first, third = np.quantile(both, [0.25, 0.75])
-        limit = max(float(min(both.max(), third + OUTLIER_FENCE_IQR * (third - first))), float(threshold))
-    else:
-        limit = 1.0
-    low = min(float(both.min()), float(threshold)) if both.size else 0.0
+    low, limit = histogram_range(np.concatenate([good, defect]), threshold)
     # One set of bins for both classes, so that their bars line up and compare.
     bins = go.histogram.XBins(start=low, end=limit + 1e-9, size=max(limit - low, 1e-9) / n_bins)
     for values, name, color in ((good, "good", GOOD_COLOR), (defect, "defect", DEFECT_COLOR)):

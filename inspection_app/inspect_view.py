@@ -1,5 +1,5 @@
 """What the Inspect page shows beyond the pictures: the mask slider's range, the mask's overlap with the ground
-truth in words and rows, the method's panels arranged in rows."""
+truth in words and rows, the method's panels arranged in rows, the choices of a Grad-CAM explanation."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from inspection.explain import Box, explainable_layers
+from inspection.model.backbone_model import BackboneModel
 from inspection.model.views import Panel
 from inspection.results import ImageResult
 
@@ -65,3 +67,18 @@ def panel_rows(panels: Sequence[Panel], per_row: int = PANELS_PER_ROW) -> list[l
     if current:
         rows.append(current)
     return rows
+
+
+def layer_labels(model: BackboneModel) -> dict[str, str]:
+    """The layers Grad-CAM can look at, shallowest first, each with its stride: {name: "blocks.4 (stride 16)"}."""
+    strides = dict(zip(model.layers, model.layer_strides()))
+    return {layer: f"{layer} (stride {strides[layer]})" for layer in explainable_layers(model)}
+
+
+def explain_targets(result: ImageResult) -> dict[str, Box | None]:
+    """The scores Grad-CAM can explain: the image score, and each listed region's (the map's maximum inside its
+    box, in working-resolution pixels), labelled as the regions table numbers them."""
+    targets: dict[str, Box | None] = {"the image score": None}
+    for index, region in enumerate(result.regions):
+        targets[f"region {index + 1} (max {region.max_score:.2f})"] = (region.x0, region.y0, region.x1, region.y1)
+    return targets

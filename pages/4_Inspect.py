@@ -1,12 +1,14 @@
 """Inspect: one image in detail — original and heatmap with defect regions, the defect mask at a pixel threshold
 you move live beside the ground truth (with their overlap), the method's own views (its panels: reconstructions,
-feature errors…) or its reconstruction when it makes one, and the regions' scores."""
+feature errors…) or its reconstruction when it makes one, the regions' scores, and on request a Grad-CAM of the
+score (which backbone features it depends on)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from inspection.data.datasets import load_sample_mask
+from inspection.explain import DIFFERENCE, unavailable_reason
 from inspection.registry import get_method
 from inspection.results import defect_mask_on_original, image_result, mask_picture, panel_picture, unfamiliar_notes
 from inspection.scores.metrics import compare_masks
@@ -14,7 +16,9 @@ from inspection_app import caches, page, sidebar
 from inspection_app.browse import SPLITS, filter_samples
 from inspection_app.inspect_view import (
     PANELS_PER_ROW,
+    explain_targets,
     is_wide,
+    layer_labels,
     mask_slider_range,
     overlap_summary,
     panel_rows,
@@ -141,3 +145,32 @@ else:
 if overlap is not None and overlap["truth_regions"]:
     st.subheader("Ground-truth regions")
     st.dataframe(truth_rows(overlap), hide_index=True)
+
+st.subheader("Grad-CAM of the score")
+st.caption(DIFFERENCE)
+reason = unavailable_reason(model)
+if reason is not None:
+    st.info(reason, icon=":material/info:")
+elif st.toggle("Explain the score", value=False, key="inspect_explain",
+               help="Computed on request (one backward pass through the backbone), then kept."):
+    labels = layer_labels(model)
+    targets = explain_targets(result)
+    controls = st.columns([2, 2, 1])
+    layer = page.kept_selectbox(controls[0], "Backbone layer", list(labels), "inspect_explain_layer",
+                                default=list(labels)[-1], format_func=labels.get,
+                                help="Deeper layers see larger, more abstract patterns; shallower ones are finer.")
+    target = page.kept_selectbox(controls[1], "Score", list(targets), "inspect_explain_target",
+                                 help="The image score, or a region's: the anomaly map's maximum inside its box.")
+    guided = controls[2].toggle("Guided Grad-CAM", value=False, key="inspect_explain_guided",
+                                help="Times guided backpropagation's saliency (only positive gradients back through "
+                                     "the backbone's ReLUs): finer detail.")
+    with page.user_errors():
+        explanation = caches.explain(entry, image, image_key, layer, targets[target], guided)
+        pictures = st.columns(2)
+        pictures[0].image(result.overlay(), caption="Anomaly map", width="stretch")
+        pictures[1].image(explanation.overlay(image, guided),
+                          caption=f"{'Guided Grad-CAM' if guided else 'Grad-CAM'} of {target} at {labels[layer]}",
+                          width="stretch")
+        st.caption("Grad-CAM colours run from blue (0) to red (1, this map's strongest attribution): a scale of its "
+                   "own, not the model's. Its channel weights are the score's gradient averaged over the layer, so "
+                   "it can also light up places that share the features of the worst spot.")

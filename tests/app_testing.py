@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 from inspection.data.datasets import open_dataset
 from inspection.pipeline import fit_on_dataset
@@ -98,3 +99,22 @@ def http_server(folder: Path) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+#: Seconds an app page may take to run in AppTest (a page that trains or scores waits on real work).
+PAGE_TIMEOUT = 120
+
+
+def run_page(page: str, **state) -> AppTest:
+    """Run an app page (e.g. "pages/4_Inspect.py") in AppTest with the given session state."""
+    at = AppTest.from_file(str(REPO / page), default_timeout=PAGE_TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def assert_clean(at: AppTest) -> None:
+    """No exception and no error box on the page."""
+    assert not at.exception, [exception.value for exception in at.exception]
+    assert not at.error, [error.value for error in at.error]
+

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app_testing import REPO, SMALL_PARAMS, copy_model, demo_image, train_small_model
+from app_testing import SMALL_PARAMS, assert_clean, copy_model, demo_image, run_page, train_small_model
 from inspection.model.modelfile import read_model_info, update_header
 from inspection.model.progress import Progress
 from inspection.registry import backbones, get_method
@@ -20,8 +20,6 @@ from inspection_app import caches, training
 from inspection_app import page as page_module
 from inspection_app.jobs import MANAGER, TrainingManager, TrainingRequest, folder_lock
 from inspection_app.library import list_models, models_dir, unique_model_path
-
-TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +54,6 @@ def small_default(monkeypatch: pytest.MonkeyPatch) -> None:
         return TrainingRequest("patchcore", params, root, None, str(unique_model_path(models_dir(), name)), name)
 
     monkeypatch.setattr(training, "default_training_request", request)
-
-
-def run_page(page: str, **state) -> AppTest:
-    at = AppTest.from_file(str(REPO / page), default_timeout=TIMEOUT)
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.run()
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [exception.value for exception in at.exception]
-    assert not at.error, [error.value for error in at.error]
 
 
 def png(path: Path) -> tuple[str, bytes, str]:

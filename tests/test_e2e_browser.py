@@ -4,8 +4,8 @@ The test starts ``streamlit run app.py`` on a free localhost port with an empty 
 folder, trains the default model on the demo dataset through the Train page (and sees the model file appear),
 uploads a good and a defect image on the home page (the defect must score higher and get the DEFECT verdict),
 moves the threshold slider (FPR and TPR must change), and opens every page: no exception, no error box.
-Screenshots go to artifacts/screenshots/; with INSPECTION_UPDATE_SCREENSHOTS=1 also to assets/screenshots/
-(one per page, for the README).
+The HTML report of `predict --report` is opened from its file, offline. Screenshots go to artifacts/screenshots/;
+with INSPECTION_UPDATE_SCREENSHOTS=1 also to assets/screenshots/ (one per page, for the README).
 """
 
 from __future__ import annotations
@@ -108,16 +108,23 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 
 @pytest.fixture(scope="module")
-def page(app: dict):
+def browser():
+    """A headless Chromium's browsing context, shared by the tests below (no app needed to open one)."""
+    _require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
+        launched = playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        context = launched.new_context(viewport={"width": 1400, "height": 900})
         context.set_default_timeout(60_000)
-        yield context.new_page()
-        browser.close()
+        yield context
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def page(app: dict, browser):
+    return browser.new_page()
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -159,6 +166,13 @@ def metric(page, label: str, scope: str = "") -> str:
     block = page.locator(f'{scope} [data-testid="stMetric"]'.strip()).filter(
         has=page.locator('[data-testid="stMetricLabel"]', has_text=label))
     return block.locator('[data-testid="stMetricValue"]').first.inner_text().strip()
+
+
+def images_shown(page, count: int) -> None:
+    """Wait until the page shows `count` images (a rerun may still be drawing them), or fail saying how many."""
+    from playwright.sync_api import expect
+
+    expect(page.locator('[data-testid="stImage"]')).to_have_count(count, timeout=30_000)
 
 
 def screenshot(page, name: str) -> None:
@@ -255,13 +269,13 @@ def test_train_upload_threshold_and_every_page(app: dict, page, tmp_path: Path) 
     # 4. Every other page opens with no exception and no error box.
     open_page(page, app, "Dataset")
     assert_no_errors(page, "Dataset")
-    assert page.locator('[data-testid="stImage"]').count() == 24  # one page of thumbnails
+    images_shown(page, 24)  # one page of thumbnails
     choose(page, "Split", "test")
     choose(page, "Type", "hole")
-    assert page.locator('[data-testid="stImage"]').count() == 10
+    images_shown(page, 10)
     page.locator("button", has_text="Enlarge").first.click()
     wait_idle(page)
-    assert page.locator('[data-testid="stImage"]').count() == 11
+    images_shown(page, 11)
     assert_no_errors(page, "Dataset (enlarged)")
     screenshot(page, "dataset")
 
@@ -279,7 +293,7 @@ def test_train_upload_threshold_and_every_page(app: dict, page, tmp_path: Path) 
     step("compare")
     open_page(page, app, "Compare")
     assert_no_errors(page, "Compare")
-    assert page.locator('[data-testid="stImage"]').count() == 4 * 3  # 4 images: original + 2 heatmaps each
+    images_shown(page, 4 * 3)  # 4 images: original + 2 heatmaps each
     assert page.get_by_text("score ", exact=False).count() >= 8
     screenshot(page, "compare")
 
@@ -425,3 +439,40 @@ def test_first_use_with_a_local_folder_open_trains_on_it_and_says_when_a_model_d
         warning = page.locator('[data-testid="stAlertContentWarning"]', has_text="trained on 'panels' images")
         assert warning.count() == 1
         assert "Traceback" not in fresh["log"].read_text()
+
+
+def test_the_html_report_opens_offline_in_chromium_and_lists_every_image(browser, demo_root: Path,
+                                                                        tmp_path: Path) -> None:
+    """`predict --report` on a folder (a file name holding a script tag among them): the one file opens in
+    Chromium with nothing loaded from elsewhere, no script run, every picture decoded, every image in the table."""
+    from inspection.cli import main
+
+    model = train_small_model(demo_root, tmp_path / "small.safetensors")
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    names = ["good.png", "hole.png", "<script>alert(1)<.script>.png"]
+    for index, (name, kind) in enumerate(zip(names, ["good", "hole", "hole"])):
+        shutil.copyfile(demo_root / "test" / kind / f"{index:03d}.png", folder / name)
+    (folder / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert main(["--quiet", "predict", "--model", str(model), str(folder), "--out", str(out), "--report"]) == 0
+    report = browser.new_page()
+    requests, dialogs = [], []
+    report.on("request", lambda request: requests.append(request.url))
+    report.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    report.goto((out / "report.html").as_uri())
+    report.wait_for_load_state("load")
+    rows = report.locator("table tbody tr")
+    assert rows.count() == 4
+    files = sorted(rows.nth(index).locator("td").nth(1).inner_text() for index in range(4))
+    assert files == sorted([*names, "broken.png"])  # the script tag's name is shown as text, not run
+    assert "DEFECT" in report.locator("table").inner_text() and "unreadable" in report.locator("table").inner_text()
+    assert not dialogs
+    assert all(url.startswith(("file://", "data:")) for url in requests), requests
+    pictures = report.locator("figure img")
+    assert pictures.count() == 3
+    assert report.evaluate("() => [...document.images].every(image => image.complete && image.naturalWidth > 0)")
+    assert report.locator("svg.histogram rect").count() >= 1
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    report.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    report.close()

@@ -128,7 +128,7 @@ def test_padding_never_raises_a_score(aspect_model):
     noisy[..., 218:] = torch.randn(noisy[..., 218:].shape) * 5
     maps, scores, _, _ = aspect_model._predict_batch(noisy, False, geometries)
     assert np.isnan(maps[0][:, 218:]).all() and np.isfinite(maps[0][:, :218]).all()
-    patches, (height, width) = aspect_model.embed(noisy)
+    patches, (height, width) = aspect_model.embed(aspect_model.features(noisy))
     grid_scores = nearest_neighbors(patches, aspect_model.memory_bank, k=1)[0][:, 0].view(height, width)
     cell = 64 // height
     content_columns = int(np.sum((np.arange(width) + 0.5) * cell < 218))

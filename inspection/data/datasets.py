@@ -7,13 +7,14 @@ files is fast; images and masks are read later, one at a time, by the caller.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DatasetError
 from .images import IMAGE_EXTENSIONS, list_images, load_mask, read_image_info
+from .protocol import ALIGNED, AlignmentProtocol, PlacedImage, Placement
 
 GOOD = "good"
 FOLDER_DEFECT_TYPE = "defect"
@@ -36,6 +37,12 @@ class Sample:
     defect_type: str  # "good" or the defect type folder name
     mask_path: Path | None  # None for good images, or a defect image without a mask
     split: str  # "train" | "test"
+    placement: Placement | None = None  # how the dataset's protocol moves the image (None: as captured)
+
+    @property
+    def source(self) -> Path | PlacedImage:
+        """What `fit` and `predict` are given: the file, or the file as the protocol moves it."""
+        return self.path if self.placement is None else PlacedImage(self.path, self.placement)
 
 
 @dataclass
@@ -47,6 +54,16 @@ class Dataset:
     layout: str  # "mvtec" | "folder"
     train: list[Sample] = field(default_factory=list)
     test: list[Sample] = field(default_factory=list)
+    protocol: AlignmentProtocol = ALIGNED  # how its images (and masks) are moved before the model sees them
+
+    def with_protocol(self, protocol: AlignmentProtocol) -> Dataset:
+        """The same samples under `protocol`: each image's move drawn from its path inside the dataset."""
+
+        def placed(sample: Sample) -> Sample:
+            return replace(sample, placement=protocol.placement(sample.path.relative_to(self.root)))
+
+        return replace(self, train=[placed(sample) for sample in self.train],
+                       test=[placed(sample) for sample in self.test], protocol=protocol)
 
     def defect_types(self) -> list[str]:
         """Defect types present in the test split, sorted, without "good"."""
@@ -206,7 +223,7 @@ def load_sample_mask(sample: Sample, shape: tuple[int, int] | None = None) -> np
     """The sample's ground truth as H×W bool; all False for good images and defects without a mask.
 
     The mask must have `shape` (default: the image's own size, read from its header); a mismatch
-    raises DatasetError naming both files.
+    raises DatasetError naming both files. A sample moved by a protocol gets its mask moved the same way.
     """
     expected = None
     if shape is not None:
@@ -227,4 +244,4 @@ def load_sample_mask(sample: Sample, shape: tuple[int, int] | None = None) -> np
             f"{sample.mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} (W×H) but image "
             f"{sample.path} needs {expected[1]}×{expected[0]}"
         )
-    return mask
+    return mask if sample.placement is None else sample.placement.apply_mask(mask)

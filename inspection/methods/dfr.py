@@ -93,12 +93,13 @@ class DFR(BackboneModel):
         super().__init__(**values)
         self.autoencoder: nn.Module | None = None
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Multi-regional features [B, C, H/pool, W/pool]: every layer on one grid, concatenated."""
-        height, width = images.shape[-2:]
+    def embed(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Multi-regional features [B, C, H/pool, W/pool] from the chosen layers' feature maps: every layer on one
+        grid (the working resolution, pooled), concatenated."""
+        height, width = self.preprocessing.size
         pool = self.params["pool"]
         grids = []
-        for feature in self.features(images):
+        for feature in maps:
             rows = resize_pool_matrix(feature.shape[-2], height, pool, feature.device, feature.dtype)
             columns = resize_pool_matrix(feature.shape[-1], width, pool, feature.device, feature.dtype)
             grids.append(rows @ feature @ columns.T)
@@ -116,7 +117,7 @@ class DFR(BackboneModel):
         generator = torch.Generator().manual_seed(self.params["seed"])
         kept, seen = [], 0
         for images in batches():
-            rows = self.embed(images).flatten(2).transpose(1, 2)  # [B, h·w, C]
+            rows = self.embed(self.features(images)).flatten(2).transpose(1, 2)  # [B, h·w, C]
             per_image = max(1, min(rows.shape[1], budget // n_images))
             if per_image < rows.shape[1]:
                 chosen = torch.rand(rows.shape[:2], generator=generator).argsort(dim=1)[:, :per_image]
@@ -163,31 +164,33 @@ class DFR(BackboneModel):
                      progress)
         self.autoencoder = freeze(autoencoder)
 
-    def _squared_errors(self, images: torch.Tensor) -> torch.Tensor:
-        """Squared feature-reconstruction errors [B, C, h, w]."""
-        features = self.embed(images)
+    def _squared_errors(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Squared feature-reconstruction errors [B, C, h, w] from the chosen layers' feature maps."""
+        features = self.embed(maps)
         batch, channels, height, width = features.shape
         rows = features.permute(0, 2, 3, 1).reshape(-1, channels)
         errors = (self.autoencoder(rows) - rows).pow_(2)
         return errors.view(batch, height, width, channels).permute(0, 3, 1, 2)
 
-    def _finish(self, grid_maps: torch.Tensor) -> torch.Tensor:
-        """Maps on the feature grid [B, h, w] → the working resolution, blurred."""
-        return gaussian_blur(upsample(grid_maps, self.preprocessing.size), self.params["sigma"])
+    def _finish(self, grid_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Maps on the feature grid [B, h, w] → the working size, blurred."""
+        return gaussian_blur(upsample(grid_maps, size), self.params["sigma"])
 
-    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self._finish(self._squared_errors(images).mean(1))
+    def score_features(self, features: list[torch.Tensor], size: tuple[int, int]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self._finish(self._squared_errors(features).mean(1), size)
         return maps, maps.flatten(1).amax(1)
 
     def _score_detailed(self, images: torch.Tensor, panels: bool) -> ScoredBatch:
         if not panels:
             return ScoredBatch(*self._score(images))
-        errors = self._squared_errors(images)
-        maps = self._finish(errors.mean(1))
+        errors = self._squared_errors(self.features(images))
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        maps = self._finish(errors.mean(1), size)
         # One map per layer: the mean squared error of that layer's channels (the score map averages them all,
         # weighted by their channel counts).
         groups = torch.split(errors, self.layer_channels(), dim=1)
-        per_layer = torch.stack([self._finish(group.mean(1)) for group in groups], dim=1)
+        per_layer = torch.stack([self._finish(group.mean(1), size) for group in groups], dim=1)
         titles = [f"Feature error, {layer} (stride {stride})" for layer, stride in zip(self.layers,
                                                                                           self.layer_strides())]
         note = ("DFR rebuilds backbone features, not the image: there is no pixel reconstruction. Each map is the "

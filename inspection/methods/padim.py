@@ -52,21 +52,20 @@ class PaDiM(BackboneModel):
         n_kept = min(self.params["n_features"], total)
         return torch.randperm(total, generator=generator)[:n_kept].sort().values
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Embeddings [B, d, h, w] on the finest chosen layer's grid."""
-        maps = self.features(images)
+    def embed(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Embeddings [B, d, h, w] on the finest chosen layer's grid, from the chosen layers' feature maps."""
         grid = maps[0].shape[-2:]
         # Nearest upsampling: each coarse feature is copied onto the fine cells it covers, as in the paper.
         maps = [feature if feature.shape[-2:] == grid else F.interpolate(feature, size=grid, mode="nearest")
                 for feature in maps]
-        return torch.cat(maps, dim=1)[:, self.channel_index.to(images.device)]
+        return torch.cat(maps, dim=1)[:, self.channel_index.to(maps[0].device)]
 
     def _fit_batches(self, batches: Callable[[], Iterator[torch.Tensor]], n_images: int,
                      progress: ProgressCallback) -> None:
         self.channel_index = self._choose_channels()
         total, sums, outer_sums = 0, None, None
         for images in batches():
-            embedding = self.embed(images)
+            embedding = self.embed(self.features(images))
             batch, channels = embedding.shape[:2]
             per_position = embedding.double().reshape(batch, channels, -1).permute(2, 0, 1)  # [P, B, d]
             if sums is None:
@@ -91,14 +90,15 @@ class PaDiM(BackboneModel):
         self.mean = mean.float()
         self.inverse_covariance = inverse
 
-    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.embed(images)
+    def score_features(self, features: list[torch.Tensor], size: tuple[int, int]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.embed(features)
         batch, channels, height, width = embedding.shape
         # [P, B, d], contiguous: a strided operand sends bmm down a slow per-matrix path.
         delta = (embedding.reshape(batch, channels, -1).permute(2, 0, 1) - self.mean[:, None, :]).contiguous()
         squared = (torch.bmm(delta, self.inverse_covariance) * delta).sum(-1)  # [P, B]
         distances = squared.clamp_min(0).sqrt().T.reshape(batch, height, width)
-        maps = gaussian_blur(upsample(distances, self.preprocessing.size), self.params["sigma"])
+        maps = gaussian_blur(upsample(distances, size), self.params["sigma"])
         return maps, maps.flatten(1).max(dim=1).values
 
     def _state(self) -> dict[str, torch.Tensor]:

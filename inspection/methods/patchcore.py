@@ -56,10 +56,10 @@ class PatchCore(BackboneModel):
     def embedding_dim(self) -> int:
         return self.params["embed_dim"] or sum(self.layer_channels())
 
-    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch embeddings [B·h·w, C] on the finest chosen layer's grid (h, w)."""
+    def embed(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch embeddings [B·h·w, C] on the finest chosen layer's grid (h, w), from the chosen layers' feature
+        maps."""
         size = self.params["neighbourhood"]
-        maps = self.features(images)
         if size > 1:
             # Zero padding counted in the average, as in the official code: border patches stay recognisable
             # as borders (excluding the padding cost 0.03 image / 0.04 pixel AUROC on Magnetic-Tile).
@@ -76,7 +76,7 @@ class PatchCore(BackboneModel):
                      progress: ProgressCallback) -> None:
         collected, seen = [], 0
         for images in batches():
-            patches, _ = self.embed(images)
+            patches, _ = self.embed(self.features(images))
             collected.append(patches)
             seen += images.shape[0]
             progress(Progress("features", seen, n_images))
@@ -90,20 +90,28 @@ class PatchCore(BackboneModel):
                                   progress=lambda step, total: progress(Progress("coreset", step, total)))
         self.memory_bank = patches[selected].contiguous()
 
-    def _score(self, images: torch.Tensor, content: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        patches, (height, width) = self.embed(images)
-        distances, indices = nearest_neighbors(patches, self.memory_bank, k=1)
-        patch_scores = distances[:, 0].view(images.shape[0], height, width)
+    def score_features(self, features: list[torch.Tensor], size: tuple[int, int],
+                       content: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        patches, (height, width) = self.embed(features)
+        batch = features[0].shape[0]
+        with torch.no_grad():  # the search picks the matches; it is not differentiated
+            distances, indices = nearest_neighbors(patches.detach(), self.memory_bank, k=1)
+        distances, matches = distances[:, 0], indices[:, 0]
+        if patches.requires_grad:
+            # For a gradient (explanations), the distance to the matched bank rows, held fixed, is recomputed with
+            # autograd: the same value, differentiable in the features. Plain scoring skips this gather.
+            distances = (patches - self.memory_bank[matches]).norm(dim=1)
+        patch_scores = distances.view(batch, height, width)
         source = None
         if content is not None:  # aspect mode: padding never raises a score
-            patch_scores, source = _replicate_content(patch_scores, content, images.shape[-2:])
+            patch_scores, source = _replicate_content(patch_scores, content, size)
         image_scores, argmax = patch_scores.flatten(1).max(dim=1)
         if source is not None:  # the content patch the maximum came from (for the re-weighting)
             argmax = source.flatten(1).gather(1, argmax[:, None])[:, 0]
         if self.params["reweight"]:
-            image_scores = image_scores * self._reweighting(patches.view(images.shape[0], height * width, -1),
-                                                            indices[:, 0].view(images.shape[0], -1), argmax)
-        maps = upsample(patch_scores, images.shape[-2:])
+            image_scores = image_scores * self._reweighting(patches.view(batch, height * width, -1),
+                                                            matches.view(batch, -1), argmax)
+        maps = upsample(patch_scores, size)
         return gaussian_blur(maps, self.params["sigma"]), image_scores
 
     def _reweighting(self, patches: torch.Tensor, matches: torch.Tensor, argmax: torch.Tensor) -> torch.Tensor:

@@ -14,11 +14,15 @@ import torch
 
 from ..data.images import load_image
 from ..data.preprocess import Geometry, Preprocessing
+from ..data.protocol import PlacedImage
 from ..errors import ImageLoadError
 
 
 def decode(item: Any) -> np.ndarray:
-    """A path, bytes or an array → H×W×3 uint8 RGB (arrays are checked, files go through load_image)."""
+    """A path, bytes, an array or a PlacedImage → H×W×3 uint8 RGB (arrays are checked, files go through
+    load_image, a placed image is its file moved by its protocol)."""
+    if isinstance(item, PlacedImage):
+        return item.load()
     if isinstance(item, np.ndarray):
         if item.ndim == 2:
             item = np.repeat(item[:, :, None], 3, axis=2)
@@ -87,4 +91,6 @@ def split_holdout(n_images: int, fraction: float, minimum: int, seed: int) -> tu
 
 def item_name(item: Any) -> str:
     """How an image given to fit/predict is named in a model's records: its path, or "<array>"."""
+    if isinstance(item, PlacedImage):
+        return str(item.path)
     return str(item) if isinstance(item, (str, os.PathLike)) else "<array>"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from ..data.preprocess import INTENSITY_MODES, NORMALIZATIONS, RESIZE_MODES, Preprocessing
+from ..data.protocol import ALIGNED, AlignmentProtocol
 from ..errors import ModelFileError
 from .calibration import Calibration
 from .fields import require_keys, require_mapping, require_number, require_numbers, require_text, require_texts
@@ -70,6 +71,8 @@ class ModelInfo:
     test_scores: list[dict[str, Any]] = field(default_factory=list)  # file, label, type, score per test image
     pixel_quantiles: dict[str, list[float]] = field(default_factory=dict)  # "good"/"defect" test pixel scores
     pixel_counts: dict[str, int] = field(default_factory=dict)  # how many pixels those quantiles summarise
+    # The protocol its training images were under (`AlignmentProtocol.to_dict`; files without one: aligned).
+    protocol: dict[str, Any] = field(default_factory=ALIGNED.to_dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     _KNOWN: ClassVar[tuple[str, ...]] = ()  # filled below: the typed fields' names
@@ -127,7 +130,17 @@ class ModelInfo:
         counts = require_mapping(values.get("pixel_counts") or {}, f"{where}.pixel_counts")
         info.pixel_counts = {str(key): require_number(value, f"{where}.pixel_counts.{key}", minimum=0, integer=True)
                              for key, value in counts.items()}
+        if values.get("protocol") is not None:
+            info.protocol = require_mapping(values["protocol"], f"{where}.protocol")
+            try:
+                AlignmentProtocol.from_dict(info.protocol)
+            except ValueError as error:
+                raise ModelFileError(f"field '{where}.protocol': {error}") from None
         return info
+
+    def alignment_protocol(self) -> AlignmentProtocol:
+        """The protocol the model was fitted under."""
+        return AlignmentProtocol.from_dict(self.protocol)
 
 
 ModelInfo._KNOWN = tuple(item.name for item in fields(ModelInfo) if item.name != "extra")

@@ -1,0 +1,121 @@
+"""What the Batch page computes: where a folder's results go, scoring the folder (resumable, with progress), and
+the table, histogram and pictures it shows. The scoring and the report are `inspection.batch` and
+`inspection.report`, the same as `python -m inspection predict --report`."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from inspection.batch import BatchSummary, collect_inputs, score_files
+from inspection.data.demo import default_demo_root
+from inspection.errors import ParameterError
+from inspection.model.base import AnomalyModel
+from inspection.outputs import check_output_folder
+from inspection.report import Picture, ranked, write_report
+from inspection.results import verdict_label
+from inspection.visualize import THRESHOLD
+
+from .charts import score_histogram
+from .library import ModelEntry, slugify
+
+#: The app writes overlays of the images judged defects only; the report draws the worst good ones itself.
+APP_OVERLAYS = "defects"
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """A folder scored by a model: the summary (every file's row), the report and its first pictures."""
+
+    folder: str
+    model_path: str
+    model_modified: float
+    summary: BatchSummary
+    report_path: Path
+    pictures: tuple[Picture, ...]
+
+    def is_of(self, entry: ModelEntry, folder: str) -> bool:
+        """Whether this run is of this model file (version) and this folder (as typed)."""
+        return (self.model_path, self.model_modified, self.folder) == (str(entry.path), entry.modified,
+                                                                        folder.strip())
+
+
+def check_folder(text: str) -> Path:
+    """The folder typed by the user; a clear error when it is empty, missing or not a folder."""
+    if not text.strip():
+        raise ParameterError("no folder given: type the path of a folder of images")
+    folder = Path(text.strip()).expanduser()
+    if not folder.exists():
+        raise ParameterError(f"{folder}: folder not found")
+    if not folder.is_dir():
+        raise ParameterError(f"{folder} is not a folder: type the path of a folder of images")
+    return folder
+
+
+def results_folder(folder: Path, entry: ModelEntry) -> Path:
+    """Where the results of a folder and a model go: one folder per (folder, model file), under the data folder,
+    so that scoring the same folder again finds them and goes on from there."""
+    digest = hashlib.sha256(f"{folder.resolve()}\n{Path(entry.path).resolve()}".encode()).hexdigest()[:10]
+    return default_demo_root() / "batch" / f"{slugify(folder.name or 'root')}-{digest}"
+
+
+def progress_reporter(update: Callable[[float, str], Any]) -> Callable[[int, int], None]:
+    """A `score_files` progress callback that calls `update(fraction, text)` (e.g. a st.progress bar's `progress`)
+    when the whole percentage changes, not for every file of thousands."""
+    shown = [-1]
+
+    def report(done: int, total: int) -> None:
+        percent = done * 100 // max(total, 1)
+        if percent != shown[0]:
+            shown[0] = percent
+            update(done / max(total, 1), f"Scored {done} of {total} images")
+
+    return report
+
+
+def run_batch(model: AnomalyModel, entry: ModelEntry, folder_text: str, worst: int,
+              progress: Callable[[int, int], None] | None = None) -> BatchRun:
+    """Score a folder with a model into its results folder (skipping what an earlier run scored there) and write
+    the HTML report; errors a user can cause are InspectionErrors with one clear line."""
+    folder = check_folder(folder_text)
+    files = collect_inputs([folder])
+    out = check_output_folder(results_folder(folder, entry))
+    batch_size = int(model.params.get("batch_size", 16))
+    summary = score_files(model, files, out, batch_size, overlays=APP_OVERLAYS, progress=progress)
+    if summary.scored == 0:
+        raise ParameterError(f"none of the {summary.failed} file(s) in {folder} could be read as an image")
+    report = write_report(model, summary, worst=worst, model_name=entry.name, inputs=[str(folder)],
+                          batch_size=batch_size)
+    return BatchRun(folder=folder_text.strip(), model_path=str(entry.path), model_modified=entry.modified,
+                    summary=summary, report_path=report.path, pictures=report.pictures[:worst])
+
+
+def table(summary: BatchSummary) -> pd.DataFrame:
+    """One row per file, highest score first and unreadable files last, for a sortable table (numbers stay
+    numbers; empty cells where a file could not be read)."""
+    rows = [{"file": row["file"], "score": round(row["score"], 3), "verdict": verdict_label(row["verdict"] == "defect"),
+             "regions": row["regions"], "largest region (px)": row["largest_region_area"], "error": ""}
+            for row in ranked(summary.rows)]
+    rows += [{"file": row["file"], "score": None, "verdict": "unreadable", "regions": None,
+              "largest region (px)": None, "error": row["error"]} for row in summary.rows if row.get("error")]
+    frame = pd.DataFrame(rows, columns=["file", "score", "verdict", "regions", "largest region (px)", "error"])
+    return frame.astype({"score": "Float64", "regions": "Int64", "largest region (px)": "Int64"})
+
+
+def histogram(summary: BatchSummary) -> go.Figure:
+    """The folder's scores by verdict, with the threshold (0.5 on the model's scale)."""
+    good = [row["score"] for row in summary.rows if row.get("verdict") == "good"]
+    defect = [row["score"] for row in summary.rows if row.get("verdict") == "defect"]
+    return score_histogram(good, defect, THRESHOLD, "Scores of the folder's images, by verdict")
+
+
+def picture_caption(picture: Picture) -> str:
+    """`file: score 0.812 · DEFECT`."""
+    row = picture.row
+    return f"{row['file']}: score {row['score']:.3f} · {verdict_label(row['verdict'] == 'defect')}"
