@@ -384,6 +384,12 @@ def describe_preprocessing(preprocessing: dict[str, Any]) -> str:
     """e.g. "centre crop 256→224" or "full frame 224×224, intensity standardised"."""
     if preprocessing["mode"] == "full":
         text = f"full frame {preprocessing['crop']}×{preprocessing['crop']}"
+    elif preprocessing["mode"] == "aspect":
+        text = f"aspect kept, shorter side {preprocessing['resize']}"
+    elif preprocessing["mode"] == "tiles":
+        side = preprocessing["crop"]
+        text = (f"tiles {side}×{side} (overlap {preprocessing.get('tile_overlap', 32)}) of the image at shorter side "
+                f"{preprocessing['resize']}")
     else:
         text = f"centre crop {preprocessing['resize']}→{preprocessing['crop']}"
     if preprocessing.get("intensity", "none") != "none":

@@ -1,9 +1,11 @@
 """Evaluating a fitted model on a dataset's test split, the field's way, and timing it honestly.
 
-Metrics are computed at the working resolution against ground-truth masks put through the same resize and
-crop as their images (and, under a non-aligned protocol, the same move: `data/protocol.py`). Speed is the
-median wall time per image of preprocessed images at batch size 1 and in batches of 16, after a warm-up, the
-anomaly map at input resolution included; decoding is timed apart.
+Metrics are computed at the working scale on each image's whole resized frame, against ground-truth masks
+resized the same way (and, under a non-aligned protocol, moved as their images: `data/protocol.py`): every defect
+pixel of the original counts, and one the model never saw (outside a centre crop) scores -inf, missed at every
+threshold. `inspected_fraction` is the share of the images' area the model saw. Speed is the median wall time per
+image of preprocessed images at batch size 1 and in batches of 16, after a warm-up, the anomaly map at input
+resolution included; decoding is timed apart.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import numpy as np
 import torch
 
 from .data.datasets import Dataset, load_sample_mask
+from .data.preprocess import map_to_frame
 from .device import describe_device
 from .model.base import AnomalyModel
 from .model.batching import decode
 from .model.calibration import Calibration
 from .model.progress import Progress, ProgressCallback
-from .scores.metrics import image_auroc, pixel_metrics, region_metrics
+from .scores.metrics import image_auroc, pixel_metrics, region_metrics, stack_ragged
 from .scores.thresholds import clopper_pearson, conformal_threshold, f1_optimal_threshold, score_quantiles
 
 
@@ -77,8 +80,10 @@ def time_prediction(model: AnomalyModel, items: Sequence[Any], repeats: int = 20
     singles = tensors[:repeats]
     single_ms = _median_ms([lambda tensor=tensor: model.predict_tensor(tensor) for tensor in singles], warmup,
                            budget_s, minimum=min(3, len(singles)))
-    # Fewer images than a batch: the batch repeats them (speed does not depend on which images they are).
-    batch = torch.cat([tensors[index % len(tensors)] for index in range(TIMING_BATCH)])
+    # Fewer images than a batch: the batch repeats them (speed does not depend on which images they are). A batch
+    # holds images of one working size (aspect and tiles modes vary it): those of the first image's.
+    same_size = [tensor for tensor in tensors if tensor.shape == tensors[0].shape]
+    batch = torch.cat([same_size[index % len(same_size)] for index in range(TIMING_BATCH)])
     estimated_batch_s = single_ms * TIMING_BATCH / 1000
     batch_warmup = 1 if estimated_batch_s < budget_s / 4 else 0  # warming up a call of many seconds gains nothing
     batch_ms = _median_ms([lambda: model.predict_tensor(batch)] * 3, batch_warmup, budget_s, minimum=1)
@@ -101,13 +106,20 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
         metrics["protocol"] = dataset.protocol.to_dict()
 
     with_masks = [index for index, sample in enumerate(samples) if sample.label == 0 or sample.mask_path]
-    masks = np.stack([
-        model.preprocessing.transform_mask(
-            load_sample_mask(samples[index], (prediction.geometries[index].original_height,
-                                              prediction.geometries[index].original_width)),
-            prediction.geometries[index])
-        for index in with_masks]) if with_masks else np.zeros((0,) + model.preprocessing.size, bool)
-    maps = prediction.raw_maps[with_masks]
+    metrics["inspected_fraction"] = float(np.mean([geometry.inspected_fraction
+                                                   for geometry in prediction.geometries]))
+    frames, frame_masks = [], []
+    for index in with_masks:
+        geometry = prediction.geometries[index]
+        frames.append(map_to_frame(prediction.raw_maps[index], geometry))
+        frame_masks.append(model.preprocessing.frame_mask(
+            load_sample_mask(samples[index], (geometry.original_height, geometry.original_width)), geometry))
+    if frames:
+        maps, masks, valid = stack_ragged(frames, frame_masks)
+    else:
+        maps = np.zeros((0,) + model.preprocessing.size, np.float32)
+        masks, valid = np.zeros(maps.shape, bool), np.zeros(maps.shape, bool)
+    del frames, frame_masks
     if not dataset.protocol.aligned:
         # A move can take a whole defect out of view: the image stays a defect (as the field counts it), and how
         # many did, and the image AUROC without them, say how much of a drop that explains.
@@ -116,7 +128,7 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
         in_view = [index for index in range(len(samples)) if index not in out_of_view]
         metrics["protocol"].update(n_defect_masks_out_of_view=len(out_of_view), image_auroc_defects_in_view=(
             image_auroc(prediction.raw_scores[in_view], labels[in_view])))
-    metrics.update(pixel_metrics(maps, masks))
+    metrics.update(pixel_metrics(maps, masks, valid=valid))
     if model.calibration is not None and len(maps):
         # What an inspector sees at the saved pixel threshold: boxes found, false boxes, the mask's overlap.
         metrics.update(region_metrics(maps, masks, model.calibration.pixel_threshold))
@@ -126,9 +138,11 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
     evaluation = Evaluation(metrics)
 
     if masks.any():
-        evaluation.pixel_quantiles = {"good": score_quantiles(maps[~masks]), "defect": score_quantiles(maps[masks])}
-        evaluation.pixel_counts = {"good": int((~masks).sum()), "defect": int(masks.sum())}
-        evaluation.f1_pixel_threshold = _f1_pixel_threshold(maps, masks)
+        seen = np.isfinite(maps)  # quantiles and the F1 threshold describe the pixels the model scored
+        evaluation.pixel_quantiles = {"good": score_quantiles(maps[~masks & seen]),
+                                      "defect": score_quantiles(maps[masks & seen])}
+        evaluation.pixel_counts = {"good": int((~masks & seen).sum()), "defect": int((masks & seen).sum())}
+        evaluation.f1_pixel_threshold = _f1_pixel_threshold(maps[seen], masks[seen])
     if 0 < labels.sum() < len(labels):
         evaluation.f1_image_threshold = f1_optimal_threshold(prediction.raw_scores, labels)[0]
     evaluation.records = [

@@ -126,7 +126,8 @@ def _scored(model: BackboneModel, images: torch.Tensor, box: Box | None
         # The backbone's weights are frozen: an input that asks for gradients puts the activations in the graph.
         images = images.detach().requires_grad_(True)
     by_name = model.extractor(images)
-    maps, scores = model.score_features([by_name[name] for name in model.layers])
+    maps, scores = model.score_features([by_name[name] for name in model.layers],
+                                        (int(images.shape[-2]), int(images.shape[-1])))
     if box is not None:
         x0, y0, x1, y1 = box
         scores = maps[:, y0:y1, x0:x1].flatten(1).amax(dim=1)

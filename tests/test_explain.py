@@ -108,7 +108,7 @@ def test_explaining_leaves_scoring_as_it_was(fitted) -> None:
     batch, _ = fitted.preprocessing.batch([image])
     with torch.enable_grad():
         features = fitted.features(batch.requires_grad_(True))
-        maps, scores = fitted.score_features(features)
+        maps, scores = fitted.score_features(features, fitted.preprocessing.size)
     assert maps.requires_grad
     np.testing.assert_allclose(maps.detach().numpy()[0], before.raw_maps[0], rtol=1e-4, atol=1e-3)
     assert float(scores.detach()[0]) == pytest.approx(float(before.raw_scores[0]), rel=1e-4)

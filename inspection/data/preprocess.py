@@ -34,7 +34,15 @@ def normalization_tensors(name: str, device: torch.device | str | None = None,
 #: "center_crop": resize the shorter side to `resize`, then cut the centre `crop`×`crop` (the field's default).
 #: "full": resize the whole frame to `crop`×`crop` (aspect ratio not kept, nothing cut off: for parts that
 #: fill the frame and defects near the edges, e.g. Magnetic-Tile).
-RESIZE_MODES = ("center_crop", "full")
+#: "aspect": resize the shorter side to `resize`, the longer one follows the image (aspect kept, nothing cut
+#: off); the bottom and right are padded (edge pixels repeated) up to a multiple of the backbone's stride, and
+#: the padding is no part of the map (NaN) or of any score.
+#: "tiles": resize the shorter side to `resize` (aspect kept), then score overlapping `crop`×`crop` tiles
+#: (`tile_overlap` pixels shared by neighbours) and stitch their maps into one map of the whole image.
+RESIZE_MODES = ("center_crop", "full", "aspect", "tiles")
+
+#: Modes whose working size follows each image (maps of one prediction may differ in size).
+VARIABLE_SIZE_MODES = ("aspect", "tiles")
 
 #: "none": pixel values as they are. "standardize": each image's brightness and contrast are set to a fixed
 #: mean and spread (over the inspected area), for lines whose lighting drifts between captures; defects
@@ -45,7 +53,11 @@ _STANDARD_MEAN, _STANDARD_STD = 128.0, 48.0
 
 @dataclass(frozen=True)
 class Geometry:
-    """How one original image maps onto the working grid: u = scale_x * (x + 0.5) - 0.5 - offset_x."""
+    """How one original image maps onto the working grid: u = scale_x * (x + 0.5) - 0.5 - offset_x.
+
+    The resized frame (resized_height × resized_width) is the whole image at working scale; the working grid
+    (height × width) is the part of it the model sees (a centre crop), or all of it plus padding (aspect mode).
+    """
 
     original_height: int
     original_width: int
@@ -64,6 +76,18 @@ class Geometry:
     def scale_x(self) -> float:
         return self.resized_width / self.original_width
 
+    @property
+    def seen(self) -> tuple[int, int]:
+        """Height and width of the working-grid window that holds image content (no padding)."""
+        return (max(0, min(self.height, self.resized_height - self.offset_y)),
+                max(0, min(self.width, self.resized_width - self.offset_x)))
+
+    @property
+    def inspected_fraction(self) -> float:
+        """Share of the original image's area the model sees."""
+        seen_height, seen_width = self.seen
+        return seen_height * seen_width / (self.resized_height * self.resized_width)
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -72,6 +96,10 @@ class Preprocessing:
     crop: int = 224
     normalization: str = "inception"
     intensity: str = "none"
+    #: aspect mode: the working size is padded up to a multiple of this (the deepest stride the model uses).
+    multiple: int = 32
+    #: tiles mode: pixels shared by neighbouring tiles (at working scale).
+    tile_overlap: int = 32
 
     def __post_init__(self) -> None:
         if self.mode not in RESIZE_MODES:
@@ -80,11 +108,16 @@ class Preprocessing:
             raise ValueError(f"intensity mode must be one of {INTENSITY_MODES}, got {self.intensity!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {self.normalization!r}")
-        if not 16 <= self.crop <= 4096 or (self.mode == "center_crop" and self.resize < self.crop):
+        if not 16 <= self.crop <= 4096 or (self.mode in ("center_crop", "tiles") and self.resize < self.crop):
             raise ValueError(f"need 16 <= crop <= 4096 and resize >= crop, got resize={self.resize}, crop={self.crop}")
+        if not 1 <= self.multiple <= 256 or self.tile_overlap < 0 or (self.mode == "tiles"
+                                                                      and self.tile_overlap >= self.crop):
+            raise ValueError(f"need 1 <= multiple <= 256 and 0 <= tile_overlap < crop, got multiple={self.multiple}, "
+                             f"tile_overlap={self.tile_overlap}")
 
     @property
     def size(self) -> tuple[int, int]:
+        """The working size of modes with a fixed one (in aspect and tiles modes: the model's tile/short side)."""
         return self.crop, self.crop
 
     def to_dict(self) -> dict:
@@ -97,6 +130,15 @@ class Preprocessing:
     def geometry(self, height: int, width: int) -> Geometry:
         if self.mode == "full":
             return Geometry(height, width, self.crop, self.crop, 0, 0, self.crop, self.crop)
+        if self.mode in VARIABLE_SIZE_MODES:
+            scale = self.resize / min(height, width)
+            resized_h, resized_w = max(1, round(height * scale)), max(1, round(width * scale))
+            if self.mode == "tiles":  # the shorter side is at least one tile: tiles cover the frame, no padding
+                resized_h, resized_w = max(resized_h, self.crop), max(resized_w, self.crop)
+                return Geometry(height, width, resized_h, resized_w, 0, 0, resized_h, resized_w)
+            pad = self.multiple
+            return Geometry(height, width, resized_h, resized_w, 0, 0, -(-resized_h // pad) * pad,
+                            -(-resized_w // pad) * pad)
         scale = self.resize / min(height, width)
         resized_h = max(self.crop, round(height * scale))
         resized_w = max(self.crop, round(width * scale))
@@ -109,7 +151,11 @@ class Preprocessing:
         shrinking = geometry.resized_height * geometry.resized_width < image.shape[0] * image.shape[1]
         resized = cv2.resize(image, (geometry.resized_width, geometry.resized_height),
                              interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-        return self.adjust_intensity(_crop(resized, geometry)), geometry
+        working = self.adjust_intensity(_crop(resized, geometry))  # statistics over the content, not the padding
+        pad_y, pad_x = geometry.height - working.shape[0], geometry.width - working.shape[1]
+        if pad_y or pad_x:  # aspect mode: edge pixels repeated, so that padding adds no edge of its own
+            working = cv2.copyMakeBorder(working, 0, pad_y, 0, pad_x, cv2.BORDER_REPLICATE)
+        return working, geometry
 
     def adjust_intensity(self, image: np.ndarray) -> np.ndarray:
         """Apply the intensity mode to a working-size uint8 image."""
@@ -129,6 +175,14 @@ class Preprocessing:
                              interpolation=cv2.INTER_NEAREST)
         return _crop(resized, geometry).astype(bool)
 
+    def frame_mask(self, mask: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """A ground-truth mask on the resized frame (the whole image at working scale, nothing cut off)."""
+        if mask.shape != (geometry.original_height, geometry.original_width):
+            raise ValueError(f"mask of shape {mask.shape} does not match its image "
+                             f"({geometry.original_height}×{geometry.original_width})")
+        return cv2.resize(mask.astype(np.uint8), (geometry.resized_width, geometry.resized_height),
+                          interpolation=cv2.INTER_NEAREST).astype(bool)
+
     def normalize(self, images: np.ndarray) -> torch.Tensor:
         """uint8 N×H×W×3 → float32 N×3×H×W tensor with the weights' normalisation."""
         tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
@@ -146,13 +200,25 @@ def _crop(image: np.ndarray, geometry: Geometry) -> np.ndarray:
                  geometry.offset_x: geometry.offset_x + geometry.width]
 
 
+def map_to_frame(anomaly_map: np.ndarray, geometry: Geometry, unseen: float = -np.inf) -> np.ndarray:
+    """A working-resolution map on the resized frame: what the model never saw (outside a crop) is `unseen`
+    (-inf: missed by every threshold), and padding is dropped."""
+    frame = np.full((geometry.resized_height, geometry.resized_width), unseen, np.float32)
+    seen_h, seen_w = geometry.seen
+    frame[geometry.offset_y: geometry.offset_y + seen_h, geometry.offset_x: geometry.offset_x + seen_w] = \
+        anomaly_map[:seen_h, :seen_w]
+    return frame
+
+
 def map_to_original(anomaly_map: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Place a working-resolution map back onto the original image grid (exact inverse of resize and crop).
 
     Pixels of the original that the crop never saw are NaN ("not inspected"). Bilinear sampling at the
     original pixel centres; no stretching of the cropped map over the whole original.
     """
-    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
+    seen_h, seen_w = geometry.seen
+    # Padding (aspect mode) is no part of the image: bilinear sampling must not reach into it.
+    anomaly_map = np.ascontiguousarray(np.asarray(anomaly_map, dtype=np.float32)[:seen_h, :seen_w])
     # Working-grid coordinates of each original pixel centre, one axis at a time (the transform is separable).
     u = ((np.arange(geometry.original_width) + 0.5) * geometry.scale_x - 0.5 - geometry.offset_x).astype(np.float32)
     v = ((np.arange(geometry.original_height) + 0.5) * geometry.scale_y - 0.5 - geometry.offset_y).astype(np.float32)
@@ -161,7 +227,7 @@ def map_to_original(anomaly_map: np.ndarray, geometry: Geometry) -> np.ndarray:
     placed = cv2.remap(anomaly_map, np.ascontiguousarray(map_x), np.ascontiguousarray(map_y),
                        interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # A pixel is inspected when its centre falls inside the working grid's extent [-0.5, size - 0.5].
-    outside_x = (u < -0.5) | (u > geometry.width - 0.5)
-    outside_y = (v < -0.5) | (v > geometry.height - 0.5)
+    outside_x = (u < -0.5) | (u > seen_w - 0.5)
+    outside_y = (v < -0.5) | (v > seen_h - 0.5)
     placed[outside_y[:, None] | outside_x[None, :]] = np.nan
     return placed

@@ -103,6 +103,7 @@ def _dcgan_init(module: nn.Module) -> None:
 
 class AnoGAN(AnomalyModel):
     name = "anogan"
+    resize_modes_reason = "its generator makes images of one size, and tiles would need stitched reconstructions"
     description = ("DCGAN of the good images; score = how well the generator can rebuild the image (z optimised "
                    "per image, or given by an encoder).")
     default_overrides = {"resize": 73, "crop": 64}

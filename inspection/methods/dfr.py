@@ -172,23 +172,25 @@ class DFR(BackboneModel):
         errors = (self.autoencoder(rows) - rows).pow_(2)
         return errors.view(batch, height, width, channels).permute(0, 3, 1, 2)
 
-    def _finish(self, grid_maps: torch.Tensor) -> torch.Tensor:
-        """Maps on the feature grid [B, h, w] → the working resolution, blurred."""
-        return gaussian_blur(upsample(grid_maps, self.preprocessing.size), self.params["sigma"])
+    def _finish(self, grid_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Maps on the feature grid [B, h, w] → the working size, blurred."""
+        return gaussian_blur(upsample(grid_maps, size), self.params["sigma"])
 
-    def score_features(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self._finish(self._squared_errors(features).mean(1))
+    def score_features(self, features: list[torch.Tensor], size: tuple[int, int]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self._finish(self._squared_errors(features).mean(1), size)
         return maps, maps.flatten(1).amax(1)
 
     def _score_detailed(self, images: torch.Tensor, panels: bool) -> ScoredBatch:
         if not panels:
             return ScoredBatch(*self._score(images))
         errors = self._squared_errors(self.features(images))
-        maps = self._finish(errors.mean(1))
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        maps = self._finish(errors.mean(1), size)
         # One map per layer: the mean squared error of that layer's channels (the score map averages them all,
         # weighted by their channel counts).
         groups = torch.split(errors, self.layer_channels(), dim=1)
-        per_layer = torch.stack([self._finish(group.mean(1)) for group in groups], dim=1)
+        per_layer = torch.stack([self._finish(group.mean(1), size) for group in groups], dim=1)
         titles = [f"Feature error, {layer} (stride {stride})" for layer, stride in zip(self.layers,
                                                                                           self.layer_strides())]
         note = ("DFR rebuilds backbone features, not the image: there is no pixel reconstruction. Each map is the "

@@ -26,6 +26,9 @@ class PaDiM(BackboneModel):
     name = "padim"
     description = "A Gaussian per patch position over pretrained features; score = Mahalanobis distance."
     feature_strides = (4, 8, 16)
+    # Not aspect (images of other sizes have other positions) nor tiles (a tile position is no part position).
+    resize_modes_reason = ("it learns one Gaussian per patch position, so every image must show the part on one "
+                           "fixed grid of positions (use full to keep the whole part)")
     stage_labels = {**BackboneModel.stage_labels, "covariance": "Estimating the Gaussians"}
     method_params = params(
         Param("n_features", int, 100, "d: number of randomly chosen feature channels kept.", minimum=1,
@@ -87,14 +90,15 @@ class PaDiM(BackboneModel):
         self.mean = mean.float()
         self.inverse_covariance = inverse
 
-    def score_features(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_features(self, features: list[torch.Tensor], size: tuple[int, int]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.embed(features)
         batch, channels, height, width = embedding.shape
         # [P, B, d], contiguous: a strided operand sends bmm down a slow per-matrix path.
         delta = (embedding.reshape(batch, channels, -1).permute(2, 0, 1) - self.mean[:, None, :]).contiguous()
         squared = (torch.bmm(delta, self.inverse_covariance) * delta).sum(-1)  # [P, B]
         distances = squared.clamp_min(0).sqrt().T.reshape(batch, height, width)
-        maps = gaussian_blur(upsample(distances, self.preprocessing.size), self.params["sigma"])
+        maps = gaussian_blur(upsample(distances, size), self.params["sigma"])
         return maps, maps.flatten(1).max(dim=1).values
 
     def _state(self) -> dict[str, torch.Tensor]:

@@ -29,6 +29,8 @@ class PatchCore(BackboneModel):
     name = "patchcore"
     description = "Memory bank of pretrained patch features (coreset); score = distance to the nearest good patch."
     feature_strides = (8, 16)
+    # A memory bank compares each patch with every good patch wherever it lies: any working size will do.
+    resize_modes = ("center_crop", "full", "aspect", "tiles")
     stage_labels = {**BackboneModel.stage_labels, "coreset": "Selecting the memory bank (coreset)"}
     method_params = params(
         Param("coreset_ratio", float, 0.01, "Share of all good patches kept in the memory bank (greedy k-center).",
@@ -88,7 +90,8 @@ class PatchCore(BackboneModel):
                                   progress=lambda step, total: progress(Progress("coreset", step, total)))
         self.memory_bank = patches[selected].contiguous()
 
-    def score_features(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_features(self, features: list[torch.Tensor], size: tuple[int, int],
+                       content: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         patches, (height, width) = self.embed(features)
         batch = features[0].shape[0]
         with torch.no_grad():  # the search picks the matches; it is not differentiated
@@ -99,11 +102,16 @@ class PatchCore(BackboneModel):
             # autograd: the same value, differentiable in the features. Plain scoring skips this gather.
             distances = (patches - self.memory_bank[matches]).norm(dim=1)
         patch_scores = distances.view(batch, height, width)
+        source = None
+        if content is not None:  # aspect mode: padding never raises a score
+            patch_scores, source = _replicate_content(patch_scores, content, size)
         image_scores, argmax = patch_scores.flatten(1).max(dim=1)
+        if source is not None:  # the content patch the maximum came from (for the re-weighting)
+            argmax = source.flatten(1).gather(1, argmax[:, None])[:, 0]
         if self.params["reweight"]:
             image_scores = image_scores * self._reweighting(patches.view(batch, height * width, -1),
                                                             matches.view(batch, -1), argmax)
-        maps = upsample(patch_scores, self.preprocessing.size)
+        maps = upsample(patch_scores, size)
         return gaussian_blur(maps, self.params["sigma"]), image_scores
 
     def _reweighting(self, patches: torch.Tensor, matches: torch.Tensor, argmax: torch.Tensor) -> torch.Tensor:
@@ -126,3 +134,22 @@ class PatchCore(BackboneModel):
                                  f"{self.params['backbone']} layers {self.layers} ({self.embedding_dim} channels "
                                  "expected)")
         self.memory_bank = bank.float()
+
+
+def _replicate_content(grid_scores: torch.Tensor, content: torch.Tensor, size: torch.Size
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch scores [B, h, w] whose patches centre on padding replaced by the nearest content patch's score, and
+    [B, h, w] the flat index (into h·w) of the patch each score now comes from.
+
+    The image score (the maximum) and the upsampled, blurred map then come from content patches only; `content`
+    [B, 2] holds each image's content height and width in pixels of the working size `size`.
+    """
+    batch, height, width = grid_scores.shape
+    cell = content.new_tensor([size[0] // height, size[1] // width])
+    # The last row / column whose patch centre lies inside the content.
+    last = ((content - cell // 2 - 1).div(cell, rounding_mode="floor")).clamp_min(0)
+    rows = torch.minimum(torch.arange(height, device=content.device)[None, :], last[:, :1])  # [B, h]
+    columns = torch.minimum(torch.arange(width, device=content.device)[None, :], last[:, 1:])  # [B, w]
+    images = torch.arange(batch, device=content.device)[:, None, None]
+    source = rows[:, :, None] * width + columns[:, None, :]
+    return grid_scores[images, rows[:, :, None], columns[:, None, :]], source

@@ -88,6 +88,8 @@ def vae_loss(images: torch.Tensor, reconstruction: torch.Tensor, mean: torch.Ten
 
 class VAE(AnomalyModel):
     name = "vae"
+    resize_modes_reason = ("its fully connected latent is trained at one input size, and tiles would need stitched "
+                           "reconstructions")
     description = ("Convolutional VAE of the good images; score = what the iterative energy-based projection "
                    "changes (or the plain reconstruction residual).")
     default_overrides = {"resize": 146, "crop": 128}

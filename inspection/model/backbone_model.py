@@ -60,6 +60,10 @@ class BackboneModel(AnomalyModel):
         spec = get_backbone_spec(self.params["backbone"])
         return [spec.layers[layer].stride for layer in self.layers]
 
+    def padding_multiple(self) -> int:
+        # Every chosen layer's grid then divides the working size exactly: coarse and fine grids stay aligned.
+        return max(self.layer_strides())
+
     def default_normalization(self) -> str:
         return get_backbone_spec(self.params["backbone"]).default_normalization
 
@@ -76,16 +80,21 @@ class BackboneModel(AnomalyModel):
         by_name = self.extractor(images)
         return [by_name[layer] for layer in self.layers]
 
-    def score_features(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The method's scoring after the backbone: anomaly maps [B, H, W] at the working resolution and image
-        scores [B] from the chosen layers' feature maps (shallowest first, as `features` gives them).
+    def score_features(self, features: list[torch.Tensor], size: tuple[int, int]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The method's scoring after the backbone: anomaly maps [B, H, W] at the working size `size` (the size of
+        the images the features came from) and image scores [B] from the chosen layers' feature maps (shallowest
+        first, as `features` gives them). Methods offering the aspect mode also take `content` (see `_score`).
 
         Differentiable in the features: `inspection.explain` takes the gradient of a score with respect to a
         layer through it (Grad-CAM), so plain scoring and explanations share one computation."""
         raise NotImplementedError(f"{type(self).__name__} implements neither score_features nor _score")
 
-    def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.score_features(self.features(images))
+    def _score(self, images: torch.Tensor, content: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        if content is None:
+            return self.score_features(self.features(images), size)
+        return self.score_features(self.features(images), size, content=content)
 
     def _backbone_record(self) -> BackboneRecord:
         weights = self.resolved_weights

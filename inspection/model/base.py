@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data.preprocess import INTENSITY_MODES, RESIZE_MODES, Preprocessing, normalization_tensors
+from ..data.preprocess import INTENSITY_MODES, RESIZE_MODES, Geometry, Preprocessing, normalization_tensors
 from ..device import DEVICE_CHOICES, resolve_device
 from ..errors import InspectionError, ModelFileError, ParameterError
+from ..ops.tiles import cut_tiles, stitch
 from ..params import Param, ParamSet, params
 from .batching import item_name, iter_batches, split_holdout
 from .calibration import Calibration
@@ -44,6 +45,12 @@ def _check_resize_and_crop(values: Mapping[str, Any]) -> None:
     if values["resize_mode"] == "center_crop" and values["resize"] < values["crop"]:
         raise ParameterError(f"parameter 'resize' ({values['resize']}) must be at least 'crop' ({values['crop']}) "
                              "in center_crop mode: the crop is cut out of the resized image")
+    if values["resize_mode"] == "tiles" and values["resize"] < values["crop"]:
+        raise ParameterError(f"parameter 'resize' ({values['resize']}) must be at least 'crop' ({values['crop']}) "
+                             "in tiles mode: the tiles (crop × crop) are cut out of the resized image")
+    if values["resize_mode"] == "tiles" and values["tile_overlap"] >= values["crop"]:
+        raise ParameterError(f"parameter 'tile_overlap' ({values['tile_overlap']}) must be smaller than the tile "
+                             f"side 'crop' ({values['crop']})")
 
 
 def _check_device_available(values: Mapping[str, Any]) -> None:
@@ -56,11 +63,16 @@ COMMON_PARAMS = params(
     Param("device", str, "auto", "Where to compute: 'auto' (GPU when there is one), 'cpu' or 'cuda'.",
           choices=DEVICE_CHOICES, group="calibration"),
     Param("resize_mode", str, "center_crop", "center_crop: resize the shorter side, cut the centre square; "
-          "full: resize the whole frame to a square (nothing cut off).", choices=RESIZE_MODES, group="preprocessing"),
-    Param("resize", int, 256, "Shorter side after resizing (center_crop mode).", minimum=16, maximum=4096,
+          "full: resize the whole frame to a square (nothing cut off); aspect: resize the shorter side, the longer "
+          "follows the image (aspect kept, nothing cut off, padded to the backbone's stride); tiles: resize the "
+          "shorter side, score overlapping crop × crop tiles and stitch their maps.", choices=RESIZE_MODES,
           group="preprocessing"),
-    Param("crop", int, 224, "Working resolution: side of the square the model sees.", minimum=16, maximum=4096,
-          group="preprocessing"),
+    Param("resize", int, 256, "Shorter side after resizing (center_crop, aspect and tiles modes).", minimum=16,
+          maximum=4096, group="preprocessing"),
+    Param("crop", int, 224, "Working resolution: side of the square the model sees (the tile side in tiles mode).",
+          minimum=16, maximum=4096, group="preprocessing"),
+    Param("tile_overlap", int, 32, "Tiles mode: pixels shared by neighbouring tiles (their maps are blended "
+          "there).", minimum=0, maximum=4095, group="preprocessing"),
     Param("intensity", str, "none", "none: pixel values as they are; standardize: set each image's brightness "
           "and contrast to fixed values (for lighting that drifts between captures).", choices=INTENSITY_MODES,
           group="preprocessing"),
@@ -104,11 +116,15 @@ class AnomalyModel(ABC):
     trains_by_gradient: ClassVar[bool] = False
     #: Human-readable names of the progress stages this method's fitting reports.
     stage_labels: ClassVar[dict[str, str]] = {}
+    #: The resize modes the method can work in, and why not the others (said when one is asked for).
+    resize_modes: ClassVar[tuple[str, ...]] = ("center_crop", "full")
+    resize_modes_reason: ClassVar[str] = "its scoring assumes one fixed working size"
 
     def __init__(self, **params: Any):
         self.params: dict[str, Any] = self.param_set().resolve(params)
         self.preprocessing = Preprocessing(self.params["resize_mode"], self.params["resize"], self.params["crop"],
-                                           self.default_normalization(), self.params["intensity"])
+                                           self.default_normalization(), self.params["intensity"],
+                                           self.padding_multiple(), self.params["tile_overlap"])
         self.calibration: Calibration | None = None
         self.info = ModelInfo()
 
@@ -116,7 +132,25 @@ class AnomalyModel(ABC):
 
     @classmethod
     def param_set(cls) -> ParamSet:
-        return (COMMON_PARAMS + cls.method_params).with_defaults(**cls.default_overrides)
+        def check_resize_mode(values: Mapping[str, Any]) -> None:
+            if values["resize_mode"] not in cls.resize_modes:
+                raise ParameterError(f"{cls.name} does not offer resize_mode {values['resize_mode']!r}: "
+                                     f"{cls.resize_modes_reason}; it offers {list(cls.resize_modes)}")
+
+        declared = (COMMON_PARAMS + cls.method_params + params(rules=(check_resize_mode,))
+                    ).with_defaults(**cls.default_overrides)
+        missing = [mode for mode in RESIZE_MODES if mode not in cls.resize_modes]
+        if not missing:
+            return declared
+        # Forms and --help say which modes the method lacks, and why, beside the field.
+        said = tuple(replace(param, help=f"{param.help} Not {' or '.join(missing)} for {cls.name}: "
+                                         f"{cls.resize_modes_reason}.")
+                     if param.name == "resize_mode" else param for param in declared)
+        return ParamSet(said, declared.rules)
+
+    def padding_multiple(self) -> int:
+        """Aspect mode pads the working size up to a multiple of this (the deepest stride the method uses)."""
+        return 32
 
     def get_params(self) -> dict[str, Any]:
         """The parameters, as resolved by the declarations (scikit-learn's contract)."""
@@ -171,10 +205,14 @@ class AnomalyModel(ABC):
     def _load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore learned tensors (on self.device); ModelFileError when they do not fit the parameters."""
 
-    def _score_detailed(self, images: torch.Tensor, panels: bool) -> ScoredBatch:
+    def _score_detailed(self, images: torch.Tensor, panels: bool, content: torch.Tensor | None = None
+                        ) -> ScoredBatch:
         """`_score` plus what the method can show: reconstructions (when `has_reconstruction`) and, when `panels`,
-        each image's views (`views.Panel`). Runs under no_grad: a scoring that needs gradients enables them."""
-        maps, scores = self._score(images)
+        each image's views (`views.Panel`). Runs under no_grad: a scoring that needs gradients enables them.
+
+        `content` ([B, 2]: height and width; aspect mode only) is each image's part of the batch, the rest being
+        padding; only methods that offer aspect mode get it, and their `_score` takes it as a keyword."""
+        maps, scores = self._score(images) if content is None else self._score(images, content=content)
         return ScoredBatch(maps, scores)
 
     def _backbone_record(self) -> BackboneRecord | None:
@@ -204,8 +242,11 @@ class AnomalyModel(ABC):
         device = self.device
 
         def batches() -> Iterator[torch.Tensor]:
-            for tensor, _ in iter_batches(fit_images, self.preprocessing, self.params["batch_size"]):
-                yield tensor.to(device)
+            for tensor, _, _ in iter_batches(fit_images, self.preprocessing, self.params["batch_size"]):
+                if self.preprocessing.mode == "tiles":  # the method learns from every tile of the good images
+                    yield from self._tiles(tensor.to(device))
+                else:
+                    yield tensor.to(device)
 
         with torch.enable_grad() if self.trains_by_gradient else torch.no_grad():
             self._fit_batches(batches, len(fit_images), progress)
@@ -229,30 +270,37 @@ class AnomalyModel(ABC):
     def predict(self, images: Sequence[Any], batch_size: int | None = None,
                 progress: ProgressCallback | None = None, panels: bool = False) -> Prediction:
         """Anomaly maps (working resolution) and image scores for paths or RGB arrays; each image's panels (what
-        the method shows of its work, `views.Panel`) too when `panels` — for a page, not for a whole test split."""
+        the method shows of its work, `views.Panel`) too when `panels` — for a page, not for a whole test split.
+
+        In aspect and tiles modes the maps of one prediction may differ in size: each sits at the top left of
+        one array as large as the largest, NaN around it (and on aspect mode's padding)."""
         self._require_fitted()
         images = list(images)
-        maps, scores, geometries, reconstructions, image_panels = [], [], [], [], []
+        count = len(images)
+        maps: list[Any] = [None] * count
+        scores = np.zeros(count)
+        geometries: list[Any] = [None] * count
+        reconstructions: list[Any] = [None] * count
+        image_panels: list[list[Panel]] = [[] for _ in range(count)]
         done = 0
-        for tensor, batch_geometries in iter_batches(images, self.preprocessing,
-                                                     batch_size or self.params["batch_size"]):
-            batch_maps, batch_scores, batch_reconstruction, batch_panels = self._predict_batch(tensor, panels)
-            maps.append(batch_maps)
-            scores.append(batch_scores)
-            geometries.extend(batch_geometries)
-            if batch_reconstruction is not None:
-                reconstructions.append(batch_reconstruction)
-            if panels:
-                image_panels.extend(batch_panels or [[] for _ in batch_geometries])
-            done += len(batch_geometries)
+        for tensor, batch_geometries, indices in iter_batches(images, self.preprocessing,
+                                                              batch_size or self.params["batch_size"]):
+            batch_maps, batch_scores, batch_reconstruction, batch_panels = self._predict_batch(
+                tensor, panels, batch_geometries)
+            for row, index in enumerate(indices):  # batches of varying sizes come out of order
+                maps[index], scores[index], geometries[index] = batch_maps[row], batch_scores[row], \
+                    batch_geometries[row]
+                if batch_reconstruction is not None:
+                    reconstructions[index] = batch_reconstruction[row]
+                if panels and batch_panels:
+                    image_panels[index] = batch_panels[row]
+            done += len(indices)
             if progress is not None:
-                progress(Progress("predict", done, len(images)))
-        height, width = self.preprocessing.size
+                progress(Progress("predict", done, count))
+        has_reconstructions = count > 0 and reconstructions[0] is not None
         return Prediction(
-            np.concatenate(maps) if maps else np.zeros((0, height, width), np.float32),
-            np.concatenate(scores) if scores else np.zeros(0),
-            geometries, self.calibration,
-            np.concatenate(reconstructions) if reconstructions else None,
+            _stack_maps(maps, self.preprocessing.size), scores, geometries, self.calibration,
+            _stack_maps(reconstructions, self.preprocessing.size) if has_reconstructions else None,
             image_panels if panels else None)
 
     def predict_tensor(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -261,16 +309,40 @@ class AnomalyModel(ABC):
         return maps, scores, reconstructions
 
     @torch.no_grad()
-    def _predict_batch(self, images: torch.Tensor, panels: bool
+    def _predict_batch(self, images: torch.Tensor, panels: bool, geometries: Sequence[Geometry] | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[list[Panel]] | None]:
         self._require_fitted()
-        scored = self._score_detailed(images.to(self.device), panels)
+        images = images.to(self.device)
+        mode = self.preprocessing.mode
+        if mode == "tiles":
+            scored = self._score_tiled(images)
+        elif mode == "aspect":
+            # Each image's content (the rest is padding): the method keeps padding out of its scores.
+            seen = [geometry.seen for geometry in geometries] if geometries else [images.shape[-2:]] * len(images)
+            content = torch.tensor(seen, dtype=torch.long, device=images.device).view(-1, 2)
+            scored = self._score_detailed(images, panels, content=content)
+            scored.maps = scored.maps.masked_fill(_padding_mask(content, scored.maps.shape[-2:]), float("nan"))
+        else:
+            scored = self._score_detailed(images, panels)
         if self.has_reconstruction != (scored.reconstructions is not None):
             raise RuntimeError(f"{self.name}: has_reconstruction is {self.has_reconstruction} but its scoring "
                                f"{'gave no' if self.has_reconstruction else 'gave'} reconstructions")
         reconstructions = rgb_uint8(scored.reconstructions) if scored.reconstructions is not None else None
         return (scored.maps.float().cpu().numpy(), scored.scores.double().cpu().numpy(), reconstructions,
                 scored.panels if panels else None)
+
+    def _tiles(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The tiles of a batch of resized images, at most `batch_size` at a time (tiles mode)."""
+        tiles = cut_tiles(images, self.preprocessing.crop, self.preprocessing.tile_overlap)
+        yield from tiles.split(self.params["batch_size"])
+
+    def _score_tiled(self, images: torch.Tensor) -> ScoredBatch:
+        """Tiles mode: every tile scored, the maps stitched into one per image, image score = the highest tile's."""
+        parts = [self._score_detailed(chunk, False) for chunk in self._tiles(images)]
+        tile_maps = torch.cat([part.maps for part in parts])
+        tile_scores = torch.cat([part.scores for part in parts]).view(images.shape[0], -1)
+        maps = stitch(tile_maps, images.shape[-2], images.shape[-1], self.preprocessing.tile_overlap)
+        return ScoredBatch(maps, tile_scores.max(dim=1).values)
 
     def unit_range(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised input images → RGB in [0, 1] (undoing the preprocessing's normalisation)."""
@@ -347,3 +419,26 @@ class AnomalyModel(ABC):
         if self.calibration is None:
             raise ValueError("the model has no calibration: fit it first")
         return self.calibration
+
+
+def _padding_mask(content: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """[B, H, W] True on each image's padding (rows or columns beyond its content height / width)."""
+    rows = torch.arange(size[0], device=content.device)[None, :, None] >= content[:, 0, None, None]
+    columns = torch.arange(size[1], device=content.device)[None, None, :] >= content[:, 1, None, None]
+    return rows | columns
+
+
+def _stack_maps(maps: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """Per-image arrays [H, W, ...] as one [N, H, W, ...] array: stacked when they share a size, else each at the
+    top left of one as large as the largest (NaN around float maps, 0 around pictures)."""
+    if not maps:
+        return np.zeros((0, *size), np.float32)
+    shapes = {item.shape for item in maps}
+    if len(shapes) == 1:
+        return np.stack(maps)
+    height, width = max(shape[0] for shape in shapes), max(shape[1] for shape in shapes)
+    fill = np.nan if np.issubdtype(maps[0].dtype, np.floating) else 0
+    canvas = np.full((len(maps), height, width, *maps[0].shape[2:]), fill, maps[0].dtype)
+    for index, item in enumerate(maps):
+        canvas[index, : item.shape[0], : item.shape[1]] = item
+    return canvas

@@ -34,30 +34,50 @@ def decode(item: Any) -> np.ndarray:
 
 
 def iter_batches(items: Sequence[Any], preprocessing: Preprocessing, batch_size: int,
-                 workers: int = 2) -> Iterator[tuple[torch.Tensor, list[Geometry]]]:
-    """Decode and preprocess in a small thread pool, a bounded window ahead; yield normalised batches."""
+                 workers: int = 2) -> Iterator[tuple[torch.Tensor, list[Geometry], list[int]]]:
+    """Decode and preprocess in a small thread pool, a bounded window ahead; yield normalised batches with each
+    image's geometry and index in `items`.
+
+    Images of one batch share their working size: when it varies (aspect mode), images wait in one group per
+    size until a group is full; when more than two batches' worth wait, the largest group goes out early, so
+    memory stays bounded. Batches then come out of order: the indices say where each image belongs.
+    """
 
     def prepare(item: Any) -> tuple[np.ndarray, Geometry]:
         return preprocessing.apply_geometry(decode(item))
 
+    def emit(group: list[tuple[int, np.ndarray, Geometry]]) -> tuple[torch.Tensor, list[Geometry], list[int]]:
+        indices, images, geometries = zip(*group)
+        return preprocessing.normalize(np.stack(images)), list(geometries), list(indices)
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
-        queue = iter(items)
+        queue = iter(enumerate(items))
         window = 2 * batch_size
-        for item in queue:
-            pending.append(pool.submit(prepare, item))
+        for index, item in queue:
+            pending.append((index, pool.submit(prepare, item)))
             if len(pending) >= window:
                 break
-        batch: list[tuple[np.ndarray, Geometry]] = []
+        groups: dict[tuple[int, ...], list[tuple[int, np.ndarray, Geometry]]] = {}
+        waiting = 0
         while pending:
-            batch.append(pending.popleft().result())
+            index, future = pending.popleft()
+            image, geometry = future.result()
+            group = groups.setdefault(image.shape, [])
+            group.append((index, image, geometry))
+            waiting += 1
             next_item = next(queue, None)
             if next_item is not None:
-                pending.append(pool.submit(prepare, next_item))
-            if len(batch) == batch_size or not pending:
-                images, geometries = zip(*batch)
-                yield preprocessing.normalize(np.stack(images)), list(geometries)
-                batch = []
+                pending.append((next_item[0], pool.submit(prepare, next_item[1])))
+            if len(group) == batch_size:
+                yield emit(groups.pop(image.shape))
+                waiting -= batch_size
+            elif waiting > window:
+                largest = max(groups, key=lambda shape: len(groups[shape]))
+                waiting -= len(groups[largest])
+                yield emit(groups.pop(largest))
+        for group in groups.values():
+            yield emit(group)
 
 
 def split_holdout(n_images: int, fraction: float, minimum: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -165,13 +165,15 @@ def preprocessing_from_dict(values: Any, where: str = "preprocessing") -> Prepro
     for key, allowed in choices.items():
         if key in values and values[key] not in allowed:
             raise ModelFileError(f"field '{where}.{key}' must be one of {list(allowed)}, got {values[key]!r}")
-    unknown = sorted(set(values) - {"mode", "resize", "crop", "normalization", "intensity"})
+    unknown = sorted(set(values) - {"mode", "resize", "crop", "normalization", "intensity", "multiple", "tile_overlap"})
     if unknown:
         raise ModelFileError(f"field {where!r} has unknown entries {unknown}")
     try:
         return Preprocessing(values["mode"], require_number(values["resize"], f"{where}.resize", integer=True),
                              require_number(values["crop"], f"{where}.crop", integer=True), values["normalization"],
-                             values.get("intensity", "none"))
+                             values.get("intensity", "none"),
+                             require_number(values.get("multiple", 32), f"{where}.multiple", integer=True),
+                             require_number(values.get("tile_overlap", 32), f"{where}.tile_overlap", integer=True))
     except ValueError as error:
         raise ModelFileError(f"field {where!r}: {error}") from None
 

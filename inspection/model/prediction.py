@@ -16,7 +16,9 @@ from .views import Panel
 class Prediction:
     """Raw maps and scores of a batch of images, with what is needed to normalise and display them."""
 
-    raw_maps: np.ndarray  # [N, H, W] float32 at the working resolution
+    # [N, H, W] float32 at the working resolution; when sizes vary (aspect, tiles) each map at the top left of
+    # one array as large as the largest, NaN around it and on padding.
+    raw_maps: np.ndarray
     raw_scores: np.ndarray  # [N]
     geometries: list[Geometry]
     calibration: Calibration | None

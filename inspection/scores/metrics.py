@@ -6,6 +6,9 @@ Conventions
   anomalous. NaN is not allowed here (a ValueError is raised).
 * ``masks``: boolean ground truth of the same shape; all-False for good images. A defect image with
   an all-False mask simply contributes no region and only negative pixels.
+* ``valid`` (optional, same shape): the pixels that belong to an image; the others (padding that lets images
+  of different sizes share one array) count nowhere. A pixel of an image that the model never saw scores -inf:
+  it counts, as missed at every threshold.
 * A pixel counts as "flagged at threshold t" when its score is ``>= t``; every distinct score is a
   threshold, so ties are handled exactly like ``sklearn.metrics.roc_auc_score``.
 
@@ -26,7 +29,8 @@ from scipy import ndimage
 
 from .regions import MIN_REGION_AREA, label_stack, region_masks
 
-__all__ = ["image_auroc", "pixel_auroc", "pro_curve", "aupro", "pixel_metrics", "region_metrics", "compare_masks"]
+__all__ = ["image_auroc", "pixel_auroc", "pro_curve", "aupro", "pixel_metrics", "region_metrics", "compare_masks",
+           "stack_ragged"]
 
 
 
@@ -76,7 +80,8 @@ def _as_maps_and_masks(maps: ArrayLike, masks: ArrayLike) -> tuple[np.ndarray, n
     return maps_array, masks_array.astype(bool, copy=False)
 
 
-def _pixel_curves(maps: np.ndarray, masks: np.ndarray, with_pro: bool) -> _ThresholdCurves:
+def _pixel_curves(maps: np.ndarray, masks: np.ndarray, with_pro: bool,
+                  valid: np.ndarray | None = None) -> _ThresholdCurves:
     """FPR, TPR and (optionally) PRO at every distinct threshold, from a single descending sort.
 
     Each pixel carries a weight: 1 into the positive or negative count, and for region pixels
@@ -93,6 +98,9 @@ def _pixel_curves(maps: np.ndarray, masks: np.ndarray, with_pro: bool) -> _Thres
         region_labels, n_regions = masks.ravel(), 0
 
     scores = maps.ravel()
+    if valid is not None:  # padding is dropped after labelling (it is never part of a region)
+        inside = np.asarray(valid, bool).ravel()
+        scores, region_labels = scores[inside], region_labels[inside]
     order = np.argsort(scores, kind="stable")[::-1]
     sorted_scores = scores[order]
     group_ends = _tie_group_ends(sorted_scores)
@@ -210,15 +218,41 @@ def aupro(maps: ArrayLike, masks: ArrayLike, max_fpr: float = 0.3) -> float:
     return _aupro_from_curves(_pixel_curves(maps_array, masks_array, with_pro=True), max_fpr)
 
 
-def pixel_metrics(maps: ArrayLike, masks: ArrayLike, max_fpr: float = 0.3) -> dict[str, float]:
-    """``{"pixel_auroc": ..., "aupro": ...}`` computed from one shared sort of the pixels."""
+def pixel_metrics(maps: ArrayLike, masks: ArrayLike, max_fpr: float = 0.3,
+                  valid: ArrayLike | None = None) -> dict[str, float]:
+    """``{"pixel_auroc": ..., "aupro": ...}`` computed from one shared sort of the pixels (those in `valid`)."""
     max_fpr = _validate_max_fpr(max_fpr)
     maps_array, masks_array = _as_maps_and_masks(maps, masks)
-    curves = _pixel_curves(maps_array, masks_array, with_pro=True)
+    valid_array = None
+    if valid is not None:
+        valid_array = np.asarray(valid, bool).reshape(maps_array.shape)
+        masks_array = masks_array & valid_array
+    curves = _pixel_curves(maps_array, masks_array, with_pro=True, valid=valid_array)
     return {
         "pixel_auroc": _auroc_from_curves(curves),
         "aupro": _aupro_from_curves(curves, max_fpr),
     }
+
+
+def stack_ragged(maps: list[np.ndarray], masks: list[np.ndarray], fill: float = -np.inf
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image maps and masks of different sizes as (maps, masks, valid) arrays [N, H, W] for the metrics.
+
+    Portrait images are transposed (every metric here is unchanged by it: regions are 8-connected), so that a
+    set of both orientations needs short side × long side per image, not long side squared. Pixels beyond an
+    image are `fill` in the maps, False in the masks and in `valid`.
+    """
+    maps = [item.T if item.shape[0] > item.shape[1] else item for item in maps]
+    masks = [item.T if item.shape[0] > item.shape[1] else item for item in masks]
+    height, width = max(item.shape[0] for item in maps), max(item.shape[1] for item in maps)
+    stacked = np.full((len(maps), height, width), fill, np.float32)
+    stacked_masks = np.zeros(stacked.shape, bool)
+    valid = np.zeros(stacked.shape, bool)
+    for index, (item, mask) in enumerate(zip(maps, masks)):
+        stacked[index, : item.shape[0], : item.shape[1]] = item
+        stacked_masks[index, : mask.shape[0], : mask.shape[1]] = mask
+        valid[index, : item.shape[0], : item.shape[1]] = True
+    return stacked, stacked_masks, valid
 
 
 def compare_masks(predicted: ArrayLike, truth: ArrayLike) -> dict[str, Any]:
