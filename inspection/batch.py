@@ -14,8 +14,8 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .data.images import IMAGE_EXTENSIONS, list_images, load_image
+from .data.uris import is_uri, list_uri_images, read_uri, uri_key, uri_name
 from .errors import ImageLoadError, ModelFileError, ParameterError
 from .model.base import AnomalyModel
 from .outputs import write_csv
 from .results import DISPLAY_MAX_SIDE, image_result
 
 CSV_NAME = "predictions.csv"
+PARQUET_NAME = "predictions.parquet"
 #: One JSON line per scored file (after a first line naming the model): what a rerun skips.
 STATE_NAME = "predict-state.jsonl"
 PREDICTION_FIELDS = ("file", "score", "raw_score", "verdict", "regions", "largest_region_area", "overlay", "error")
@@ -41,6 +43,8 @@ _CHUNK_PIXELS = 64_000_000
 _NOT_RESULTS = frozenset({"device", "batch_size"})
 
 Progress = Callable[[int, int], None]  # (files done, files in all)
+#: Where an image is read from: a local path, or a URI (`data.uris`).
+Source = Path | str
 
 
 @dataclass(frozen=True)
@@ -61,13 +65,22 @@ class BatchSummary:
         return self.csv_path.parent
 
 
-def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
-    """(file, its name in the CSV): relative to the folder it was found in; the full path for a file given directly.
+def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Source, str]]:
+    """(file, its name in the CSV): relative to the folder it was found in; the full path (or URI) for a file given
+    directly. Inputs may be local paths or URIs (``s3://…``, ``file:///…``: `data.uris`).
 
     Folders that hold no image are named on stderr; when nothing at all is found, a ParameterError says so."""
-    files: list[tuple[Path, str]] = []
+    files: list[tuple[Source, str]] = []
     empty: list[str] = []
     for name in inputs:
+        if is_uri(name):
+            found_uris = list_uri_images(str(name))
+            if found_uris is None:  # a file
+                files.append((str(name), str(name)))
+            elif not found_uris:
+                empty.append(str(name))
+            files.extend((uri, uri_name(uri)) for uri in found_uris or ())
+            continue
         path = Path(name).expanduser()
         if path.is_dir():
             found = list_images(path)
@@ -95,8 +108,12 @@ def model_fingerprint(model: AnomalyModel) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def file_key(path: Path) -> dict[str, Any] | None:
-    """How a file is recognised on a rerun: its full path, size and modification time (None: it cannot be read)."""
+def file_key(source: Source) -> dict[str, Any] | None:
+    """How a file is recognised on a rerun: its full path (or URI), size and modification time (None: it cannot be
+    read)."""
+    if is_uri(source):
+        return uri_key(str(source))
+    path = Path(source)
     try:
         stat = path.stat()
     except OSError:
@@ -159,14 +176,120 @@ def csv_row(row: dict[str, Any]) -> dict[str, Any]:
             "overlay": row.get("overlay", ""), "error": ""}
 
 
-def score_files(model: AnomalyModel, files: Sequence[tuple[Path, str]], out: Path, batch_size: int,
+@dataclass(frozen=True)
+class Task:
+    """One file to score: its place in the input, where it is read from (a path or a URI), its name in the CSV, how
+    a rerun recognises it, and the file name its overlay picture gets if one is written."""
+
+    index: int
+    source: str
+    name: str
+    key: dict[str, Any] | None
+    overlay: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Task:
+        return cls(**json.loads(text))
+
+
+#: How the files are scored: (model, the tasks, output folder, batch size, overlays) → (task, row) pairs as the
+#: files are done, in any order. `score_locally` here; `scale_out.RayEngine` on a Ray cluster.
+Engine = Callable[[AnomalyModel, Sequence[Task], Path, int, str], Iterable[tuple[Task, dict[str, Any]]]]
+
+
+def read_source(source: str) -> np.ndarray:
+    """The image at a path or URI, as every scoring path reads it (shrunk to the display size)."""
+    if is_uri(source):
+        return load_image(read_uri(source), name=source, max_side=DISPLAY_MAX_SIDE)
+    return load_image(Path(source), max_side=DISPLAY_MAX_SIDE)
+
+
+def _error_row(task: Task, error: Exception) -> dict[str, Any]:
+    return {**(task.key or {"path": task.source}), "file": task.name, "error": str(error)}
+
+
+def _scored_rows(model: AnomalyModel, batch: Sequence[tuple[Task, np.ndarray]], out: Path, overlays: str
+                 ) -> list[tuple[Task, dict[str, Any]]]:
+    """One forward pass over decoded images: each one's row, and its overlay picture written when asked for."""
+    prediction = model.predict([image for _, image in batch])
+    rows = []
+    for position, (task, image) in enumerate(batch):
+        result = image_result(prediction, position, image, task.name)
+        overlay = ""
+        if overlays == "all" or (overlays == "defects" and result.is_defect):
+            overlay = task.overlay
+            cv2.imwrite(str(out / overlay), result.overlay()[:, :, ::-1])  # BGR
+        areas = [row["area (px)"] for row in result.region_rows(brief=True)]
+        rows.append((task, {**(task.key or {"path": task.source}), "file": task.name, "score": result.score,
+                            "raw_score": result.raw_score, "verdict": "defect" if result.is_defect else "good",
+                            "regions": len(result.regions), "largest_region_area": max(areas, default=0),
+                            "overlay": overlay, "error": ""}))
+    return rows
+
+
+def score_tasks(model: AnomalyModel, tasks: Sequence[Task], out: Path, overlays: str
+                ) -> Iterator[tuple[Task, dict[str, Any]]]:
+    """Score one chunk of files: the readable ones in forward passes of at most `_CHUNK_PIXELS` decoded pixels
+    (large images then cost one pass's memory), each unreadable one as a row naming why. Every engine scores its
+    chunks through this, so that the same chunks give the same scores wherever they run."""
+    batch: list[tuple[Task, np.ndarray]] = []
+    for task in tasks:
+        try:
+            image = read_source(task.source)
+        except ImageLoadError as error:  # one bad file is reported and skipped; the rest are scored
+            yield task, _error_row(task, error)
+            continue
+        batch.append((task, image))
+        if sum(item.shape[0] * item.shape[1] for _, item in batch) >= _CHUNK_PIXELS:
+            yield from _scored_rows(model, batch, out, overlays)
+            batch = []
+    if batch:
+        yield from _scored_rows(model, batch, out, overlays)
+
+
+def chunks(tasks: Sequence[Task], batch_size: int) -> list[Sequence[Task]]:
+    """The tasks in chunks of `batch_size`, in input order: the unit of work of every engine."""
+    return [tasks[start: start + batch_size] for start in range(0, len(tasks), batch_size)]
+
+
+def score_locally(model: AnomalyModel, tasks: Sequence[Task], out: Path, batch_size: int, overlays: str
+                  ) -> Iterator[tuple[Task, dict[str, Any]]]:
+    """The default engine: chunk after chunk, in this process, on the model's device."""
+    for chunk in chunks(tasks, batch_size):
+        yield from score_tasks(model, chunk, out, overlays)
+
+
+def write_parquet(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """The CSV's rows as a Parquet table with typed columns (numbers as numbers, empty where a file was
+    unreadable), written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def column(name: str, kind: Any) -> Any:
+        return pa.array([None if row.get("error") and name not in ("file", "error") else row.get(name, "")
+                         for row in rows], type=kind)
+
+    kinds = {"file": pa.string(), "score": pa.float64(), "raw_score": pa.float64(), "verdict": pa.string(),
+             "regions": pa.int64(), "largest_region_area": pa.int64(), "overlay": pa.string(), "error": pa.string()}
+    table = pa.table({name: column(name, kinds[name]) for name in PREDICTION_FIELDS})
+    temporary = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def score_files(model: AnomalyModel, files: Sequence[tuple[Source, str]], out: Path, batch_size: int,
                 quiet: bool = True, resume: bool = True, overlays: str = "all",
-                progress: Progress | None = None) -> BatchSummary:
+                progress: Progress | None = None, engine: Engine = score_locally) -> BatchSummary:
     """Score files into `out`: predictions.csv (one row per file, input order) and a result picture per readable
     image (`overlays`: "all", "defects" or "none").
 
     With `resume`, files an earlier run into the same folder scored with the same model (and thresholds) are
-    not scored again. `progress(done, total)` is called as files are done, skipped ones first.
+    not scored again. `progress(done, total)` is called as files are done, skipped ones first. `engine` does the
+    scoring (`score_locally` by default); this function keeps the books, whichever engine runs.
     """
     if model.calibration is None:
         raise ModelFileError("the model has no calibration (thresholds): retrain it")
@@ -177,7 +300,7 @@ def score_files(model: AnomalyModel, files: Sequence[tuple[Path, str]], out: Pat
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = model_fingerprint(model)
     previous, restarted = read_state(out, fingerprint) if resume else ({}, False)
-    keys = [file_key(path) for path, _ in files]
+    keys = [file_key(source) for source, _ in files]
     rows: list[dict[str, Any] | None] = [None] * len(files)
     for index, ((_, name), key) in enumerate(zip(files, keys)):
         row = previous.get(key["path"]) if key is not None else None
@@ -186,60 +309,34 @@ def score_files(model: AnomalyModel, files: Sequence[tuple[Path, str]], out: Pat
     kept = [row for row in rows if row is not None]
     skipped = len(kept)
     _write_state(out, fingerprint, kept)
+    # Overlay names are given before any scoring (unique in the folder, in input order), so that every engine
+    # writes the same files wherever each image is scored.
     used = {Path(row["overlay"]).stem for row in kept if row.get("overlay")}
-    chunk: list[tuple[int, Path, str, np.ndarray]] = []
+    tasks = [Task(index, str(source), name, keys[index], f"{_unique_name(_stem(source), used)}.png")
+             for index, (source, name) in enumerate(files) if rows[index] is None]
     bar = tqdm(total=len(files), initial=skipped, desc="predict", unit="image", file=sys.stderr, disable=quiet)
     done = skipped
     if progress is not None:
         progress(done, len(files))
-
-    with open(out / STATE_NAME, "a", encoding="utf-8") as state:
-
-        def finish(index: int, row: dict[str, Any]) -> None:
-            nonlocal done
-            rows[index] = row
-            state.write(json.dumps(row) + "\n")
-            done += 1
-            bar.update(1)
-            if progress is not None:
-                progress(done, len(files))
-
-        def score_chunk() -> None:
-            prediction = model.predict([image for *_, image in chunk])
-            for position, (index, path, name, image) in enumerate(chunk):
-                result = image_result(prediction, position, image, name)
-                overlay = ""
-                if overlays == "all" or (overlays == "defects" and result.is_defect):
-                    overlay = f"{_unique_name(path.stem, used)}.png"
-                    cv2.imwrite(str(out / overlay), result.overlay()[:, :, ::-1])  # BGR
-                areas = [row["area (px)"] for row in result.region_rows(brief=True)]
-                finish(index, {**(keys[index] or {"path": str(path)}), "file": name, "score": result.score,
-                               "raw_score": result.raw_score, "verdict": "defect" if result.is_defect else "good",
-                               "regions": len(result.regions), "largest_region_area": max(areas, default=0),
-                               "overlay": overlay, "error": ""})
-            chunk.clear()
-            state.flush()  # a run stopped later keeps this chunk
-
-        try:
-            for index, (path, name) in enumerate(files):
-                if rows[index] is not None:
-                    continue
-                try:
-                    image = load_image(path, max_side=DISPLAY_MAX_SIDE)
-                except ImageLoadError as error:  # one bad file is reported and skipped; the rest are scored
-                    finish(index, {**(keys[index] or {"path": str(path)}), "file": name, "error": str(error)})
-                    continue
-                chunk.append((index, path, name, image))
-                if len(chunk) == batch_size or \
-                        sum(item.shape[0] * item.shape[1] for *_, item in chunk) >= _CHUNK_PIXELS:
-                    score_chunk()
-            if chunk:
-                score_chunk()
-        finally:
-            bar.close()
-            # Also when stopped: the CSV then holds what was scored so far (a rerun goes on from there).
-            finished = [row for row in rows if row is not None]
-            csv_path = write_csv(out / CSV_NAME, [csv_row(row) for row in finished], PREDICTION_FIELDS)
+    try:
+        with open(out / STATE_NAME, "a", encoding="utf-8") as state:
+            for task, row in engine(model, tasks, out, batch_size, overlays):
+                rows[task.index] = row
+                state.write(json.dumps(row) + "\n")
+                state.flush()  # a run stopped later keeps this file
+                done += 1
+                bar.update(1)
+                if progress is not None:
+                    progress(done, len(files))
+    finally:
+        bar.close()
+        # Also when stopped: the CSV then holds what was scored so far (a rerun goes on from there).
+        finished = [row for row in rows if row is not None]
+        csv_path = write_csv(out / CSV_NAME, [csv_row(row) for row in finished], PREDICTION_FIELDS)
     failed = sum(bool(row.get("error")) for row in finished)
     return BatchSummary(scored=len(finished) - failed, flagged=sum(row.get("verdict") == "defect" for row in finished),
                         failed=failed, csv_path=csv_path, skipped=skipped, rows=tuple(finished), restarted=restarted)
+
+
+def _stem(source: Source) -> str:
+    return Path(uri_name(source) if is_uri(source) else source).stem
