@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from inspection.classifier import ClassifierCam, class_activation_map
 from inspection.data.datasets import Dataset
 from inspection.data.demo import demo_dataset
 from inspection.data.images import load_image
@@ -51,6 +52,12 @@ def cached_explanation(path: str, modified: float, image_key: str, _image: np.nd
     return explain_image(cached_model(path, modified), _image, layer, box, guided)
 
 
+@st.cache_resource(show_spinner="Computing the classifier's CAM…", max_entries=32)
+def cached_classifier_cam(path: str, modified: float, image_key: str, _image: np.ndarray) -> ClassifierCam:
+    """The defect classifier's probability and CAM of one image per (model file version, image)."""
+    return class_activation_map(cached_model(path, modified), _image)
+
+
 @st.cache_data(show_spinner=False, max_entries=4000)
 def cached_thumbnail(path: str, modified: float, size: int = 160) -> np.ndarray:
     """A dataset thumbnail, decoded once per file version."""
@@ -90,6 +97,11 @@ def explain(entry: ModelEntry, image: np.ndarray, image_key: str, layer: str, bo
             guided: bool) -> Explanation:
     """Grad-CAM (and Guided Grad-CAM when `guided`) of the image's score, or of a box's, computed once each."""
     return cached_explanation(str(entry.path), entry.modified, image_key, image, layer, box, guided)
+
+
+def classifier_cam(entry: ModelEntry, image: np.ndarray, image_key: str) -> ClassifierCam:
+    """The defect classifier's CAM of an image, computed once."""
+    return cached_classifier_cam(str(entry.path), entry.modified, image_key, image)
 
 
 def model_of(entry: ModelEntry) -> AnomalyModel:

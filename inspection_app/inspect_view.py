@@ -1,16 +1,21 @@
 """What the Inspect page shows beyond the pictures: the mask slider's range, the mask's overlap with the ground
-truth in words and rows, the method's panels arranged in rows, the choices of a Grad-CAM explanation."""
+truth in words and rows, the method's panels arranged in rows, the choices of a Grad-CAM explanation, the defect
+classifier fitted from the page."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from inspection.classifier import attach_defect_classifier, fit_defect_classifier
+from inspection.data.datasets import Dataset
 from inspection.explain import Box, explainable_layers
 from inspection.model.backbone_model import BackboneModel
+from inspection.model.base import AnomalyModel
 from inspection.model.views import Panel
 from inspection.results import ImageResult
 
@@ -82,3 +87,25 @@ def explain_targets(result: ImageResult) -> dict[str, Box | None]:
     for index, region in enumerate(result.regions):
         targets[f"region {index + 1} (max {region.max_score:.2f})"] = (region.x0, region.y0, region.x1, region.y1)
     return targets
+
+
+def can_fit_classifier(dataset: Dataset | None) -> bool:
+    """Whether the open dataset has labelled good and defect test images to fit a defect classifier on."""
+    return dataset is not None and {sample.label for sample in dataset.test} == {0, 1}
+
+
+def fit_classifier_on_dataset(model: AnomalyModel, dataset: Dataset, path: Path) -> dict[str, Any]:
+    """Fit the model's defect classifier on the dataset's labelled test images (good and defect) and keep it in the
+    model file; its record (counts, cross-validated accuracy)."""
+    good = [sample.source for sample in dataset.test if sample.label == 0]
+    defect = [sample.source for sample in dataset.test if sample.label == 1]
+    fitted = fit_defect_classifier(model, good, defect, seed=model.params["seed"])
+    attach_defect_classifier(path, fitted)
+    return fitted.record
+
+
+def classifier_caption(record: dict[str, Any], probability: float) -> str:
+    """What the CAM picture's caption says: the head's verdict and how it was fitted."""
+    return (f"Defect probability {probability:.0%} · head at {record.get('layer')}, fitted on {record.get('n_good')} "
+            f"good and {record.get('n_defect')} defect images (cross-validated accuracy "
+            f"{record.get('cv_accuracy', float('nan')):.0%})")

@@ -1,12 +1,15 @@
 """Inspect: one image in detail — original and heatmap with defect regions, the defect mask at a pixel threshold
 you move live beside the ground truth (with their overlap), the method's own views (its panels: reconstructions,
 feature errors…) or its reconstruction when it makes one, the regions' scores, and on request a Grad-CAM of the
-score (which backbone features it depends on)."""
+score (which backbone features it depends on) and the CAM of a defect classifier fitted on labelled images."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from inspection.classifier import DIFFERENCE as CAM_DIFFERENCE
+from inspection.classifier import defect_classifier
+from inspection.classifier import unavailable_reason as classifier_unavailable
 from inspection.data.datasets import load_sample_mask
 from inspection.explain import DIFFERENCE, unavailable_reason
 from inspection.registry import get_method
@@ -16,7 +19,10 @@ from inspection_app import caches, page, sidebar
 from inspection_app.browse import SPLITS, filter_samples
 from inspection_app.inspect_view import (
     PANELS_PER_ROW,
+    can_fit_classifier,
+    classifier_caption,
     explain_targets,
+    fit_classifier_on_dataset,
     is_wide,
     layer_labels,
     mask_slider_range,
@@ -174,3 +180,28 @@ elif st.toggle("Explain the score", value=False, key="inspect_explain",
         st.caption("Grad-CAM colours run from blue (0) to red (1, this map's strongest attribution): a scale of its "
                    "own, not the model's. Its channel weights are the score's gradient averaged over the layer, so "
                    "it can also light up places that share the features of the worst spot.")
+
+st.subheader("Defect classifier (CAM)")
+st.caption(CAM_DIFFERENCE)
+if classifier_unavailable(model) is not None:
+    st.info(classifier_unavailable(model), icon=":material/info:")
+elif defect_classifier(model) is None:
+    can_fit = can_fit_classifier(dataset)
+    st.caption("This model has no defect classifier. Fit one from labelled images with `python -m inspection "
+               "classifier --model … --good FOLDER --defect FOLDER`" +
+               (", or here from the open dataset's labelled test images (the CAM is then shown on images it learned "
+                "from)." if can_fit else "."))
+    if can_fit and st.button("Fit a defect classifier on the test images", key="inspect_fit_classifier"):
+        with page.user_errors(), st.spinner("Fitting the defect classifier…"):
+            record = fit_classifier_on_dataset(model, dataset, entry.path)
+            st.toast(f"Defect classifier fitted: cross-validated accuracy {record['cv_accuracy']:.0%}")
+            st.rerun()
+elif st.toggle("Show the classifier's CAM", value=False, key="inspect_cam"):
+    with page.user_errors():
+        found = caches.classifier_cam(entry, image, image_key)
+        pictures = st.columns(2)
+        pictures[0].image(result.overlay(), caption="Anomaly map", width="stretch")
+        pictures[1].image(found.overlay(image), caption=classifier_caption(defect_classifier(model).record,
+                                                                           found.probability), width="stretch")
+        st.caption("CAM colours run from blue (0) to red (1, this image's strongest evidence for a defect): a scale "
+                   "of its own. The model's threshold, not this head, decides good or defect.")

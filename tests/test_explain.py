@@ -194,5 +194,6 @@ def test_the_inspect_page_says_why_a_method_has_no_grad_cam(models: Path, demo_r
     at = run_inspect()
     assert_clean(at)
     assert [info.value for info in at.info] == [
-        "Grad-CAM explains a score through a pretrained backbone's features; vae (projection) has none."]
-    assert "inspect_explain" not in [toggle.key for toggle in at.toggle]
+        "Grad-CAM explains a score through a pretrained backbone's features; vae (projection) has none.",
+        "A defect classifier sits on a pretrained backbone; vae (projection) has none."]
+    assert not {"inspect_explain", "inspect_cam"} & {toggle.key for toggle in at.toggle}

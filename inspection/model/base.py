@@ -96,6 +96,11 @@ COMMON_PARAMS = params(
 )
 
 
+#: Tensors of optional parts attached to a model file after fitting — a defect classifier head on the backbone
+#: (`inspection/classifier.py`) — and the info entry describing it: not the method's own state.
+ATTACHED_PREFIX = "classifier."
+ATTACHED_INFO_KEY = "defect_classifier"
+
 class AnomalyModel(ABC):
     """Base class of every method: parameters, fit/predict, calibration, one-file save/load."""
 
@@ -127,6 +132,8 @@ class AnomalyModel(ABC):
                                            self.padding_multiple(), self.params["tile_overlap"])
         self.calibration: Calibration | None = None
         self.info = ModelInfo()
+        #: Tensors of parts attached to the file after fitting (`ATTACHED_PREFIX`), kept when it is saved again.
+        self.attached: dict[str, torch.Tensor] = {}
 
     # --- declarations ---------------------------------------------------------------------------------
 
@@ -230,6 +237,8 @@ class AnomalyModel(ABC):
         if not images:
             raise ValueError("no good images to fit on")
         progress = progress or no_progress
+        self.attached = {}  # what was attached to the features of an earlier fit would not fit these
+        self.info.extra.pop(ATTACHED_INFO_KEY, None)
         started = time.perf_counter()
         torch.manual_seed(self.params["seed"])
         self._ensure_setup()
@@ -370,7 +379,7 @@ class AnomalyModel(ABC):
     def save(self, path: str | os.PathLike) -> Path:
         """Write one file: learned tensors + settings, preprocessing, seed, calibration and metadata."""
         self._require_fitted()
-        return write_model_file(path, self._state(), self.header().to_dict())
+        return write_model_file(path, {**self._state(), **self.attached}, self.header().to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None) -> AnomalyModel:
@@ -395,7 +404,9 @@ class AnomalyModel(ABC):
             model._check_header(header)
             model._ensure_setup()
             device_now = model.device
-            model._load_state({name: tensor.to(device_now) for name, tensor in tensors.items()})
+            model.attached = {name: tensor for name, tensor in tensors.items() if name.startswith(ATTACHED_PREFIX)}
+            model._load_state({name: tensor.to(device_now) for name, tensor in tensors.items()
+                               if not name.startswith(ATTACHED_PREFIX)})
         except InspectionError as error:  # missing weights, tensors that do not fit, …: say which file
             if path.name in str(error):
                 raise
