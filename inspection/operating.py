@@ -93,7 +93,7 @@ def promise_check(target_fpr: float, point: OperatingPoint) -> tuple[str, str] |
     low, high = point.fpr_interval
     if not point.n_good or not math.isfinite(low):
         return None
-    measured = (f"{point.fpr:.1%} of the {point.n_good} good test parts are flagged (95 % interval {low:.1%} to "
+    measured = (f"{point.fpr:.1%} of the {point.n_good} unseen good parts are flagged (95 % interval {low:.1%} to "
                 f"{high:.1%})")
     if low > target_fpr:
         return ("warning", f"{measured}: more false alarms than the {target_fpr:.1%} promised. The good parts now "
@@ -179,7 +179,8 @@ def promise_report(calibration: Calibration, metrics: Mapping[str, Any]) -> str:
     words = f"Image threshold: {calibration.image_promise or 'set on the held-out good images'}."
     if metrics.get("n_unseen_good"):
         low, high = metrics["fpr_unseen_good_ci"]
-        words += (f" On {metrics['n_unseen_good']} unseen good test images: {metrics['fpr_unseen_good']:.1%} flagged "
+        where = "held-out verification images" if metrics.get("unseen_good_source") else "test images"
+        words += (f" On {metrics['n_unseen_good']} unseen good {where}: {metrics['fpr_unseen_good']:.1%} flagged "
                   f"(95 % interval {low:.1%} to {high:.1%}).")
     if "false_boxes_per_good_image" in metrics:
         words += (f" Pixel threshold: {metrics['false_boxes_per_good_image']:.2f} false regions per unseen good "

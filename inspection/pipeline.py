@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import pickle
 import queue
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from .data.protocol import AlignmentProtocol
 from .errors import friendly_error
 from .evaluate import Evaluation, evaluate, record_evaluation
 from .model.base import AnomalyModel
+from .model.batching import split_holdout
 from .model.modelfile import MODEL_SUFFIX
 from .model.progress import Progress, ProgressCallback, no_progress
 from .outputs import check_output_file
@@ -34,6 +35,12 @@ COMMON_STAGE_LABELS = {
 }
 
 
+#: Without a test split: the share of good images held out for verification, at least this many, and only when
+#: there are enough good images for fitting, calibration and verification.
+VERIFICATION_FRACTION, VERIFICATION_MINIMUM, VERIFICATION_MIN_IMAGES = 0.1, 10, 40
+VERIFICATION_SOURCE = "verification share of the good training images (no test split)"
+
+
 def stage_label(method: str, stage: str) -> str:
     """A readable name of a progress stage of `method`'s training, e.g. 'Selecting the memory bank (coreset)'."""
     try:
@@ -49,16 +56,35 @@ def model_path(out: str | os.PathLike) -> Path:
     return out if out.suffix == MODEL_SUFFIX else out.with_name(out.name + MODEL_SUFFIX)
 
 
+def verification_split(dataset: Dataset, seed: int) -> tuple[Dataset, bool]:
+    """A dataset without a test split → (one whose test split is a seeded share of its good training images, kept
+    from fitting and calibration alike, True); others, or too few good images, come back as they are (False).
+
+    Without it nothing would say how the thresholds do on good images that neither fitting nor calibration saw."""
+    if dataset.test or len(dataset.train) < VERIFICATION_MIN_IMAGES:
+        return dataset, False
+    # Another seed than the calibration share's, which is drawn from what is left.
+    keep, held = split_holdout(len(dataset.train), VERIFICATION_FRACTION, VERIFICATION_MINIMUM, seed + 1)
+    return replace(dataset, train=[dataset.train[index] for index in keep],
+                   test=[dataset.train[index] for index in held]), True
+
+
 def fit_on_dataset(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback | None = None,
                    evaluate_test: bool = True) -> Evaluation | None:
     """Fit on the train split (good images), then evaluate on the test split when there is one (both under the
-    dataset's protocol, which the model records)."""
+    dataset's protocol, which the model records). Without a test split, a verification share of the good images
+    is held out and the thresholds are measured on it (`verification_split`)."""
+    verifying = False
+    if evaluate_test:
+        dataset, verifying = verification_split(dataset, model.params["seed"])
     model.fit([sample.source for sample in dataset.train], progress=progress)
     model.info.update(category=dataset.category, data_path=str(dataset.root), layout=dataset.layout,
                       protocol=dataset.protocol.to_dict())
     if not (evaluate_test and dataset.test):
         return None
     evaluation = evaluate(model, dataset, progress=progress)
+    if verifying:
+        evaluation.metrics["unseen_good_source"] = VERIFICATION_SOURCE
     record_evaluation(model, dataset, evaluation)
     return evaluation
 
@@ -141,7 +167,7 @@ def _train_process(arguments: dict[str, Any], messages: Any, stop: Any, niceness
 
 def train_in_process(method: str, params: dict[str, Any], data: str | os.PathLike, category: str | None = None,
                      out: str | os.PathLike | None = None, *, evaluate_test: bool = True, display_name: str = "",
-                     progress: ProgressCallback | None = None,
+                     progress: ProgressCallback | None = None, protocol: AlignmentProtocol | None = None,
                      niceness: int = TRAINING_NICENESS) -> tuple[Path | None, dict[str, Any]]:
     """`train` in a new process of lower priority; returns (file written, test metrics).
 
@@ -154,7 +180,7 @@ def train_in_process(method: str, params: dict[str, Any], data: str | os.PathLik
     messages, stop = context.Queue(), context.Event()
     arguments = {"method": method, "params": dict(params), "data": str(data), "category": category,
                  "out": None if out is None else str(out), "evaluate_test": evaluate_test,
-                 "display_name": display_name}
+                 "display_name": display_name, "protocol": protocol}
     worker = context.Process(target=_train_process, args=(arguments, messages, stop, niceness), daemon=True,
                              name="inspection-training")
     worker.start()

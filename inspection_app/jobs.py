@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from inspection.data.protocol import AlignmentProtocol
 from inspection.errors import BusyError, friendly_error
 from inspection.model.progress import Progress
 from inspection.outputs import check_output_file
@@ -51,6 +52,7 @@ class TrainingRequest:
     out_path: str
     display_name: str
     evaluate: bool = True
+    protocol: str = "aligned"  # the evaluation protocol the images are under (data/protocol.py), seed 0
 
 
 @dataclass
@@ -101,7 +103,8 @@ class JobState:
 def run_training(request: TrainingRequest, progress: Callable[[Progress], None]) -> tuple[Path, dict[str, Any]]:
     """Fit the requested model on the dataset, evaluate on its test split when there is one, save it."""
     result = train(request.method, request.params, request.data_root, request.category, request.out_path,
-                   evaluate_test=request.evaluate, display_name=request.display_name, progress=progress)
+                   evaluate_test=request.evaluate, display_name=request.display_name, progress=progress,
+                   protocol=AlignmentProtocol(request.protocol))
     return result.path, result.metrics
 
 
@@ -109,7 +112,8 @@ def run_training_in_process(request: TrainingRequest,
                             progress: Callable[[Progress], None]) -> tuple[Path, dict[str, Any]]:
     """`run_training` in a process of its own, of lower priority (the app's default runner)."""
     return train_in_process(request.method, request.params, request.data_root, request.category, request.out_path,
-                            evaluate_test=request.evaluate, display_name=request.display_name, progress=progress)
+                            evaluate_test=request.evaluate, display_name=request.display_name, progress=progress,
+                            protocol=AlignmentProtocol(request.protocol))
 
 
 class FolderLock:

@@ -46,6 +46,7 @@ class ModelEntry:
     metrics: dict[str, Any] = field(default_factory=dict)
     data_path: str = ""  # the dataset (category folder) it was trained and evaluated on
     modified: float = 0.0  # file mtime: part of every cache key, so a rewritten file is never served stale
+    protocol: str = "aligned"  # the evaluation protocol it was trained and evaluated under
 
     @property
     def label(self) -> str:
@@ -58,7 +59,7 @@ class ModelEntry:
     def row(self) -> dict[str, Any]:
         """A table row: name, method, backbone, category, date and the headline test metrics."""
         return {"name": self.name, "category": self.category or "—", "method": self.method,
-                "backbone": self.backbone or "—", **metric_cells(self.metrics),
+                "backbone": self.backbone or "—", "protocol": self.protocol, **metric_cells(self.metrics),
                 "created": format_created(self.created), "file": self.path.name}
 
 
@@ -79,7 +80,8 @@ def entry_from_header(path: Path, header: ModelHeader) -> ModelEntry:
     return ModelEntry(path=path, name=info.display_name or path.stem, method=header.method,
                       backbone=header.backbone.name if header.backbone is not None else "",
                       category=info.category, created=info.created, metrics=dict(info.metrics),
-                      data_path=info.data_path, modified=path.stat().st_mtime)
+                      data_path=info.data_path, modified=path.stat().st_mtime,
+                      protocol=info.alignment_protocol().name)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,15 @@ class ThresholdLevel:
     table: ScoreTable
     summary: PixelSummary
     recorded_pixel_auroc: float | None = None
+    #: Where the good images the thresholds are measured on came from, when not the test split.
+    unseen_good_source: str = ""
+
+    @property
+    def unseen_good_words(self) -> str:
+        """What the good images of the recorded scores are, e.g. 'good test images'."""
+        if self.unseen_good_source:
+            return "good training images held out from fitting and calibration alike (there is no test split)"
+        return "good test images, which neither fitting nor calibration saw"
 
     @property
     def image_level(self) -> bool:
@@ -189,4 +198,5 @@ def threshold_level(header: ModelHeader, level: str) -> ThresholdLevel:
         raise ValueError("the model has no calibration (thresholds): retrain it")
     pixel_auroc = header.info.metrics.get("pixel_auroc")
     return ThresholdLevel(level, header.calibration, recorded_test_scores(header.info), pixel_summary(header.info),
-                          float(pixel_auroc) if isinstance(pixel_auroc, (int, float)) else None)
+                          float(pixel_auroc) if isinstance(pixel_auroc, (int, float)) else None,
+                          str(header.info.metrics.get("unseen_good_source") or ""))

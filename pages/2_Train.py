@@ -7,6 +7,7 @@ from typing import Any
 
 import streamlit as st
 
+from inspection.data.protocol import PROTOCOLS, AlignmentProtocol
 from inspection.features.mobilenet import RESOLUTIONS as COST_SIDES
 from inspection.registry import backbones, methods
 from inspection_app import caches, page, sidebar, training
@@ -92,6 +93,11 @@ with st.form(f"train-form-{method}"):
     evaluate = st.checkbox("Evaluate on the test split after training", value=bool(dataset.test),
                            disabled=not dataset.test, key=f"evaluate-{method}",
                            help="Image AUROC, pixel AUROC, AUPRO and speed, kept in the model file.")
+    protocol = st.selectbox(
+        "Protocol", PROTOCOLS, key=f"protocol-{method}", format_func=lambda name: AlignmentProtocol(name).describe(),
+        help="aligned: the images as captured. rotated: every image, training and test alike, turned and shifted "
+             "as a part placed by hand would be (seeded; masks moved with them), to see how the method copes with "
+             "parts that are not aligned. The model file records the protocol.")
     st.caption(f"Data: **{dataset.category}** — {len(dataset.train)} good training images, "
                f"{len(dataset.test)} test images. Saved to `{models_dir()}`.")
     running = training.training_running()
@@ -103,7 +109,7 @@ if submitted:
         display_name = validate_name(name)
         request = TrainingRequest(method, params, str(dataset.root), None,
                                   str(unique_model_path(models_dir(), display_name)), display_name,
-                                  evaluate=evaluate and bool(dataset.test))
+                                  evaluate=evaluate and bool(dataset.test), protocol=protocol)
         if training.start_training(request):
             st.rerun()
 training.training_monitor()  # here, right under the button that starts a training

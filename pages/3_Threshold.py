@@ -108,9 +108,8 @@ if image_level:
                            "out from fitting).")
     if point.n_good:
         interval_low, interval_high = point.fpr_interval
-        st.caption(f"Measured on the {point.n_good} good test images, which neither fitting nor calibration saw: "
-                   f"{format_rate(point.fpr)} flagged (95 % interval {format_rate(interval_low)} to "
-                   f"{format_rate(interval_high)}).")
+        st.caption(f"Measured on the {point.n_good} {view.unseen_good_words}: {format_rate(point.fpr)} flagged "
+                   f"(95 % interval {format_rate(interval_low)} to {format_rate(interval_high)}).")
     check = promise_check(point.promised_fpr, point)
     if check is not None:
         (st.warning if check[0] == "warning" else st.info)(check[1])

@@ -244,6 +244,7 @@ def test_train_page_trains_evaluates_saves_and_lists(models: Path) -> None:
     at.text_input(key="name-patchcore").set_value("line 3")
     at.number_input(key="param-patchcore-resize").set_value(96)
     at.number_input(key="param-patchcore-crop").set_value(96)
+    at.selectbox(key="protocol-patchcore").set_value("rotated")  # parts placed by hand
     _submit(at)
     assert not at.exception
     wait_for_training()
@@ -252,7 +253,9 @@ def test_train_page_trains_evaluates_saves_and_lists(models: Path) -> None:
     assert_clean(at)
     header = read_model_info(models / "line-3.safetensors")
     assert header["params"]["crop"] == 96 and header["info"]["metrics"]["n_test"] == 50
-    assert at.dataframe[-1].value["name"].tolist() == ["line 3"]
+    assert header["info"]["protocol"]["name"] == "rotated" and header["info"]["metrics"]["protocol"]["seed"] == 0
+    listed = at.dataframe[-1].value
+    assert listed["name"].tolist() == ["line 3"] and listed["protocol"].tolist() == ["rotated"]
 
 
 def test_train_page_refuses_a_second_training_clearly(models: Path) -> None:

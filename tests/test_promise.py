@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_testing import copy_model, train_small_model
+from app_testing import SMALL_PARAMS, copy_model, train_small_model
 from conftest import REPO
 from inspection.errors import InspectionError
 from inspection.evaluate import CHECKED_FPR_TARGETS
 from inspection.model.calibration import Calibration
 from inspection.model.modelfile import read_model_file, read_model_header
-from inspection.operating import OperatingPoint, image_threshold_for_fpr, promise_check
+from inspection.operating import OperatingPoint, image_threshold_for_fpr, promise_check, promise_report
+from inspection.pipeline import VERIFICATION_FRACTION, VERIFICATION_MINIMUM, VERIFICATION_SOURCE, train
 from inspection.recalibrate import MIN_RECALIBRATION_IMAGES, recalibrate, undo_recalibration
 from inspection.registry import load_model
 from inspection.scores.thresholds import clopper_pearson, conformal_promise, conformal_threshold, threshold_at_fpr
@@ -118,6 +120,30 @@ def test_every_evaluation_reports_the_promise_on_unseen_good_images(small_model:
         assert row["fpr"] == pytest.approx(np.mean(np.array(good) > threshold))
     assert 0 <= metrics["pixel_fpr_unseen_good"] < 0.05
     assert "false_boxes_per_good_image" in metrics
+
+
+def test_without_a_test_split_a_verification_share_is_held_out(demo_root: Path, tmp_path: Path) -> None:
+    """A dataset of good images only: a seeded share is kept from fitting and calibration, and the thresholds are
+    measured on it, as on a test split's good images."""
+    root = tmp_path / "goods-only"
+    shutil.copytree(demo_root / "train", root / "train")
+    n_good = len(list((root / "train" / "good").glob("*.png")))
+    result = train("patchcore", dict(SMALL_PARAMS), root, out=tmp_path / "model")
+    header = read_model_header(result.path)
+    metrics = header.info["metrics"]
+    assert metrics["unseen_good_source"] == VERIFICATION_SOURCE and metrics["n_defect"] == 0
+    verified = metrics["n_unseen_good"]
+    assert verified == max(VERIFICATION_MINIMUM, math.ceil(VERIFICATION_FRACTION * n_good))
+    assert len(header.info["test_scores"]) == verified and math.isnan(metrics["image_auroc"])
+    held, fitted = len(header.calibration.heldout_scores), header.info["n_fit_images"]
+    assert held + fitted + verified == n_good  # three disjoint shares of the good images
+    low, high = metrics["fpr_unseen_good_ci"]
+    assert low <= metrics["fpr_unseen_good"] <= high
+    assert "held-out verification images" in promise_report(header.calibration, metrics)
+    # Without evaluation nothing is held back.
+    plain = train("patchcore", dict(SMALL_PARAMS), root, out=tmp_path / "plain", evaluate_test=False)
+    header = read_model_header(plain.path)
+    assert len(header.calibration.heldout_scores) + header.info["n_fit_images"] == n_good
 
 
 def _brighter_good_images(demo_root: Path, folder: Path, count: int = 12, shift: int = 60) -> Path:
