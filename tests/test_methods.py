@@ -70,6 +70,33 @@ def test_greedy_coreset_covers_every_cluster_where_random_sampling_would_not():
     assert sorted(labels[selected.numpy()].tolist()) == [0, 1, 2, 3, 4, 5]
 
 
+def test_patchcore_selects_its_bank_chunk_by_chunk_as_the_features_arrive():
+    """coreset_chunk: each chunk of good patches gives its share of the bank, selected by the same greedy on the
+    same projection; 0 keeps the one selection over all patches."""
+    batches = [torch.from_numpy(np.stack(random_images(4, 64, seed=seed))).permute(0, 3, 1, 2).float() / 255
+               for seed in range(3)]
+
+    def fitted_bank(chunk: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model = create_model("patchcore", weights="random", coreset_ratio=0.05, coreset_chunk=chunk)
+        model._ensure_setup()
+        patches = [model.embed(model.features(images))[0] for images in batches]
+        model._fit_batches(lambda: iter(batches), 12, lambda report: None)
+        return model.memory_bank, patches
+
+    def selection(patches: torch.Tensor, starts: torch.Generator) -> torch.Tensor:
+        start = int(torch.randint(patches.shape[0], (1,), generator=starts))
+        chosen = greedy_coreset(random_projection(patches, 128, 0), math.ceil(0.05 * patches.shape[0]), start)
+        return patches[chosen]
+
+    whole, patches = fitted_bank(0)
+    torch.testing.assert_close(whole, selection(torch.cat(patches), torch.Generator().manual_seed(0)))
+    per_patch_count = patches[0].shape[0]  # one batch's patches: every batch becomes a chunk of its own
+    chunked, _ = fitted_bank(per_patch_count)
+    starts = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(chunked, torch.cat([selection(part, starts) for part in patches]))
+    assert chunked.shape[0] == 3 * math.ceil(0.05 * per_patch_count)
+
+
 def test_random_projection_is_seeded_and_keeps_distances_roughly():
     features = torch.randn(50, 256, generator=torch.Generator().manual_seed(0))
     first, second = random_projection(features, 64, seed=3), random_projection(features, 64, seed=3)

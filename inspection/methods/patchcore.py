@@ -35,6 +35,10 @@ class PatchCore(BackboneModel):
     method_params = params(
         Param("coreset_ratio", float, 0.01, "Share of all good patches kept in the memory bank (greedy k-center).",
               minimum=1e-5, maximum=1.0),
+        Param("coreset_chunk", int, 0, "Select the bank chunk by chunk as the good images' features arrive: each "
+              "chunk of about this many patches gives its share (coreset_ratio) of the bank. Bounds fit memory, and "
+              "divides the selection's time by the number of chunks (0: one selection over all patches, the "
+              "exact greedy).", minimum=0, maximum=100_000_000, note="0 = all patches at once"),
         Param("projection_dim", int, 128, "Dimension of the random projection the coreset is selected on "
               "(0: select on the full features).", minimum=0, maximum=4096, note="0 = full features"),
         Param("embed_dim", int, 0, "Reduce each patch feature to this many channels by average pooling "
@@ -74,21 +78,33 @@ class PatchCore(BackboneModel):
 
     def _fit_batches(self, batches: Callable[[], Iterator[torch.Tensor]], n_images: int,
                      progress: ProgressCallback) -> None:
-        collected, seen = [], 0
+        # The bank is selected chunk by chunk as the features arrive: fit memory stays that of one chunk plus
+        # the bank, and selection costs chunk patches × chunk selections instead of all patches × all selections.
+        chunk_patches = self.params["coreset_chunk"] or math.inf
+        starts = torch.Generator().manual_seed(self.params["seed"])
+        pending: list[torch.Tensor] = []
+        bank: list[torch.Tensor] = []
+        seen = 0
+
+        def select(patches: torch.Tensor) -> torch.Tensor:
+            n_select = max(1, math.ceil(self.params["coreset_ratio"] * patches.shape[0]))
+            projected = random_projection(patches, self.params["projection_dim"], self.params["seed"])
+            start = int(torch.randint(patches.shape[0], (1,), generator=starts))
+            selected = greedy_coreset(projected, n_select, start,
+                                      progress=lambda step, total: progress(Progress("coreset", step, total)))
+            return patches[selected]
+
         for images in batches():
             patches, _ = self.embed(self.features(images))
-            collected.append(patches)
+            pending.append(patches)
             seen += images.shape[0]
             progress(Progress("features", seen, n_images))
-        patches = torch.cat(collected)
-        del collected
-        n_select = max(1, math.ceil(self.params["coreset_ratio"] * patches.shape[0]))
-        seed = self.params["seed"]
-        projected = random_projection(patches, self.params["projection_dim"], seed)
-        start = int(torch.randint(patches.shape[0], (1,), generator=torch.Generator().manual_seed(seed)))
-        selected = greedy_coreset(projected, n_select, start,
-                                  progress=lambda step, total: progress(Progress("coreset", step, total)))
-        self.memory_bank = patches[selected].contiguous()
+            if sum(part.shape[0] for part in pending) >= chunk_patches:
+                bank.append(select(torch.cat(pending)))
+                pending = []
+        if pending:
+            bank.append(select(torch.cat(pending)))
+        self.memory_bank = torch.cat(bank).contiguous()
 
     def score_features(self, features: list[torch.Tensor], size: tuple[int, int],
                        content: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
