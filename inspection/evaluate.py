@@ -3,7 +3,7 @@
 Metrics are computed at the working scale on each image's whole resized frame, against ground-truth masks
 resized the same way (and, under a non-aligned protocol, moved as their images: `data/protocol.py`): every defect
 pixel of the original counts, and one the model never saw (outside a centre crop) scores -inf, missed at every
-threshold. `inspected_fraction` is the share of the images' area the model saw. Speed is the median wall time per
+threshold; good pixels it never saw are left out (no credit for not looking). `inspected_fraction` is the share of the images' area the model saw. Speed is the median wall time per
 image of preprocessed images at batch size 1 and in batches of 16, after a warm-up, the anomaly map at input
 resolution included; decoding is timed apart.
 """
@@ -116,6 +116,9 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
             load_sample_mask(samples[index], (geometry.original_height, geometry.original_width)), geometry))
     if frames:
         maps, masks, valid = stack_ragged(frames, frame_masks)
+        # A good pixel the model never saw says nothing either way: it is left out, not counted as a correct
+        # negative (that would reward looking at less). A defect pixel it never saw stays in, missed (-inf).
+        valid &= np.isfinite(maps) | masks
     else:
         maps = np.zeros((0,) + model.preprocessing.size, np.float32)
         masks, valid = np.zeros(maps.shape, bool), np.zeros(maps.shape, bool)
