@@ -1,4 +1,4 @@
-"""Command line: ``python -m inspection {fit,evaluate,predict,explain,recalibrate,bench,methods,demo} …`` (or
+"""Command line: ``python -m inspection {fit,evaluate,predict,explain,classifier,recalibrate,bench,methods,demo} …`` (or
 ``inspection …``).
 
 The command and option names are fixed so that scripts can rely on them. Every method parameter becomes an
@@ -179,21 +179,31 @@ _WORST = Param("worst", int, 12, "The highest-scoring images pictured in the rep
 
 
 def command_predict(args: argparse.Namespace) -> int:
-    from .batch import collect_inputs, score_files
+    from .batch import PARQUET_NAME, collect_inputs, score_files, score_locally, write_parquet
     from .report import write_report
 
     batch_size = COMMON_PARAMS.get("batch_size").coerce(args.batch_size)
     worst = _WORST.coerce(args.worst)
     out = check_output_folder(args.out)  # before the model is loaded or anything is scored
+    if args.engine != "ray" and (args.address or args.actors is not None):
+        raise ParameterError("--address and --actors are options of --engine ray")
     model = load_model(args.model, device=_device(args))
     files = collect_inputs(args.inputs)
+    engine = score_locally
+    if args.engine == "ray":
+        from .scale_out import RayEngine
+
+        engine = RayEngine(args.model, address=args.address, actors=args.actors)
     try:
         summary = score_files(model, files, out, batch_size, quiet=args.quiet, resume=not args.restart,
-                              overlays=args.overlays)
+                              overlays=args.overlays, engine=engine)
     except KeyboardInterrupt:
         print(f"interrupted: the images scored so far are kept in {out}; the same command goes on from there",
               file=sys.stderr)
         return 130
+    finally:
+        if args.engine == "ray":
+            engine.shutdown()
     if summary.restarted:
         print(f"note: the earlier results in {out} were made with another model or other thresholds: every image "
               "was scored again", file=sys.stderr)
@@ -201,11 +211,14 @@ def command_predict(args: argparse.Namespace) -> int:
         raise ParameterError(f"none of the {summary.failed} input(s) could be read as an image (reasons in "
                              f"{summary.csv_path})")
     written = [str(summary.csv_path)] + (["overlays"] if args.overlays != "none" else [])
+    if args.parquet:
+        written.append(str(write_parquet(summary.out / PARQUET_NAME, summary.rows)))
     if args.report:
         written.append(str(write_report(model, summary, worst=worst, model_name=Path(args.model).name,
                                         inputs=[str(name) for name in args.inputs], batch_size=batch_size).path))
     earlier = f" ({summary.skipped} already scored by an earlier run: skipped)" if summary.skipped else ""
-    print(f"scored {summary.scored} image(s){earlier}: {summary.flagged} defect(s) at threshold "
+    where = f" ({engine.description})" if args.engine == "ray" and engine.description else ""
+    print(f"scored {summary.scored} image(s){earlier}{where}: {summary.flagged} defect(s) at threshold "
           f"{model.calibration.normalized_image_threshold:.3f} (normalised); {summary.failed} unreadable; "
           f"wrote {', '.join(written)}")
     return 0
@@ -219,8 +232,20 @@ def command_explain(args: argparse.Namespace) -> int:
     from .results import DISPLAY_MAX_SIDE
 
     out = check_output_file(args.out)  # before the model is loaded
+    if args.cam and (args.guided or args.layer):
+        raise ParameterError("--cam shows the defect classifier's map, at the layer it was fitted on: --guided and "
+                             "--layer do not apply")
     model = load_model(args.model, device=_device(args))
     image = load_image(args.image, max_side=DISPLAY_MAX_SIDE)
+    if args.cam:
+        from .classifier import class_activation_map
+
+        found = class_activation_map(model, image)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(cv2.imencode(".png", found.overlay(image)[:, :, ::-1])[1].tobytes())
+        print(f"wrote {out}: class activation map of the defect classifier at layer {found.layer} (defect "
+              f"probability {found.probability:.2f})")
+        return 0
     explanation = explain_image(model, image, layer=args.layer, guided=args.guided)
     picture = explanation.overlay(image, guided=args.guided)
     # Encoded in memory: the file is a PNG whatever its name says.
@@ -228,6 +253,22 @@ def command_explain(args: argparse.Namespace) -> int:
     out.write_bytes(cv2.imencode(".png", picture[:, :, ::-1])[1].tobytes())  # OpenCV wants BGR
     kind = "Guided Grad-CAM" if args.guided else "Grad-CAM"
     print(f"wrote {out}: {kind} of the image score (raw {explanation.score:.4g}) at layer {explanation.layer}")
+    return 0
+
+
+def command_classifier(args: argparse.Namespace) -> int:
+    from .batch import collect_inputs
+    from .classifier import attach_defect_classifier, fit_defect_classifier
+
+    good = [source for source, _ in collect_inputs(args.good)]
+    defect = [source for source, _ in collect_inputs(args.defect)]
+    model = load_model(args.model, device=_device(args))
+    fitted = fit_defect_classifier(model, good, defect, layer=args.layer, seed=model.params["seed"])
+    attach_defect_classifier(args.model, fitted)
+    record = fitted.record
+    print(f"defect classifier at layer {fitted.layer}: {record['n_good']} good and {record['n_defect']} defect "
+          f"images, cross-validated accuracy {record['cv_accuracy']:.1%} ({record['cv_folds']} folds); kept in "
+          f"{args.model} (explain --cam, the Inspect page)")
     return 0
 
 
@@ -359,6 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="which images get a heatmap overlay PNG in --out (default: all)")
     predict.add_argument("--restart", action="store_true",
                          help="score every image again, even those an earlier run into --out scored already")
+    predict.add_argument("--parquet", action="store_true",
+                         help="also write predictions.parquet (the CSV's columns, typed)")
+    predict.add_argument("--engine", default="local", choices=("local", "ray"),
+                         help="local: score here (default); ray: on a Ray cluster, a pool of actors each holding the "
+                              "model (a GPU per actor where there are GPUs); needs the optional extra "
+                              "(pip install \"inspection[ray]\")")
+    predict.add_argument("--address", default=None,
+                         help="with --engine ray: the cluster to join (e.g. ray://head:10001, or auto); without it "
+                              "a local Ray starts on this machine. Every node must see the inputs and --out (a "
+                              "shared file system) or read the inputs by URI (s3://…)")
+    predict.add_argument("--actors", default=None, type=int, metavar="INT",
+                         help="with --engine ray: model copies (default: one per GPU, else one per CPU of the "
+                              "cluster)")
     predict.set_defaults(handler=command_predict)
 
     explain = commands.add_parser("explain", help="Grad-CAM of an image's score (which backbone features it depends "
@@ -369,8 +423,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--layer", default=None, help="backbone layer, one of the model's (default: its deepest)")
     explain.add_argument("--guided", action="store_true", help="Guided Grad-CAM: guided backpropagation's saliency "
                                                                "times Grad-CAM (finer detail)")
+    explain.add_argument("--cam", action="store_true", help="instead: the class activation map of the model's defect "
+                                                            "classifier (see the classifier command)")
     _add_param_option(explain, device)
     explain.set_defaults(handler=command_explain)
+
+    classifier = commands.add_parser("classifier", help="fit a good/defect classifier head on a model's backbone from "
+                                                        "labelled images, kept in the model file (for explain --cam "
+                                                        "and the Inspect page's CAM)")
+    classifier.add_argument("--model", required=True, help="model file, with or without its suffix")
+    classifier.add_argument("--good", nargs="+", required=True, help="folders and/or files of good images")
+    classifier.add_argument("--defect", nargs="+", required=True, help="folders and/or files of defect images")
+    classifier.add_argument("--layer", default=None, help="backbone layer, one of the model's (default: its deepest)")
+    _add_param_option(classifier, device)
+    classifier.set_defaults(handler=command_classifier)
 
     recalibrate = commands.add_parser("recalibrate", help="set a model's thresholds again from new good images "
                                                          "(no refit); --undo brings the previous ones back")
