@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .data.preprocess import Geometry, map_to_original
 from .errors import ModelFileError, NotExplainableError, ParameterError
-from .explain import default_layer, explainable_layers
+from .explain import default_layer, explainable_layers, fitted_backbone_model
 from .model.backbone_model import BackboneModel
 from .model.base import ATTACHED_INFO_KEY, ATTACHED_PREFIX, AnomalyModel
 from .model.batching import decode
@@ -83,12 +83,7 @@ def unavailable_reason(model: AnomalyModel) -> str | None:
 
 
 def _backbone_model(model: AnomalyModel) -> BackboneModel:
-    reason = unavailable_reason(model)
-    if reason is not None:
-        raise NotExplainableError(reason)
-    assert isinstance(model, BackboneModel)
-    model._require_fitted()
-    return model
+    return fitted_backbone_model(model, unavailable_reason(model))
 
 
 def _check_layer(model: BackboneModel, layer: str | None) -> str:

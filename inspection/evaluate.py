@@ -3,9 +3,9 @@
 Metrics are computed at the working scale on each image's whole resized frame, against ground-truth masks
 resized the same way (and, under a non-aligned protocol, moved as their images: `data/protocol.py`): every defect
 pixel of the original counts, and one the model never saw (outside a centre crop) scores -inf, missed at every
-threshold; good pixels it never saw are left out (no credit for not looking). `inspected_fraction` is the share of the images' area the model saw. Speed is the median wall time per
-image of preprocessed images at batch size 1 and in batches of 16, after a warm-up, the anomaly map at input
-resolution included; decoding is timed apart.
+threshold; good pixels it never saw are left out (no credit for not looking). `inspected_fraction` is the share
+of the images' area the model saw. Speed is the median wall time per image of preprocessed images at batch size 1
+and in batches of 16, after a warm-up, the anomaly map at input resolution included; decoding is timed apart.
 """
 
 from __future__ import annotations

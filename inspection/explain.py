@@ -64,13 +64,17 @@ def unavailable_reason(model: AnomalyModel) -> str | None:
     return None
 
 
-def _explainable(model: AnomalyModel) -> BackboneModel:
-    reason = unavailable_reason(model)
+def fitted_backbone_model(model: AnomalyModel, reason: str | None) -> BackboneModel:
+    """The model, fitted and on a pretrained backbone; NotExplainableError(`reason`) when `reason` says why not."""
     if reason is not None:
         raise NotExplainableError(reason)
     assert isinstance(model, BackboneModel)
     model._require_fitted()
     return model
+
+
+def _explainable(model: AnomalyModel) -> BackboneModel:
+    return fitted_backbone_model(model, unavailable_reason(model))
 
 
 def explainable_layers(model: AnomalyModel) -> tuple[str, ...]:

@@ -56,3 +56,14 @@ def demo_dataset(demo_root: Path):
 def random_images(count: int, size: int = 64, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)]
+
+
+@pytest.fixture
+def models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_root: Path) -> Path:
+    """An empty models folder and the demo data folder, as the app finds them through the environment (a module
+    whose pages need another data folder defines its own)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setenv("INSPECTION_MODELS_DIR", str(folder))
+    monkeypatch.setenv("INSPECTION_DATA_DIR", str(demo_root.parent))
+    return folder

@@ -34,16 +34,6 @@ def small_padim(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture
-def models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_root: Path) -> Path:
-    """An empty models folder and the demo data folder, as the app finds them through the environment."""
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setenv("INSPECTION_MODELS_DIR", str(folder))
-    monkeypatch.setenv("INSPECTION_DATA_DIR", str(demo_root.parent))
-    return folder
-
-
-@pytest.fixture
 def small_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """The one-click default training, at low resolution so that the test stays fast."""
 

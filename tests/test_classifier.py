@@ -115,15 +115,6 @@ def test_the_command_line_fits_the_head_and_draws_its_cam(tmp_path: Path, capsys
     assert "--guided and --layer do not apply" in capsys.readouterr().err
 
 
-@pytest.fixture
-def models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_root: Path) -> Path:
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setenv("INSPECTION_MODELS_DIR", str(folder))
-    monkeypatch.setenv("INSPECTION_DATA_DIR", str(demo_root.parent))
-    return folder
-
-
 def test_the_inspect_page_fits_the_head_on_the_test_images_and_shows_its_cam(models: Path, demo_root: Path,
                                                                             tmp_path: Path) -> None:
     model_path = copy_model(train_small_model(demo_root, tmp_path / "small.safetensors"), models)

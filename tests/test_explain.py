@@ -153,15 +153,6 @@ def test_the_cli_writes_an_overlay_png(tmp_path: Path, capsys: pytest.CaptureFix
 # ------------------------------------------------------------------------------------------- the Inspect page
 
 
-@pytest.fixture
-def models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_root: Path) -> Path:
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setenv("INSPECTION_MODELS_DIR", str(folder))
-    monkeypatch.setenv("INSPECTION_DATA_DIR", str(demo_root.parent))
-    return folder
-
-
 def run_inspect(**state) -> AppTest:
     return run_page("pages/4_Inspect.py", **state)
 
