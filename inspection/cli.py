@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "cluster)")
     predict.set_defaults(handler=command_predict)
 
-    explain = commands.add_parser("explain", help="Grad-CAM of an image's score (which backbone features it depends "
+    explain = commands.add_parser("explain", help="Grad-CAM of an image's score (which features it depends "
                                                  "on), written as an overlay PNG")
     explain.add_argument("--model", required=True, help="model file, with or without its suffix")
     explain.add_argument("image", help="image file")

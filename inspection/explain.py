@@ -1,23 +1,27 @@
 """Why a score is what it is: Grad-CAM (Selvaraju et al., ICCV 2017) of the anomaly score, and Guided Grad-CAM.
 
-The anomaly map says where an image differs from the good ones; Grad-CAM says which backbone features the score
-depends on. For a method that scores pretrained features (a `BackboneModel`), the score is a differentiable
+The anomaly map says where an image differs from the good ones; Grad-CAM says which features the score depends
+on. A method offers the layers it can be explained at (`explanation_layers`) and a differentiable pass that
+gives their activations with the maps and scores (`explanation_forward`). For a method that scores pretrained
+features (a `BackboneModel`), the score is a differentiable
 function of each chosen layer's activations A through the method's own `score_features` — the very code that
 scores. The gradient of the image score (or of a region's score: the maximum of the anomaly map inside a box)
 with respect to A, averaged over positions, weighs A's channels; their weighted sum through a ReLU, upsampled
 to the working resolution and divided by its maximum, is the Grad-CAM map in [0, 1]. PatchCore's nearest-
 neighbour search has no gradient: its matches are held fixed and the distances to them are recomputed with
 autograd (the same values). PaDiM's Mahalanobis distance and DFR's reconstruction error are differentiable as
-they are.
+they are. The VAE is explained at its own encoder's blocks, through its residual score (the maximum of
+|x − f(x)|, blurred): its projection's steps are not differentiated, and the page says so.
 
 Guided backpropagation (Springenberg et al., ICLR 2015 workshop) lets only positive gradients back through
-the backbone's ReLUs, and only where their input was positive: the gradient of the score with respect to the
-input image is then a fine-grained saliency. Guided Grad-CAM is that saliency (the largest absolute value over
-the colour channels) times the upsampled Grad-CAM, divided by its 99th percentile and clipped at 1 (it is sparse:
-divided by its maximum, it would be dark nearly everywhere).
+the network's ReLUs (and leaky ReLUs), and only where their input was positive: the gradient of the score with
+respect to the input image is then a fine-grained saliency. Guided Grad-CAM is that saliency (the largest
+absolute value over the colour channels) times the upsampled Grad-CAM, divided by its 99th percentile and clipped
+at 1 (it is sparse: divided by its maximum, it would be dark nearly everywhere).
 
-Methods with no pretrained backbone (VAE, AnoGAN, Patch SVDD) have no such features: asking them raises
-`NotExplainableError`, whose message says so (`unavailable_reason` gives it without raising).
+AnoGAN (its score comes from an optimisation of z) and Patch SVDD (a nearest-patch distance in an embedding
+learned from scratch, not exposed as layers) offer none: asking them raises `NotExplainableError`, whose
+message says so (`unavailable_reason` gives it without raising).
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ from torch import nn
 
 from .data.preprocess import Geometry, map_to_original
 from .errors import NotExplainableError, ParameterError
-from .features.backbones import get_backbone_spec
 from .model.backbone_model import BackboneModel
 from .model.base import AnomalyModel
 from .model.batching import decode
@@ -50,18 +53,19 @@ Box = tuple[int, int, int, int]
 GUIDED_QUANTILE = 0.99
 
 #: The sentence pages and the README use to tell the two maps apart.
-DIFFERENCE = ("The anomaly map says where the image differs from good ones; Grad-CAM says which backbone features "
-              "the score depends on.")
+DIFFERENCE = ("The anomaly map says where the image differs from good ones; Grad-CAM says which features the score "
+              "depends on (a pretrained backbone's, or the VAE's own encoder's).")
 
 
 def unavailable_reason(model: AnomalyModel) -> str | None:
     """Why Grad-CAM is not defined for this model, in one sentence; None when it is."""
-    if not isinstance(model, BackboneModel):
-        return f"Grad-CAM explains a score through a pretrained backbone's features; {model.label} has none."
-    if type(model).score_features is BackboneModel.score_features:
+    if model.explanation_layers():
+        return None
+    if isinstance(model, BackboneModel):
         return (f"Grad-CAM needs the score as a differentiable function of the backbone's features; {model.label} "
                 "does not give it (it implements no score_features).")
-    return None
+    return (f"Grad-CAM explains a score through the features it is computed from; {model.label} exposes none that "
+            "its score is a differentiable function of.")
 
 
 def fitted_backbone_model(model: AnomalyModel, reason: str | None) -> BackboneModel:
@@ -73,15 +77,17 @@ def fitted_backbone_model(model: AnomalyModel, reason: str | None) -> BackboneMo
     return model
 
 
-def _explainable(model: AnomalyModel) -> BackboneModel:
-    return fitted_backbone_model(model, unavailable_reason(model))
+def _explainable(model: AnomalyModel) -> AnomalyModel:
+    reason = unavailable_reason(model)
+    if reason is not None:
+        raise NotExplainableError(reason)
+    model._require_fitted()
+    return model
 
 
 def explainable_layers(model: AnomalyModel) -> tuple[str, ...]:
-    """The layers a Grad-CAM of this model can be taken at (the model's own), deepest last as in the trunk."""
-    model = _explainable(model)
-    trunk = list(get_backbone_spec(model.params["backbone"]).layers)
-    return tuple(sorted(model.layers, key=trunk.index))
+    """The layers a Grad-CAM of this model can be taken at, shallowest first."""
+    return tuple(_explainable(model).explanation_layers())
 
 
 def default_layer(model: AnomalyModel) -> str:
@@ -115,7 +121,7 @@ def grad_cam(model: AnomalyModel, images: torch.Tensor, layer: str | None = None
     cams = _unit_max(upsample(F.relu((weights * activations.detach()).sum(1)), images.shape[-2:]))
     guided_cams = None
     if guided:
-        with torch.enable_grad(), guided_relus(model.extractor):
+        with torch.enable_grad(), guided_relus(model.explanation_network()):
             inputs = images.detach().requires_grad_(True)
             _, guided_scores = _scored(model, inputs, box)
             (saliency,) = torch.autograd.grad(guided_scores.sum(), inputs)
@@ -123,15 +129,13 @@ def grad_cam(model: AnomalyModel, images: torch.Tensor, layer: str | None = None
     return GradCam(cams, guided_cams, scores.detach())
 
 
-def _scored(model: BackboneModel, images: torch.Tensor, box: Box | None
+def _scored(model: AnomalyModel, images: torch.Tensor, box: Box | None
             ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One forward pass with autograd: every chosen layer's activations, and the score to explain per image."""
     if not images.requires_grad:
-        # The backbone's weights are frozen: an input that asks for gradients puts the activations in the graph.
+        # The network's weights are frozen: an input that asks for gradients puts the activations in the graph.
         images = images.detach().requires_grad_(True)
-    by_name = model.extractor(images)
-    maps, scores = model.score_features([by_name[name] for name in model.layers],
-                                        (int(images.shape[-2]), int(images.shape[-1])))
+    by_name, maps, scores = model.explanation_forward(images)
     if box is not None:
         x0, y0, x1, y1 = box
         scores = maps[:, y0:y1, x0:x1].flatten(1).amax(dim=1)
@@ -153,7 +157,7 @@ def _unit_quantile(maps: torch.Tensor, quantile: float) -> torch.Tensor:
     return (maps / scale[:, None, None]).clamp_max(1.0)
 
 
-def _check_layer(model: BackboneModel, layer: str | None) -> str:
+def _check_layer(model: AnomalyModel, layer: str | None) -> str:
     layers = explainable_layers(model)
     if layer is None:
         return layers[-1]
@@ -201,7 +205,7 @@ def guided_relus(network: nn.Module) -> Iterator[None]:
         return _PositiveGradients.apply(output)
 
     handles = [module.register_forward_hook(hook) for module in network.modules()
-               if isinstance(module, (nn.ReLU, nn.ReLU6))]
+               if isinstance(module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU))]
     try:
         yield
     finally:

@@ -13,8 +13,7 @@ import numpy as np
 
 from inspection.classifier import attach_defect_classifier, fit_defect_classifier
 from inspection.data.datasets import Dataset
-from inspection.explain import Box, explainable_layers
-from inspection.model.backbone_model import BackboneModel
+from inspection.explain import Box
 from inspection.model.base import AnomalyModel
 from inspection.model.views import Panel
 from inspection.results import ImageResult
@@ -74,10 +73,9 @@ def panel_rows(panels: Sequence[Panel], per_row: int = PANELS_PER_ROW) -> list[l
     return rows
 
 
-def layer_labels(model: BackboneModel) -> dict[str, str]:
-    """The layers Grad-CAM can look at, shallowest first, each with its stride: {name: "blocks.4 (stride 16)"}."""
-    strides = dict(zip(model.layers, model.layer_strides()))
-    return {layer: f"{layer} (stride {strides[layer]})" for layer in explainable_layers(model)}
+def layer_labels(model: AnomalyModel) -> dict[str, str]:
+    """The layers Grad-CAM can look at, shallowest first, each with a label: {name: "blocks.4 (stride 16)"}."""
+    return model.explanation_layers()
 
 
 def explain_targets(result: ImageResult) -> dict[str, Box | None]:

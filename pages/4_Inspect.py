@@ -1,7 +1,7 @@
 """Inspect: one image in detail — original and heatmap with defect regions, the defect mask at a pixel threshold
 you move live beside the ground truth (with their overlap), the method's own views (its panels: reconstructions,
 feature errors…) or its reconstruction when it makes one, the regions' scores, and on request a Grad-CAM of the
-score (which backbone features it depends on) and the CAM of a defect classifier fitted on labelled images."""
+score (which features it depends on) and the CAM of a defect classifier fitted on labelled images."""
 
 from __future__ import annotations
 
@@ -158,11 +158,13 @@ reason = unavailable_reason(model)
 if reason is not None:
     st.info(reason, icon=":material/info:")
 elif st.toggle("Explain the score", value=False, key="inspect_explain",
-               help="Computed on request (one backward pass through the backbone), then kept."):
+               help="Computed on request (one backward pass through the network), then kept."):
     labels = layer_labels(model)
     targets = explain_targets(result)
+    if model.explanation_note():
+        st.caption(model.explanation_note())
     controls = st.columns([2, 2, 1])
-    layer = page.kept_selectbox(controls[0], "Backbone layer", list(labels), "inspect_explain_layer",
+    layer = page.kept_selectbox(controls[0], "Layer", list(labels), "inspect_explain_layer",
                                 default=list(labels)[-1], format_func=labels.get,
                                 help="Deeper layers see larger, more abstract patterns; shallower ones are finer.")
     target = page.kept_selectbox(controls[1], "Score", list(targets), "inspect_explain_target",

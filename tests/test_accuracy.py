@@ -12,7 +12,8 @@ from inspection.pipeline import fit_on_dataset
 from inspection.registry import create_model
 
 FLOORS = {
-    "patchcore": {"image_auroc": 0.995, "pixel_auroc": 0.975, "aupro": 0.90,
+    # PatchCore's floors are the resolution issue's "bottle unchanged or better" (its default: the whole part).
+    "patchcore": {"image_auroc": 0.995, "pixel_auroc": 0.977, "aupro": 0.915,
                   # At the default saved pixel threshold, as an inspector sees the boxes.
                   "region_recall": 0.80},
     "padim": {"image_auroc": 0.99, "pixel_auroc": 0.97, "aupro": 0.88},

@@ -399,7 +399,8 @@ def test_inspection_stays_fast_while_a_training_runs(app: dict, page, tmp_path: 
         assert time.monotonic() < deadline, "the training started during the test did not finish"
         time.sleep(1)
     newest = max(app["models"].glob("*.safetensors"), key=lambda path: path.stat().st_mtime)
-    assert read_model_header(newest).params["crop"] == 448, "the form's resolution did not reach the training"
+    trained = read_model_header(newest).params
+    assert (trained["resize"], trained["crop"]) == (512, 448), "the form's resolution did not reach the training"
     assert loaded <= 5 * quiet, f"quiet {quiet:.2f} s, while a training runs {loaded:.2f} s"
 
 

@@ -123,14 +123,38 @@ def test_wrong_layers_and_boxes_are_clear_errors(fitted) -> None:
             explain_image(fitted, image, box=box)
 
 
-@pytest.mark.parametrize("method", ["vae", "anogan", "patch_svdd"])
-def test_methods_without_a_backbone_say_why(method: str) -> None:
+@pytest.mark.parametrize("method", ["anogan", "patch_svdd"])
+def test_methods_that_expose_no_layers_say_why(method: str) -> None:
     model = create_model(method)
     reason = unavailable_reason(model)
-    assert reason == f"Grad-CAM explains a score through a pretrained backbone's features; {model.label} has none."
-    with pytest.raises(NotExplainableError, match="has none"):
+    assert reason == (f"Grad-CAM explains a score through the features it is computed from; {model.label} exposes "
+                      "none that its score is a differentiable function of.")
+    with pytest.raises(NotExplainableError, match="exposes none"):
         explain_image(model, texture(0))
     assert unavailable_reason(create_model("patchcore")) is None
+
+
+@pytest.fixture(scope="module")
+def small_vae():
+    """A small VAE fitted on the stripes (residual scoring: the score Grad-CAM explains for every VAE)."""
+    return create_model("vae", resize=32, crop=32, epochs=60, hidden_dim=64, latent_dim=16, width=8,
+                        scoring="residual", sigma=1.0).fit([texture(seed)[::3, ::3] for seed in range(20)])
+
+
+def test_the_vae_is_explained_at_its_encoder_through_its_residual_score(small_vae) -> None:
+    image = with_patches((RED, (250, 30, 30)))[::3, ::3]  # the red patch at rows 20-25, columns 5-10 of 32
+    patch = (slice(20, 26), slice(5, 11))
+    assert unavailable_reason(small_vae) is None
+    assert list(small_vae.explanation_layers()) == ["encoder.2", "encoder.5", "encoder.8"]
+    explanation = explain_image(small_vae, image, layer="encoder.5", guided=True)
+    # The explained score is the VAE's own image score (residual scoring), and a projection VAE says what it gets.
+    assert explanation.score == pytest.approx(float(small_vae.predict([image]).raw_scores[0]), rel=1e-4)
+    assert explanation.grad_cam.shape == explanation.guided.shape == (32, 32)
+    assert explanation.grad_cam.max() == pytest.approx(1.0) and explanation.grad_cam.min() >= 0
+    rows, columns = patch
+    assert explanation.grad_cam[rows, columns].mean() > 2 * explanation.grad_cam.mean()
+    assert small_vae.explanation_note() == ""
+    assert "projection's steps are not differentiated" in create_model("vae").explanation_note()
 
 
 def test_the_cli_writes_an_overlay_png(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -162,7 +186,7 @@ def test_the_inspect_page_explains_the_score_on_request(models: Path, demo_root:
     at = run_inspect(inspect_type="hole")
     assert_clean(at)
     assert "Grad-CAM of the score" in [header.value for header in at.subheader]
-    assert any("which backbone features the score depends on" in caption.value for caption in at.caption)
+    assert any("which features the score depends on" in caption.value for caption in at.caption)
     shown = len(at.image)
     at.toggle(key="inspect_explain").set_value(True).run()  # computed only now
     assert_clean(at)
@@ -178,13 +202,20 @@ def test_the_inspect_page_explains_the_score_on_request(models: Path, demo_root:
     assert any(caption.startswith("Guided Grad-CAM of region 1") for image in at.image for caption in image.captions)
 
 
-def test_the_inspect_page_says_why_a_method_has_no_grad_cam(models: Path, demo_root: Path, tmp_path: Path) -> None:
+def test_the_inspect_page_explains_a_vae_and_says_what_it_explains(models: Path, demo_root: Path,
+                                                                   tmp_path: Path) -> None:
     vae = train_small_model(demo_root, tmp_path / "vae.safetensors", "small vae", method="vae", resize=32, crop=32,
                             epochs=1, hidden_dim=32, latent_dim=8, width=8, projection_steps=2, strip_frames=2)
     copy_model(vae, models)
     at = run_inspect()
     assert_clean(at)
+    # No defect classifier on a VAE: it has no pretrained backbone.
     assert [info.value for info in at.info] == [
-        "Grad-CAM explains a score through a pretrained backbone's features; vae (projection) has none.",
         "A defect classifier sits on a pretrained backbone; vae (projection) has none."]
-    assert not {"inspect_explain", "inspect_cam"} & {toggle.key for toggle in at.toggle}
+    assert "inspect_cam" not in {toggle.key for toggle in at.toggle}
+    shown = len(at.image)
+    at.toggle(key="inspect_explain").set_value(True).run()
+    assert_clean(at)
+    assert len(at.image) == shown + 2
+    assert at.selectbox(key="inspect_explain_layer").value == "encoder.8"
+    assert any("projection's steps are not differentiated" in caption.value for caption in at.caption)

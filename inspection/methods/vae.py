@@ -220,6 +220,36 @@ class VAE(AnomalyModel):
             panels.append(views)
         return panels
 
+    # Grad-CAM looks at the encoder's blocks (after each block's activation), through the residual score.
+    _EXPLAINED = {"encoder.2": "encoder block 1 (stride 2)", "encoder.5": "encoder block 2 (stride 4)",
+                  "encoder.8": "encoder block 3 (stride 8)"}
+
+    def explanation_layers(self) -> dict[str, str]:
+        return dict(self._EXPLAINED)
+
+    def explanation_forward(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        start = self._channels(self.unit_range(images))
+        captured: dict[str, torch.Tensor] = {}
+        handles = [module.register_forward_hook(lambda _module, _inputs, output, name=f"encoder.{index}":
+                                                captured.__setitem__(name, output))
+                   for index, module in enumerate(self.network.encoder) if f"encoder.{index}" in self._EXPLAINED]
+        try:
+            reconstruction = self.network(start)[0]
+        finally:
+            for handle in handles:
+                handle.remove()
+        maps = gaussian_blur((start - reconstruction).abs().mean(1), self.params["sigma"])
+        return captured, maps, maps.flatten(1).amax(1)
+
+    def explanation_network(self) -> nn.Module:
+        return self.network
+
+    def explanation_note(self) -> str:
+        if self.params["scoring"] == "projection":
+            return ("For this VAE, Grad-CAM explains the residual score — the maximum of |x − f(x)|, blurred — of the "
+                    "same network; the projection's steps are not differentiated.")
+        return ""
+
     def _state(self) -> dict[str, torch.Tensor | None]:
         return module_state("vae", self.network)
 

@@ -90,6 +90,23 @@ class BackboneModel(AnomalyModel):
         layer through it (Grad-CAM), so plain scoring and explanations share one computation."""
         raise NotImplementedError(f"{type(self).__name__} implements neither score_features nor _score")
 
+    def explanation_layers(self) -> dict[str, str]:
+        if type(self).score_features is BackboneModel.score_features:
+            return {}  # no differentiable scoring after the backbone to explain
+        spec = get_backbone_spec(self.params["backbone"])
+        trunk = list(spec.layers)
+        return {layer: f"{layer} (stride {spec.layers[layer].stride})"
+                for layer in sorted(self.layers, key=trunk.index)}
+
+    def explanation_forward(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        by_name = self.extractor(images)
+        maps, scores = self.score_features([by_name[name] for name in self.layers],
+                                           (int(images.shape[-2]), int(images.shape[-1])))
+        return by_name, maps, scores
+
+    def explanation_network(self) -> torch.nn.Module:
+        return self.extractor
+
     def _score(self, images: torch.Tensor, content: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         size = (int(images.shape[-2]), int(images.shape[-1]))
         if content is None:

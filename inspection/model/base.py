@@ -155,6 +155,26 @@ class AnomalyModel(ABC):
                      if param.name == "resize_mode" else param for param in declared)
         return ParamSet(said, declared.rules)
 
+    # --- explanations (Grad-CAM of the score: inspection/explain.py) --------------------------------------
+
+    def explanation_layers(self) -> dict[str, str]:
+        """The layers whose activations a Grad-CAM of the score can look at, shallowest first, each with a label for
+        pickers; {} when the method's score is not a differentiable function of features it exposes."""
+        return {}
+
+    def explanation_forward(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """With autograd, for a normalised batch that requires grad: (each explanation layer's activations, anomaly
+        maps [B, H, W] at the working size, image scores [B]) — the score Grad-CAM differentiates."""
+        raise NotImplementedError(f"{self.name} exposes no layers to explain its score through")
+
+    def explanation_network(self) -> torch.nn.Module:
+        """The network guided backpropagation runs through (its ReLUs)."""
+        raise NotImplementedError(f"{self.name} exposes no layers to explain its score through")
+
+    def explanation_note(self) -> str:
+        """What the explained score is, when it is not exactly the model's own score ('' when it is)."""
+        return ""
+
     def padding_multiple(self) -> int:
         """Aspect mode pads the working size up to a multiple of this (the deepest stride the method uses)."""
         return 32
