@@ -13,13 +13,14 @@ import streamlit as st
 from inspection.classifier import ClassifierCam, class_activation_map
 from inspection.data.datasets import Dataset
 from inspection.data.demo import demo_dataset
-from inspection.data.images import load_image
+from inspection.data.images import load_image, read_image_info
 from inspection.device import resolve_device
 from inspection.explain import Box, Explanation, explain_image
 from inspection.features.cost import backbone_cost
 from inspection.model.base import AnomalyModel
 from inspection.model.prediction import Prediction
-from inspection.registry import backbones, load_model
+from inspection.registry import backbones, get_method, load_model
+from inspection.resolution_cost import resize_mode_costs
 
 from .browse import thumbnail
 from .library import ModelEntry
@@ -56,6 +57,19 @@ def cached_explanation(path: str, modified: float, image_key: str, _image: np.nd
 def cached_classifier_cam(path: str, modified: float, image_key: str, _image: np.ndarray) -> ClassifierCam:
     """The defect classifier's probability and CAM of one image per (model file version, image)."""
     return class_activation_map(cached_model(path, modified), _image)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, from its header."""
+    info = read_image_info(path)
+    return int(info["height"]), int(info["width"])
+
+
+@st.cache_data(show_spinner="Measuring the resize modes…", max_entries=32)
+def cached_resize_mode_costs(method: str, height: int, width: int, measure: bool) -> list[dict]:
+    """Each resize mode's cost for one image of height × width with the method's default settings (rows)."""
+    return [cost.to_dict() for cost in resize_mode_costs(get_method(method), {}, height, width, measure)]
 
 
 @st.cache_data(show_spinner=False, max_entries=4000)

@@ -43,3 +43,11 @@ def backbone_cost_rows(costs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
              "parameters (M)": round(cost["parameters"] / 1e6, 2), "mult-adds (M)": round(cost["mult_adds"] / 1e6),
              "ms / image": cost["ms_per_image"] if cost["ms_per_image"] is not None else "—"} for cost in costs]
 
+
+
+def resize_mode_cost_rows(costs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The resize-mode cost table as the Train page shows it."""
+    return [{"resize mode": cost["mode"], "the backbone sees": cost["working"],
+             "image inspected": f"{cost['inspected_fraction']:.0%}", "pixels (k)": round(cost["pixels"] / 1000),
+             "features (MiB)": cost["feature_mib"],
+             "ms / image": cost["ms_per_image"] if cost["ms_per_image"] is not None else "—"} for cost in costs]

@@ -22,7 +22,7 @@ from inspection_app.library import (
     unique_model_path,
     validate_name,
 )
-from inspection_app.tables import backbone_cost_rows
+from inspection_app.tables import backbone_cost_rows, resize_mode_cost_rows
 
 page.page_setup("Train", "Fit a model on the good training images of the chosen dataset, calibrate its thresholds on "
                 "held-out good images, evaluate it on the test split and save it to the models folder.")
@@ -81,6 +81,16 @@ if "backbone" in method_cls.param_set().names():
 if dataset is None:
     st.info("Choose a dataset in the sidebar first.")
     st.stop()
+if "backbone" in method_cls.param_set().names() and len(method_cls.resize_modes) > 1 and dataset.train:
+    with st.expander("What each resize mode costs on this dataset"):
+        height, width = caches.image_size(dataset.train[0].path)
+        timed_modes = st.toggle("Time them on this device", key="mode_cost_timed",
+                                help="The backbone's forward passes for one image (every tile), median of 3.")
+        st.dataframe(resize_mode_cost_rows(caches.cached_resize_mode_costs(method, height, width, timed_modes)),
+                     hide_index=True)
+        st.caption(f"For one {width} × {height} image (the first good training image) with {method}'s default "
+                   "settings: what its backbone sees in each resize mode, the share of the image inspected, the "
+                   "chosen layers' features and the backbone's time. The method's own scoring comes on top.")
 
 with st.form(f"train-form-{method}"):
     name = st.text_input("Model name", value=default_model_name(method, dataset.category), key=f"name-{method}")

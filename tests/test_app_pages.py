@@ -204,6 +204,21 @@ def test_train_form_is_built_from_the_declarations(models: Path) -> None:
     assert at.number_input(key="param-padim-n_features").value == 100
 
 
+def test_train_page_shows_what_each_resize_mode_costs_on_the_open_dataset(models: Path) -> None:
+    at = run_page("pages/2_Train.py")
+    assert_clean(at)
+    assert any(expander.label == "What each resize mode costs on this dataset" for expander in at.expander)
+    table = at.dataframe[1].value.set_index("resize mode")
+    assert list(table.index) == ["center_crop", "full", "aspect", "tiles"]  # PatchCore offers all four
+    assert table.loc["center_crop", "image inspected"] != "100%" and table.loc["aspect", "image inspected"] == "100%"
+    assert (table["ms / image"] == "—").all()
+    at.toggle(key="mode_cost_timed").set_value(True).run()
+    assert_clean(at)
+    assert all(float(value) > 0 for value in at.dataframe[1].value["ms / image"])
+    at.selectbox(key="train_method").set_value("padim").run()  # one grid of positions: two modes only
+    assert list(at.dataframe[1].value["resize mode"]) == ["center_crop", "full"]
+
+
 def test_train_page_shows_what_each_backbone_costs(models: Path) -> None:
     at = run_page("pages/2_Train.py")
     assert_clean(at)

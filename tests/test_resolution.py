@@ -17,7 +17,8 @@ from inspection.methods.patchcore import PatchCore, _replicate_content
 from inspection.model.prediction import Prediction
 from inspection.ops.knn import nearest_neighbors
 from inspection.ops.tiles import cut_tiles, stitch, tile_starts
-from inspection.registry import load_model
+from inspection.registry import get_method, load_model
+from inspection.resolution_cost import resize_mode_costs
 from inspection.scores.metrics import pixel_metrics, region_metrics
 
 SIZES = [(60, 150), (150, 60), (80, 80), (50, 170)]  # wide, tall, square, very wide: aspect 0.4 … 3.4
@@ -237,3 +238,15 @@ def test_evaluate_counts_every_defect_pixel_and_reports_the_inspected_fraction(t
     negatives = np.array([0.0] * (400 - 16 + 400 * n_good_test))
     assert metrics["pixel_auroc"] == pytest.approx(_hand_auroc(positives, negatives)) == pytest.approx(0.4)
     assert evaluation.pixel_counts["defect"] == 16  # the pixel quantiles describe what the model scored
+
+
+def test_what_each_resize_mode_costs_for_a_long_image():
+    """A 500 × 1250 frame (KolektorSDD's shape): the crop sees the middle third, aspect all of it at the crop's scale,
+    tiles all of it in pieces; the backbone's pixels and features grow accordingly."""
+    costs = {cost.mode: cost for cost in resize_mode_costs(get_method("patchcore"), {}, 500, 1250, measure=True,
+                                                           repeats=1)}
+    assert costs["center_crop"].working == "224 × 224" and costs["center_crop"].inspected_fraction == 0.306
+    assert costs["aspect"].working == "256 × 640" and costs["aspect"].inspected_fraction == 1.0
+    assert costs["tiles"].working == "8 tiles of 224 × 224" and costs["tiles"].pixels == 8 * 224 * 224
+    assert costs["center_crop"].feature_mib < costs["aspect"].feature_mib < costs["tiles"].feature_mib
+    assert all(cost.ms_per_image > 0 for cost in costs.values())
