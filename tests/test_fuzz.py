@@ -444,7 +444,7 @@ def test_a_loop_or_dangling_link_in_a_dataset_folder_is_listed_to_be_named(tmp_p
     (["fit", "--neighbourhood", "4"], "must be odd"),
     (["fit", "--crop", "1e9"], "'crop' must be of type int"),
     (["fit", "--layers", "blocks.99"], "has no layer"),
-    (["fit", "--resize", "64", "--crop", "128"], "must be at least 'crop'"),
+    (["fit", "--resize-mode", "center_crop", "--resize", "64", "--crop", "128"], "must be at least 'crop'"),
     (["fit", "--method", "nonsense"], "invalid choice"),
     (["fit", "--no-such-option", "1"], "unrecognized arguments"),
     (["bench", "--set", "evil=1"], "unknown parameter(s) ['evil']"),

@@ -196,13 +196,16 @@ def test_predictions_have_maps_at_working_resolution_regions_and_verdicts(fitted
     obvious = [sample for sample in demo_dataset.test if sample.defect_type == "hole"][:1]
     good = [sample for sample in demo_dataset.test if sample.label == 0][:1]
     prediction = model.predict([obvious[0].path, good[0].path])
-    assert prediction.raw_maps.shape == (2, 224, 224) and prediction.raw_maps.dtype == np.float32
+    # PatchCore sees the whole 256 × 256 image by default (aspect mode), the others its 224 × 224 centre.
+    side = 256 if model.preprocessing.mode == "aspect" else 224
+    assert prediction.raw_maps.shape == (2, side, side) and prediction.raw_maps.dtype == np.float32
     assert prediction.image_scores[0] > prediction.image_scores[1]
     assert prediction.verdicts.tolist() == [True, False]
     regions = prediction.regions(0)
     assert regions and regions[0].max_score > 0.5
     placed = prediction.map_on_original(0)
-    assert placed.shape == (256, 256) and np.isnan(placed).any()  # the centre crop leaves a border
+    # A centre crop leaves a border not inspected; the whole image leaves none.
+    assert placed.shape == (256, 256) and np.isnan(placed).any() == (model.preprocessing.mode == "center_crop")
 
 
 def test_save_load_round_trip_gives_identical_scores(fitted, demo_dataset, tmp_path):
@@ -279,7 +282,8 @@ def test_patchcore_reweighting_and_projection_options_run(demo_dataset):
 @pytest.mark.parametrize("method", ["patchcore", "padim"])
 def test_other_backbones_work_end_to_end(method, shared_weights):
     model = create_model(method, backbone="mobilenet_v2",
-                         weights=str(shared_weights / "mobilenet_v2_imagenet_coral_int8.pth"), crop=64, resize=72)
+                         weights=str(shared_weights / "mobilenet_v2_imagenet_coral_int8.pth"), crop=64, resize=72,
+                         resize_mode="center_crop")
     model.fit(random_images(24, 80))
     assert model.preprocessing.normalization == "inception"
     assert model.predict(random_images(2, 80, seed=9)).raw_maps.shape == (2, 64, 64)
@@ -400,7 +404,7 @@ def test_declarations_check_odd_values_choices_and_rules_without_building_a_mode
         patchcore.param_set().resolve({"neighbourhood": 4})
     assert patchcore.param_set().get("device").choices == ("auto", "cpu", "cuda")
     with pytest.raises(ValueError, match="'resize' .* must be at least 'crop'"):
-        patchcore.param_set().resolve({"resize": 100, "crop": 224})
+        patchcore.param_set().resolve({"resize_mode": "center_crop", "resize": 100, "crop": 224})
     with pytest.raises(ValueError, match="no layer"):
         patchcore.param_set().resolve({"layers": "blocks.9"})
     assert create_model("padim", backbone="resnet18").layers == ("layer1", "layer2", "layer3")
