@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from inspection.bench import environment_record, parse_settings
 from inspection.data.datasets import open_dataset
 from inspection.model.batching import iter_batches, split_holdout
-from inspection.ops.coreset import greedy_coreset, random_projection
+from inspection.ops.coreset import chunked_coreset
 from inspection.ops.knn import nearest_neighbors
 from inspection.registry import create_model
 from inspection.threads import configure_threads
@@ -43,26 +42,12 @@ def good_patches(model, images) -> list[torch.Tensor]:
 
 
 def select(batches: list[torch.Tensor], ratio: float, chunk: int, dim: int, seed: int) -> tuple[torch.Tensor, int]:
-    """(bank indices into the concatenated patches, the number of chunks), selected as PatchCore._fit_batches does
-    for this chunk size: a chunk closes once the batches gathered hold at least `chunk` patches (0: one chunk of
-    everything)."""
-    bounds, gathered, total = [0], 0, 0
-    for batch in batches:
-        gathered += batch.shape[0]
-        total += batch.shape[0]
-        if chunk and gathered >= chunk:
-            bounds.append(total)
-            gathered = 0
-    if bounds[-1] != total:
-        bounds.append(total)
-    patches = torch.cat(batches)
-    starts = torch.Generator().manual_seed(seed)
-    chosen = []
-    for begin, end in zip(bounds[:-1], bounds[1:]):
-        part = patches[begin:end]
-        start = int(torch.randint(part.shape[0], (1,), generator=starts))
-        chosen.append(begin + greedy_coreset(random_projection(part, dim, seed), math.ceil(ratio * part.shape[0]),
-                                             start))
+    """(bank indices into the concatenated patches, the number of chunks), selected by PatchCore's own chunked
+    selection (`ops.coreset.chunked_coreset`) for this chunk size."""
+    chosen, offset = [], 0
+    for patches, indices in chunked_coreset(batches, ratio, chunk, dim, seed):
+        chosen.append(offset + indices)
+        offset += patches.shape[0]
     return torch.cat(chosen), len(chosen)
 
 

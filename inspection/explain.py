@@ -68,21 +68,23 @@ def unavailable_reason(model: AnomalyModel) -> str | None:
             "its score is a differentiable function of.")
 
 
-def fitted_backbone_model(model: AnomalyModel, reason: str | None) -> BackboneModel:
-    """The model, fitted and on a pretrained backbone; NotExplainableError(`reason`) when `reason` says why not."""
+def fitted(model: AnomalyModel, reason: str | None) -> AnomalyModel:
+    """The model, fitted; NotExplainableError(`reason`) when `reason` says why it cannot be explained."""
     if reason is not None:
         raise NotExplainableError(reason)
-    assert isinstance(model, BackboneModel)
     model._require_fitted()
+    return model
+
+
+def fitted_backbone_model(model: AnomalyModel, reason: str | None) -> BackboneModel:
+    """`fitted`, for a model whose `reason` is None only on a pretrained backbone."""
+    model = fitted(model, reason)
+    assert isinstance(model, BackboneModel)
     return model
 
 
 def _explainable(model: AnomalyModel) -> AnomalyModel:
-    reason = unavailable_reason(model)
-    if reason is not None:
-        raise NotExplainableError(reason)
-    model._require_fitted()
-    return model
+    return fitted(model, unavailable_reason(model))
 
 
 def explainable_layers(model: AnomalyModel) -> tuple[str, ...]:

@@ -9,13 +9,13 @@ pixels); the method's own scoring adds to it. Weights do not change them: the ba
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
+from .features.cost import time_call
 from .model.backbone_model import BackboneModel
 from .ops.tiles import tile_grid
 
@@ -52,15 +52,7 @@ def resize_mode_costs(method_cls: type[BackboneModel], params: dict[str, Any], h
         with torch.no_grad():
             features = model.features(batch)
             feature_mib = sum(feature.numel() for feature in features) * 4 / 2 ** 20
-            milliseconds = None
-            if measure:
-                times = []
-                for index in range(repeats + 1):  # the first pass warms up
-                    started = time.perf_counter()
-                    model.features(batch)
-                    if index:
-                        times.append((time.perf_counter() - started) * 1000)
-                milliseconds = round(statistics.median(times), 1)
+        milliseconds = round(time_call(partial(model.features, batch), repeats, warmup=1), 1) if measure else None
         costs.append(ResizeModeCost(mode, working, round(geometry.inspected_fraction, 3),
                                     int(batch.shape[0] * batch.shape[2] * batch.shape[3]), round(feature_mib, 1),
                                     milliseconds))

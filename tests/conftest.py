@@ -67,3 +67,17 @@ def models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_root: Path) -> 
     monkeypatch.setenv("INSPECTION_MODELS_DIR", str(folder))
     monkeypatch.setenv("INSPECTION_DATA_DIR", str(demo_root.parent))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _main_module_restored():
+    """Streamlit's AppTest runs a page as `__main__`; a training process started later (multiprocessing's spawn
+    re-runs the parent's main file) would then run that page. Each test leaves `__main__` as it found it."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    yield
+    sys.modules["__main__"] = main
+    if main is not None and getattr(main, "__file__", None) != main_file:
+        main.__file__ = main_file

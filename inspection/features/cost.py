@@ -16,7 +16,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,23 +72,28 @@ def count_cost(model: nn.Module, resolution: int) -> tuple[int, int]:
     return sum(parameter.numel() for parameter in model.parameters()), total
 
 
-def time_forward(model: nn.Module, resolution: int, repeats: int = 10, warmup: int = 2,
-                 device: str = "cpu") -> float:
-    """Median milliseconds of one forward pass at batch size 1 (after `warmup` passes)."""
-    model = model.eval().to(device)
-    image = torch.randn(1, 3, resolution, resolution, device=device)
+def time_call(call: Callable[[], Any], repeats: int = 10, warmup: int = 2, device: str = "cpu") -> float:
+    """Median milliseconds of `call()` without gradients (after `warmup` calls; the GPU synchronised around each)."""
     times = []
     with torch.no_grad():
         for index in range(warmup + repeats):
             if device != "cpu":
                 torch.cuda.synchronize(device)
             started = time.perf_counter()
-            model(image)
+            call()
             if device != "cpu":
                 torch.cuda.synchronize(device)
             if index >= warmup:
                 times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
+
+
+def time_forward(model: nn.Module, resolution: int, repeats: int = 10, warmup: int = 2,
+                 device: str = "cpu") -> float:
+    """Median milliseconds of one forward pass at batch size 1 (after `warmup` passes)."""
+    model = model.eval().to(device)
+    image = torch.randn(1, 3, resolution, resolution, device=device)
+    return time_call(lambda: model(image), repeats, warmup, device)
 
 
 def backbone_cost(name: str, resolution: int = 224, measure: bool = True, repeats: int = 10,

@@ -9,7 +9,6 @@ optionally re-weighted as in the paper.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -19,7 +18,7 @@ from ..errors import ModelFileError
 from ..model.backbone_model import BackboneModel
 from ..model.fields import require_tensor
 from ..model.progress import Progress, ProgressCallback
-from ..ops.coreset import greedy_coreset, random_projection
+from ..ops.coreset import chunked_coreset
 from ..ops.knn import nearest_neighbors
 from ..ops.smoothing import gaussian_blur, upsample
 from ..params import Param, params
@@ -83,30 +82,17 @@ class PatchCore(BackboneModel):
                      progress: ProgressCallback) -> None:
         # The bank is selected chunk by chunk as the features arrive: fit memory stays that of one chunk plus
         # the bank, and selection costs chunk patches × chunk selections instead of all patches × all selections.
-        chunk_patches = self.params["coreset_chunk"] or math.inf
-        starts = torch.Generator().manual_seed(self.params["seed"])
-        pending: list[torch.Tensor] = []
-        bank: list[torch.Tensor] = []
-        seen = 0
+        def embedded() -> Iterator[torch.Tensor]:
+            seen = 0
+            for images in batches():
+                patches = self.embed(self.features(images))[0]
+                seen += images.shape[0]
+                progress(Progress("features", seen, n_images))
+                yield patches
 
-        def select(patches: torch.Tensor) -> torch.Tensor:
-            n_select = max(1, math.ceil(self.params["coreset_ratio"] * patches.shape[0]))
-            projected = random_projection(patches, self.params["projection_dim"], self.params["seed"])
-            start = int(torch.randint(patches.shape[0], (1,), generator=starts))
-            selected = greedy_coreset(projected, n_select, start,
-                                      progress=lambda step, total: progress(Progress("coreset", step, total)))
-            return patches[selected]
-
-        for images in batches():
-            patches, _ = self.embed(self.features(images))
-            pending.append(patches)
-            seen += images.shape[0]
-            progress(Progress("features", seen, n_images))
-            if sum(part.shape[0] for part in pending) >= chunk_patches:
-                bank.append(select(torch.cat(pending)))
-                pending = []
-        if pending:
-            bank.append(select(torch.cat(pending)))
+        bank = [patches[chosen] for patches, chosen in chunked_coreset(
+            embedded(), self.params["coreset_ratio"], self.params["coreset_chunk"], self.params["projection_dim"],
+            self.params["seed"], progress=lambda step, total: progress(Progress("coreset", step, total)))]
         self.memory_bank = torch.cat(bank).contiguous()
 
     def score_features(self, features: list[torch.Tensor], size: tuple[int, int],

@@ -6,7 +6,8 @@ minimum distances is kept, never an N×N matrix.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -44,3 +45,32 @@ def greedy_coreset(points: torch.Tensor, n_select: int, start_index: int = 0,
         if progress is not None and (step + 1) % report_every == 0:
             progress(step + 1, n_select)
     return selected
+
+
+def chunked_coreset(parts: Iterable[torch.Tensor], ratio: float, chunk_patches: int, projection_dim: int, seed: int,
+                    progress: Callable[[int, int], None] | None = None
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Greedy coreset of patches [N, C] that arrive in parts, selected chunk by chunk: a chunk closes once the parts
+    gathered hold at least `chunk_patches` patches (0: one chunk of everything). Yields (the chunk's patches, the
+    indices chosen among them), `ratio` of each chunk, on its `projection_dim` random projection; chunk starts
+    are drawn from `seed`. Only one chunk is held at a time."""
+    limit = chunk_patches or math.inf
+    starts = torch.Generator().manual_seed(seed)
+    pending: list[torch.Tensor] = []
+    gathered = 0
+
+    def select() -> tuple[torch.Tensor, torch.Tensor]:
+        patches = torch.cat(pending)
+        start = int(torch.randint(patches.shape[0], (1,), generator=starts))
+        chosen = greedy_coreset(random_projection(patches, projection_dim, seed),
+                                max(1, math.ceil(ratio * patches.shape[0])), start, progress=progress)
+        return patches, chosen
+
+    for part in parts:
+        pending.append(part)
+        gathered += part.shape[0]
+        if gathered >= limit:
+            yield select()
+            pending, gathered = [], 0
+    if pending:
+        yield select()
