@@ -34,6 +34,7 @@ from .data.protocol import ALIGNED, AlignmentProtocol
 from .errors import ParameterError
 from .model.base import AnomalyModel
 from .registry import get_method
+from .sweep import expand_grid, write_sweep
 from .threads import configure_threads, thread_settings
 
 _COLUMNS = (("label", "method"), ("category", "category"), ("backbone", "backbone"),
@@ -231,20 +232,25 @@ def folder_memory_markdown(result: dict[str, Any], environment: dict[str, Any]) 
 
 def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Sequence[str], out: Path,
               settings: Sequence[str] = (), device: str | None = None, quiet: bool = False,
-              large_image: int | None = None, protocol: AlignmentProtocol = ALIGNED) -> list[dict[str, Any]]:
+              large_image: int | None = None, protocol: AlignmentProtocol = ALIGNED,
+              backbones: Sequence[str] = (), sides: Sequence[int] = ()) -> list[dict[str, Any]]:
     """Every method (spec) on every category, each in a fresh process; results are written after every run.
     Under `protocol` every run's train and test images are moved by it. With `large_image`, also the peak memory
-    of scoring one large_image×large_image grayscale PNG with the first of those models."""
+    of scoring one large_image×large_image grayscale PNG with the first of those models. With `backbones` and/or
+    `sides`, a sweep: every spec at every backbone × input side (`inspection.sweep`), also written as sweep.md
+    and sweep.png."""
     specs = [parse_method_spec(spec) for spec in methods]  # unknown methods fail before any run
     # Every run's settings and data are checked before the first run starts, or anything is written.
     runs = []
     for category in categories:
         root = find_root(data_roots, category)
-        for method, own_settings in specs:
-            params = {**parse_settings(settings, category, method), **own_settings,
-                      **({"device": device} if device else {})}
-            get_method(method).param_set().resolve(params)
-            runs.append((method, root, category, params, own_settings))
+        for method, spec_settings in specs:
+            shared = {**parse_settings(settings, category, method), **({"device": device} if device else {})}
+            resize_mode = get_method(method).param_set().resolve({**shared, **spec_settings})["resize_mode"]
+            for own_settings, label_settings in expand_grid(spec_settings, resize_mode, backbones, sides):
+                params = {**shared, **own_settings}
+                get_method(method).param_set().resolve(params)
+                runs.append((method, root, category, params, label_settings))
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench-"))
     first_model = scratch / "first.safetensors"
@@ -255,8 +261,10 @@ def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Seq
                 given = "".join(f" {key}={value}" for key, value in own_settings.items())
                 print(f"bench: {method}{given} on {category} …", file=sys.stderr, flush=True)
             save_to = str(first_model) if large_image and not results else None
-            results.append(in_fresh_process(bench_one, method, root, category, params, own_settings, save_to,
-                                            protocol))
+            row = in_fresh_process(bench_one, method, root, category, params, own_settings, save_to, protocol)
+            if "side" in own_settings:
+                row["side"] = int(own_settings["side"])
+            results.append(row)
             _write_results(out, results)  # after every run: a long bench that fails late keeps what it measured
             if not quiet:
                 row = results[-1]
@@ -289,6 +297,7 @@ def _write_results(out: Path, results: list[dict[str, Any]], large_image: dict[s
         report["large_image"] = large_image
     (out / "results.json").write_text(json.dumps(report, indent=2))
     (out / "results.md").write_text(markdown_table(results, environment, large_image))
+    write_sweep(out, results)
 
 
 def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any],

@@ -315,7 +315,7 @@ def command_bench(args: argparse.Namespace) -> int:
     large_image = None if args.large_image is None else _LARGE_IMAGE.coerce(args.large_image)
     run_bench(methods=args.methods, data_roots=args.data, categories=args.categories, out=Path(args.out),
               settings=args.set or [], device=_device(args), quiet=args.quiet, large_image=large_image,
-              protocol=protocol)
+              protocol=protocol, backbones=args.backbones or (), sides=args.sides or ())
     return 0
 
 
@@ -462,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol_options(bench, "aligned", "train and test images")
     bench.add_argument("--large-image", default=None, metavar="SIDE",
                        help="also measure the peak memory of predict on one SIDE×SIDE grayscale PNG (e.g. 9999)")
+    bench.add_argument("--backbones", nargs="+", metavar="BACKBONE",
+                       help="a sweep: run every method at each of these backbones (see `methods`)")
+    bench.add_argument("--sides", nargs="+", type=int, metavar="PIXELS",
+                       help="a sweep: run every method at each input side the backbone sees (the square, or the "
+                            "shorter side in aspect mode); also writes sweep.md and sweep.png")
     bench.set_defaults(handler=command_bench)
 
     listing = commands.add_parser("methods", help="list methods, their parameters, and backbones")
