@@ -109,6 +109,7 @@ def bench_one(method: str, data_root: str, category: str, params: dict[str, Any]
            "fit_seconds": round(model.info.fit_seconds, 2), "total_seconds": round(total_seconds, 2),
            "peak_memory_mib": round(peak_mib, 1),
            "n_fit_images": model.info.n_fit_images, "n_heldout_images": model.info.n_heldout_images,
+           "learned_shapes": model.learned_shapes,
            **result.metrics, **before,
            "load_average_1min_after": thread_settings()["load_average_1min"]}
     if model.device.type == "cuda":

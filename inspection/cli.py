@@ -259,9 +259,11 @@ def command_explain(args: argparse.Namespace) -> int:
 def command_classifier(args: argparse.Namespace) -> int:
     from .batch import collect_inputs
     from .classifier import attach_defect_classifier, fit_defect_classifier
+    from .data.uris import is_uri, read_uri
 
-    good = [source for source, _ in collect_inputs(args.good)]
-    defect = [source for source, _ in collect_inputs(args.defect)]
+    # A URI's bytes are read here (decoding takes paths, bytes and arrays); a path is read when its turn comes.
+    good = [read_uri(source) if is_uri(source) else source for source, _ in collect_inputs(args.good)]
+    defect = [read_uri(source) if is_uri(source) else source for source, _ in collect_inputs(args.defect)]
     model = load_model(args.model, device=_device(args))
     fitted = fit_defect_classifier(model, good, defect, layer=args.layer, seed=model.params["seed"])
     attach_defect_classifier(args.model, fitted)

@@ -47,6 +47,11 @@ class ImageResult:
     def verdict(self) -> str:
         return verdict_label(self.is_defect)
 
+    @property
+    def fully_inspected(self) -> bool:
+        """Whether the model saw every pixel of the image (no crop left a border out)."""
+        return not bool(np.isnan(self.heatmap).any())
+
     def overlay(self, with_boxes: bool = True) -> np.ndarray:
         """Heatmap over the image, each defect region outlined and labelled with its peak score."""
         blended = overlay(self.image, self.heatmap, vmax=self.colour_max)

@@ -62,12 +62,14 @@ def user_errors() -> Iterator[None]:
         show_error(error)
 
 
-def colorbar(vmax: float, key: str = "colorbar") -> None:
-    """The colour scale of the heatmaps above it (up to `vmax`), with what its colours mean."""
+def colorbar(vmax: float, key: str = "colorbar", uninspected: bool = True) -> None:
+    """The colour scale of the heatmaps above it (up to `vmax`), with what its colours mean; the grey hatching
+    explained only when some heatmap above has parts the model did not inspect."""
     st.plotly_chart(colorbar_figure(vmax), config={"displayModeBar": False}, key=key)
     st.caption(f"Heatmap colours: 0 is a calm good surface; the middle colour (0.5) is the model's saved pixel "
                f"threshold — above it a pixel belongs to a defect; the top ({vmax:.2g}) is a high score of the "
-               "model's defects when it was tested. Grey hatching: not inspected (outside the crop).")
+               "model's defects when it was tested."
+               + (" Grey hatching: not inspected (outside the crop)." if uninspected else ""))
 
 
 # ------------------------------------------------------------------------------------------ kept widgets

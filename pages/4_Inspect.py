@@ -139,7 +139,7 @@ elif result.reconstruction is not None:
     st.image(result.reconstruction, caption="Reconstruction (working resolution)", width=420)
 else:
     st.caption(f"No reconstruction: {get_method(model.name).no_reconstruction_reason}.")
-page.colorbar(result.colour_max)
+page.colorbar(result.colour_max, uninspected=not result.fully_inspected)
 
 st.subheader("Defect regions")
 if result.regions:

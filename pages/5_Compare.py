@@ -63,6 +63,7 @@ header = st.columns(n_columns)
 header[0].markdown("**Image**")
 for column, entry in zip(header[1:], chosen):
     column.markdown(f"**{entry.name}**  \n{entry.method}/{entry.backbone or '—'}")
+all_inspected = True
 for name, key, image in images:
     row = st.columns(n_columns)
     row[0].image(image, caption=name, width="stretch")
@@ -71,7 +72,8 @@ for name, key, image in images:
             with page.user_errors():
                 result = image_result(caches.predict_image(entry, image, key), 0, image, name, colour_max=colour_max)
                 st.image(result.overlay(), caption=f"score {result.score:.3f} · {result.verdict}", width="stretch")
-page.colorbar(colour_max)
+                all_inspected = all_inspected and result.fully_inspected
+page.colorbar(colour_max, uninspected=not all_inspected)
 
 st.subheader("Metrics and speed")
 measured = st.session_state.get("compare_measured")

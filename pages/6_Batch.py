@@ -71,4 +71,6 @@ for start in range(0, len(run.pictures), per_row):
             column.image(picture.image, caption=batch_view.picture_caption(picture), width="stretch")
 if run.pictures:
     with page.user_errors():
-        page.colorbar(caches.model_of(entry).calibration.colour_max)
+        batch_model = caches.model_of(entry)
+        # Only a centre crop leaves a border of the image uninspected; the other modes see it all.
+        page.colorbar(batch_model.calibration.colour_max, uninspected=batch_model.preprocessing.mode == "center_crop")

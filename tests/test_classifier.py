@@ -102,7 +102,8 @@ def test_the_command_line_fits_the_head_and_draws_its_cam(tmp_path: Path, capsys
         (tmp_path / kind).mkdir()
         for index, image in enumerate(images):
             Image.fromarray(image).save(tmp_path / kind / f"{index}.png")
-    assert main(["classifier", "--model", str(path), "--good", str(tmp_path / "good"), "--defect",
+    # The good images given as a file:// URI folder: the command reads URIs as `predict` does.
+    assert main(["classifier", "--model", str(path), "--good", (tmp_path / "good").as_uri(), "--defect",
                  str(tmp_path / "defect")]) == 0
     assert "6 good and 6 defect images, cross-validated accuracy" in capsys.readouterr().out
     out = tmp_path / "cam.png"

@@ -107,6 +107,8 @@ def test_bench_writes_json_and_markdown(demo_root, tmp_path):
     for key in ("image_auroc", "pixel_auroc", "aupro", "fit_seconds", "predict_ms_per_image", "peak_memory_mib",
                 "device"):
         assert key in results[0]
+    # PaDiM's learned tensors: a mean and an inverse covariance per position.
+    assert set(results[0]["learned_shapes"]) >= {"mean"}
     table = (out / "results.md").read_text()
     assert table.startswith("| method | category |") and "| padim | surface |" in table
 

@@ -203,6 +203,11 @@ class AnomalyModel(ABC):
         state = self._state()
         return bool(state) and all(tensor is not None for tensor in state.values())
 
+    @property
+    def learned_shapes(self) -> dict[str, list[int]]:
+        """The shape of each learned tensor a saved model holds (e.g. PatchCore's bank: patches × channels)."""
+        return {name: list(tensor.shape) for name, tensor in self._state().items() if tensor is not None}
+
     def default_normalization(self) -> str:
         return "inception"
 
