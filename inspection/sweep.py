@@ -7,7 +7,7 @@ method's resize mode on that category), and writes the sweep's own table (sweep.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -86,9 +86,15 @@ def _under_load(row: dict[str, Any]) -> bool:
     return under_load(row)
 
 
-def sweep_plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Accuracy against ms/image (batch 1): one panel per category × metric, one line per method × backbone,
-    each point labelled with its side."""
+def method_and_backbone(row: dict[str, Any]) -> str:
+    """The sweep plot's default series: one line per method × backbone."""
+    return f"{row['method']} · {row['backbone']}"
+
+
+def sweep_plot(rows: Sequence[dict[str, Any]], path: Path,
+               series: Callable[[dict[str, Any]], str] = method_and_backbone, title: str = "") -> None:
+    """Accuracy against ms/image (batch 1): one panel per category × metric, one line per series (method ×
+    backbone by default), each point labelled with its side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,31 +104,36 @@ def sweep_plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     metrics = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
     figure, axes = plt.subplots(len(categories), len(metrics), figsize=(5 * len(metrics), 4 * len(categories)),
                                 squeeze=False)
-    backbones = sorted({row["backbone"] for row in rows})
-    colours = {backbone: f"C{index}" for index, backbone in enumerate(backbones)}
+    # Colour by backbone, line style by method, so that a method's lines and a backbone's lines are told apart.
+    colours = {backbone: f"C{index}" for index, backbone in enumerate(sorted({row["backbone"] for row in rows}))}
     styles = {method: style for method, style in zip(sorted({row["method"] for row in rows}), ("-o", "--s", ":^"))}
+    names = sorted({series(row) for row in rows})
     for row_index, category in enumerate(categories):
-        for column, (key, title) in enumerate(metrics):
+        for column, (key, metric_title) in enumerate(metrics):
             axis = axes[row_index][column]
-            for method in sorted(styles):
-                for backbone in backbones:
-                    points = sorted((row_side(row), row["predict_ms_per_image"], row[key]) for row in rows
-                                    if row["category"] == category and row["method"] == method
-                                    and row["backbone"] == backbone)
-                    if not points:
-                        continue
-                    axis.plot([p[1] for p in points], [p[2] for p in points], styles[method],
-                              color=colours[backbone], label=f"{method} · {backbone}")
-                    for side, milliseconds, value in points:
-                        axis.annotate(str(side), (milliseconds, value), textcoords="offset points", xytext=(3, 3),
-                                      fontsize=7)
+            for index, name in enumerate(names):
+                members = [row for row in rows if row["category"] == category and series(row) == name]
+                if not members:
+                    continue
+                points = sorted((row_side(row), row["predict_ms_per_image"], row[key]) for row in members)
+                colour = colours[members[0]["backbone"]] if series is method_and_backbone else f"C{index}"
+                axis.plot([p[1] for p in points], [p[2] for p in points], styles[members[0]["method"]],
+                          color=colour, label=name)
+                for side, milliseconds, value in points:
+                    axis.annotate(str(side), (milliseconds, value), textcoords="offset points", xytext=(3, 3),
+                                  fontsize=7)
             axis.set_xlabel("ms per image (batch 1, CPU)")
-            axis.set_ylabel(title)
-            axis.set_title(f"{category}: {title}")
+            axis.set_ylabel(metric_title)
+            axis.set_title(f"{category}: {metric_title}")
             axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower right")
-    figure.suptitle("Accuracy against speed: each point one backbone at one input side (the number beside it)")
-    figure.tight_layout()
+    handles: dict[str, Any] = {}
+    for axis in axes.flat:  # every series once, from whichever panel drew it
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    figure.suptitle(title or "Accuracy against speed: each point one backbone at one input side (the number "
+                    "beside it)")
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    figure.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 6), fontsize=8)
     figure.savefig(path, dpi=90)
     plt.close(figure)
 
