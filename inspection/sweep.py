@@ -81,7 +81,7 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _under_load(row: dict[str, Any]) -> bool:
-    from .bench import under_load
+    from .bench import under_load  # here, not at the top: the bench imports this module
 
     return under_load(row)
 
