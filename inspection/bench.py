@@ -247,8 +247,9 @@ def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Seq
         root = find_root(data_roots, category)
         for method, spec_settings in specs:
             shared = {**parse_settings(settings, category, method), **({"device": device} if device else {})}
-            resize_mode = get_method(method).param_set().resolve({**shared, **spec_settings})["resize_mode"]
-            for own_settings, label_settings in expand_grid(spec_settings, resize_mode, backbones, sides):
+            resolved = get_method(method).param_set().resolve({**shared, **spec_settings})
+            for own_settings, label_settings in expand_grid(spec_settings, resolved["resize_mode"], backbones, sides,
+                                                            resolved["resize"]):
                 params = {**shared, **own_settings}
                 get_method(method).param_set().resolve(params)
                 runs.append((method, root, category, params, label_settings))

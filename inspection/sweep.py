@@ -18,20 +18,21 @@ from .features.cost import backbone_cost
 _CROP_MARGIN = 256 / 224
 
 
-def side_settings(resize_mode: str, side: int) -> dict[str, str]:
+def side_settings(resize_mode: str, side: int, resize: int = 256) -> dict[str, str]:
     """The geometry settings under which the backbone sees `side` pixels: the square's side (full frame, centre
-    crop: the crop keeps the default's margin) or the shorter side (aspect, tiles: each tile is side×side)."""
+    crop: the crop keeps the default's margin), the shorter side (aspect) or the tile's side (tiles: the image
+    keeps its shorter side `resize`, enlarged when a tile would not fit)."""
     if resize_mode == "center_crop":
         return {"resize": str(round(side * _CROP_MARGIN)), "crop": str(side)}
     if resize_mode == "tiles":
-        return {"crop": str(side), "resize": str(max(side, 224))}
+        return {"crop": str(side), "resize": str(max(side, resize))}
     return {"resize": str(side), "crop": str(side)}  # full: crop is the square; aspect: resize is the shorter side
 
 
 def expand_grid(own_settings: dict[str, str], resize_mode: str, backbones: Sequence[str],
-                sides: Sequence[int]) -> list[tuple[dict[str, str], dict[str, str]]]:
-    """(settings of the run, the settings that name its row) for every backbone × side; the spec alone without a
-    grid."""
+                sides: Sequence[int], resize: int = 256) -> list[tuple[dict[str, str], dict[str, str]]]:
+    """(settings of the run, the settings that name its row) for every backbone × side, under the run's resize
+    mode and shorter side; the spec alone without a grid."""
     grid = []
     for backbone in backbones or [None]:
         for side in sides or [None]:
@@ -39,7 +40,7 @@ def expand_grid(own_settings: dict[str, str], resize_mode: str, backbones: Seque
             if backbone:
                 settings["backbone"] = label["backbone"] = backbone
             if side:
-                settings.update(side_settings(resize_mode, side))
+                settings.update(side_settings(resize_mode, side, resize))
                 label["side"] = str(side)
             grid.append((settings, label))
     return grid

@@ -28,6 +28,8 @@ def test_the_side_is_what_the_backbone_sees_in_every_mode():
         for side in (128, 160, 256):
             assert _seen_side(mode, side) == side, (mode, side)
     assert side_settings("center_crop", 224) == {"resize": "256", "crop": "224"}  # the default's margin
+    assert side_settings("tiles", 160, resize=320) == {"crop": "160", "resize": "320"}  # the image keeps its side
+    assert side_settings("tiles", 448, resize=320) == {"crop": "448", "resize": "448"}  # … unless a tile is larger
 
 
 def test_the_grid_runs_every_backbone_at_every_side_and_names_them():
