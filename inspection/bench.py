@@ -35,7 +35,7 @@ from .errors import ParameterError
 from .model.base import AnomalyModel
 from .registry import get_method
 from .sweep import expand_grid, write_sweep
-from .threads import configure_threads, thread_settings
+from .threads import configure_threads, thread_settings, under_load
 
 _COLUMNS = (("label", "method"), ("category", "category"), ("backbone", "backbone"),
             ("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"),
@@ -364,13 +364,6 @@ def promise_table(results: Sequence[dict[str, Any]]) -> str:
         lines.append(f"| {row.get('label', row['method'])} | {row['category']} | {row.get('n_heldout_images', '—')} | "
                      f"{row['n_unseen_good']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def under_load(row: dict[str, Any]) -> bool:
-    """Whether a run started or ended with more runnable work than cores (its timings are not quiet ones)."""
-    cores = row.get("cores_available") or 0
-    loads = [row.get("load_average_1min"), row.get("load_average_1min_after")]
-    return bool(cores) and any(load is not None and load > cores for load in loads)
 
 
 def _load_warning(row: dict[str, Any]) -> str:

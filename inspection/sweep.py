@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .features.cost import backbone_cost
+from .threads import under_load
 
 #: The centre crop keeps the default's 256→224 margin at every side.
 _CROP_MARGIN = 256 / 224
@@ -72,19 +73,13 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
              "ms/img b1 | ms/img b16 | fit s | peak MiB |", "|" + "---|" * 13]
     for row in sorted(rows, key=lambda r: (r["category"], r["method"], r["backbone"], row_side(r))):
         parameters, mult_adds = costs.get((row["backbone"], row_side(row)), (0, 0))
-        flag = " ⚠" if _under_load(row) else ""
+        flag = " ⚠" if under_load(row) else ""
         lines.append(f"| {row['category']} | {row['method']} | {row['backbone']} | {row_side(row)} | "
                      f"{parameters / 1e6:.1f} | {mult_adds / 1e6:.0f} | {row['image_auroc']:.4f} | "
                      f"{row['pixel_auroc']:.4f} | {row['aupro']:.4f} | {row['predict_ms_per_image']:.1f}{flag} | "
                      f"{row['predict_ms_per_image_batch16']:.1f} | {row['fit_seconds']:.1f} | "
                      f"{row['peak_memory_mib']:.0f} |")
     return "\n".join(lines) + "\n"
-
-
-def _under_load(row: dict[str, Any]) -> bool:
-    from .bench import under_load  # here, not at the top: the bench imports this module
-
-    return under_load(row)
 
 
 def method_and_backbone(row: dict[str, Any]) -> str:

@@ -75,3 +75,11 @@ def thread_settings() -> dict[str, Any]:
         load = None
     return {"torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
             "cores_available": available_cores(), "load_average_1min": load}
+
+
+def under_load(row: dict[str, Any]) -> bool:
+    """Whether a measured run (a bench row with `thread_settings()` taken at its start and its end's load average)
+    started or ended with more runnable work than cores: its timings are not quiet ones."""
+    cores = row.get("cores_available") or 0
+    loads = [row.get("load_average_1min"), row.get("load_average_1min_after")]
+    return bool(cores) and any(load is not None and load > cores for load in loads)
