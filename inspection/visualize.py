@@ -101,7 +101,12 @@ def draw_boxes(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], la
         cv2.rectangle(canvas, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), color, thickness)
         if index < len(labels):
             scale = max(0.4, max(image.shape[:2]) / 900)
-            origin = (x0, max(12, y0 - 4))
+            (text_w, text_h), _ = cv2.getTextSize(labels[index], cv2.FONT_HERSHEY_SIMPLEX, scale, thickness + 2)
+            if y0 - 4 - text_h >= 0:  # above the box
+                origin = (x0, y0 - 4)
+            else:  # no room above (a box at the top edge): inside it, clear of its border
+                origin = (x0 + thickness + 3, y0 + thickness + 3 + text_h)
+            origin = (max(0, min(origin[0], canvas.shape[1] - text_w)), origin[1])  # never cut off at the right
             cv2.putText(canvas, labels[index], origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2)
             cv2.putText(canvas, labels[index], origin, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness)
     return canvas

@@ -30,7 +30,7 @@ from inspection.params import Param
 from inspection.registry import load_model, methods
 from inspection.results import defect_mask_on_original, image_result
 from inspection.scores.thresholds import rates_at_threshold
-from inspection.visualize import colorize
+from inspection.visualize import colorize, draw_boxes
 from inspection_app.browse import (
     default_compare_samples,
     filter_samples,
@@ -343,3 +343,13 @@ def test_panels_become_pictures_and_rows() -> None:
     rows = panel_rows([*maps[:2], strip, *maps[2:], picture])
     assert [[panel.title for panel in row] for row in rows] == [["map 0", "map 1"], ["steps"],
                                                                 ["map 2", "map 3", "input"]]
+
+
+def test_a_box_label_at_the_top_edge_sits_inside_the_box_clear_of_its_border() -> None:
+    plain = np.full((256, 256, 3), 80, np.uint8)
+    boxed = draw_boxes(plain, [(56, 0, 132, 82)])
+    labelled = draw_boxes(plain, [(56, 0, 132, 82)], ["3.63"])
+    text = np.argwhere((labelled != boxed).any(axis=2))  # the label's own pixels
+    assert len(text) > 0
+    assert text[:, 0].min() > 2 and text[:, 1].min() > 56 + 2  # below the top border, right of the left one
+    assert text[:, 0].max() < 82 and text[:, 1].max() < 132  # inside the box
