@@ -69,6 +69,7 @@ class JobState:
     #: Every named loss per report, when the method reports several (e.g. a GAN's generator and discriminator).
     named_losses: dict[str, list[float]] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    stage_started: float = field(default_factory=time.time)  # when the current stage began (its rate: ETA)
     finished: float | None = None
     error: str = ""
     result_path: str = ""
@@ -93,11 +94,30 @@ class JobState:
     def elapsed(self) -> float:
         return (self.finished or time.time()) - self.started
 
+    @property
+    def stage_seconds_left(self) -> float | None:
+        """The current stage's remaining seconds at its rate so far (None before its first step or when done)."""
+        if not self.active or not self.total or self.step <= 0 or self.step >= self.total:
+            return None
+        return (time.time() - self.stage_started) / self.step * (self.total - self.step)
+
     def describe(self) -> str:
-        """One line for a progress bar, e.g. 'Selecting the memory bank (coreset): 120/500 · 7 s'."""
+        """One line for a progress bar, e.g. 'Training: epoch 12/60 · loss 0.41 · 95 s · about 6 min left in
+        this stage'."""
         counts = f": {self.step}/{self.total}" if self.total else ""
         loss = f" · loss {self.losses[-1]:.4g}" if self.losses else ""
-        return f"{self.stage_label}{counts}{loss} · {self.elapsed:.0f} s"
+        left = self.stage_seconds_left
+        eta = "" if left is None else f" · about {_duration(left)} left in this stage"
+        return f"{self.stage_label}{counts}{loss} · {self.elapsed:.0f} s{eta}"
+
+
+def _duration(seconds: float) -> str:
+    """'40 s', '6 min', '1 h 05 min'."""
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 3600:
+        return f"{round(seconds / 60)} min"
+    return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60):02d} min"
 
 
 def run_training(request: TrainingRequest, progress: Callable[[Progress], None]) -> tuple[Path, dict[str, Any]]:
@@ -209,8 +229,10 @@ class TrainingManager:
                 losses = state.losses + [float(report.loss)] if report.loss is not None else state.losses
                 named = {name: [*state.named_losses.get(name, []), float(value)]
                          for name, value in (report.losses or {}).items()} or state.named_losses
+                stage_started = state.stage_started if report.stage == state.stage else time.time()
                 self._jobs[job_id] = replace(state, status="running", stage=report.stage, step=report.step,
-                                             total=report.total, losses=losses, named_losses=named)
+                                             total=report.total, losses=losses, named_losses=named,
+                                             stage_started=stage_started)
 
         outcome: dict[str, Any] = {"status": "failed", "error": "the training was interrupted"}
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -192,6 +194,14 @@ def test_job_state_describes_itself() -> None:
                      losses=[0.25])
     assert state.fraction == 0.25 and state.active
     assert state.describe().startswith("Selecting the memory bank (coreset): 5/20 · loss 0.25 · ")
+    # 5 of 20 steps in 10 s: the other 15 take about 30 s more.
+    timed = replace(state, stage_started=time.time() - 10)
+    assert timed.stage_seconds_left == pytest.approx(30, abs=1)
+    assert timed.describe().endswith("· about 30 s left in this stage")
+    assert replace(timed, step=0).stage_seconds_left is None  # no rate before the first step
+    assert "left" not in replace(timed, status="done").describe()
+    slow = replace(timed, step=1, stage_started=time.time() - 600)  # 19 more steps of 10 min
+    assert slow.describe().endswith("about 3 h 10 min left in this stage")
 
 
 def test_run_training_fits_evaluates_and_saves(demo_root: Path, tmp_path: Path) -> None:
