@@ -269,7 +269,6 @@ def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Seq
             results.append(row)
             _write_results(out, results)  # after every run: a long bench that fails late keeps what it measured
             if not quiet:
-                row = results[-1]
                 print(f"  image {row['image_auroc']:.4f} pixel {row['pixel_auroc']:.4f} aupro {row['aupro']:.4f} "
                       f"fit {row['fit_seconds']:.1f}s total {row['total_seconds']:.1f}s "
                       f"predict {row['predict_ms_per_image']:.1f} / {row['predict_ms_per_image_batch16']:.1f} "

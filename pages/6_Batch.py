@@ -72,5 +72,4 @@ for start in range(0, len(run.pictures), per_row):
 if run.pictures:
     with page.user_errors():
         batch_model = caches.model_of(entry)
-        # Only a centre crop leaves a border of the image uninspected; the other modes see it all.
-        page.colorbar(batch_model.calibration.colour_max, uninspected=batch_model.preprocessing.mode == "center_crop")
+        page.colorbar(batch_model.calibration.colour_max, uninspected=not batch_model.preprocessing.sees_whole_image)

@@ -116,6 +116,11 @@ class Preprocessing:
                              f"tile_overlap={self.tile_overlap}")
 
     @property
+    def sees_whole_image(self) -> bool:
+        """Whether every pixel of an image is inspected (only a centre crop leaves a border out)."""
+        return self.mode != "center_crop"
+
+    @property
     def size(self) -> tuple[int, int]:
         """The working size of modes with a fixed one (in aspect and tiles modes: the model's tile/short side)."""
         return self.crop, self.crop
