@@ -53,10 +53,19 @@ def naive_greedy_coreset(points: np.ndarray, n_select: int, start: int) -> list[
     return selected
 
 
-def test_greedy_coreset_matches_the_naive_reference():
+@pytest.mark.parametrize("block", [512, 1, 7, 32])  # one block (the plain greedy), and lazy blocks, ragged too
+def test_greedy_coreset_matches_the_naive_reference(block):
     points = np.random.default_rng(0).normal(size=(120, 5))
-    selected = greedy_coreset(torch.from_numpy(points), 15, start_index=7)
+    selected = greedy_coreset(torch.from_numpy(points), 15, start_index=7, block=block)
     assert selected.tolist() == naive_greedy_coreset(points, 15, 7)
+
+
+def test_lazy_blocks_choose_what_one_pass_per_step_chooses_on_clustered_points():
+    # Clusters make most blocks stale for long stretches: the case the laziness skips work in.
+    rng = np.random.default_rng(1)
+    points = torch.from_numpy(np.concatenate([rng.normal(loc, 0.3, size=(400, 8)) for loc in range(-5, 6)]))
+    plain = greedy_coreset(points, 60, start_index=3, block=len(points))
+    assert greedy_coreset(points, 60, start_index=3, block=16).tolist() == plain.tolist()
 
 
 def test_greedy_coreset_covers_every_cluster_where_random_sampling_would_not():

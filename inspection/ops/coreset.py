@@ -1,11 +1,12 @@
 """Greedy k-center coreset selection (PatchCore's memory-bank subsampling), on a random projection.
 
 Truly greedy: each step picks the point farthest from everything selected so far. Only an N-vector of
-minimum distances is kept, never an N×N matrix.
+minimum distances is kept, never an N×N matrix; blocks of points catch up on new centres lazily.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator
 
@@ -22,38 +23,63 @@ def random_projection(features: torch.Tensor, dimension: int, seed: int) -> torc
 
 
 def greedy_coreset(points: torch.Tensor, n_select: int, start_index: int = 0,
-                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                   progress: Callable[[int, int], None] | None = None, block: int = 512) -> torch.Tensor:
     """Indices of `n_select` points chosen by greedy k-center, starting from `start_index`.
 
-    Ties go to the lowest index (torch.argmax's rule), which makes the result reproducible.
+    The exact greedy, evaluated lazily: the points are cut into blocks of `block` rows, and a block catches up
+    on the centres chosen since it last looked only when it might hold the next farthest point (its stale
+    maximum distance, an upper bound, is the largest). Minimum distances only shrink, so a block whose stale
+    maximum is below an up-to-date block's true one cannot hold the farthest point, and the choice is the one the
+    plain greedy makes (up to float rounding in exact ties). A catch-up is one matrix product of the block with
+    its pending centres: compute-bound work instead of one pass over all points per step, which is
+    memory-bound (on Magnetic-Tile's 537 040 patches, 8 s instead of 82 s; `block >= len(points)` is the plain
+    greedy). Ties go to the lowest index (torch.argmax's rule), which makes the result reproducible.
     """
-    n_points = points.shape[0]
+    n_points, dim = points.shape
     n_select = max(1, min(n_select, n_points))
-    # Points stored as [D, N]: the per-step product `center @ points_t` streams memory contiguously.
-    points_t = points.T.contiguous()
-    sq_norms = points_t.pow(2).sum(0)
+    block = max(1, min(block, n_points))
+    n_blocks = math.ceil(n_points / block)
+    sq_norms = points.pow(2).sum(1)
     selected = torch.empty(n_select, dtype=torch.long, device=points.device)
+    centers = torch.empty(n_select, dim, dtype=points.dtype, device=points.device)
+    center_sq_norms = torch.empty(n_select, dtype=points.dtype, device=points.device)
     min_distances = torch.full((n_points,), float("inf"), dtype=points.dtype, device=points.device)
-    index = torch.tensor(start_index, device=points.device)
+    caught_up = [0] * n_blocks  # centres each block has seen
+    # Max-heap of (−stale maximum, block): ties go to the lowest block, then argmax takes the lowest row.
+    stale_maxima = [(-math.inf, b) for b in range(n_blocks)]
+    index = start_index
     report_every = max(1, n_select // 100)
     for step in range(n_select):
         selected[step] = index
-        center = points_t[:, index]
-        distances = sq_norms - 2.0 * (center @ points_t) + sq_norms[index]
-        torch.minimum(min_distances, distances, out=min_distances)
-        index = torch.argmax(min_distances)
+        centers[step], center_sq_norms[step] = points[index], sq_norms[index]
         if progress is not None and (step + 1) % report_every == 0:
             progress(step + 1, n_select)
+        if step + 1 == n_select:
+            break
+        while caught_up[stale_maxima[0][1]] <= step:
+            b = heapq.heappop(stale_maxima)[1]
+            rows = slice(b * block, (b + 1) * block)
+            own = min_distances[rows]
+            # Pending centres in slices bound the distance matrix to block × 4096.
+            for first in range(caught_up[b], step + 1, 4096):
+                pending = slice(first, min(step + 1, first + 4096))
+                distances = torch.addmm(sq_norms[rows, None] + center_sq_norms[None, pending], points[rows],
+                                        centers[pending].T, alpha=-2.0)
+                torch.minimum(own, distances.amin(1), out=own)
+            caught_up[b] = step + 1
+            heapq.heappush(stale_maxima, (-float(own.max()), b))
+        b = stale_maxima[0][1]
+        index = b * block + int(torch.argmax(min_distances[b * block:(b + 1) * block]))
     return selected
 
 
 def chunked_coreset(parts: Iterable[torch.Tensor], ratio: float, chunk_patches: int, projection_dim: int, seed: int,
-                    progress: Callable[[int, int], None] | None = None
+                    progress: Callable[[int, int], None] | None = None, block: int = 512
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Greedy coreset of patches [N, C] that arrive in parts, selected chunk by chunk: a chunk closes once the parts
     gathered hold at least `chunk_patches` patches (0: one chunk of everything). Yields (the chunk's patches, the
     indices chosen among them), `ratio` of each chunk, on its `projection_dim` random projection; chunk starts
-    are drawn from `seed`. Only one chunk is held at a time."""
+    are drawn from `seed`. Only one chunk is held at a time; `block` as in `greedy_coreset`."""
     limit = chunk_patches or math.inf
     starts = torch.Generator().manual_seed(seed)
     pending: list[torch.Tensor] = []
@@ -63,7 +89,7 @@ def chunked_coreset(parts: Iterable[torch.Tensor], ratio: float, chunk_patches: 
         patches = torch.cat(pending)
         start = int(torch.randint(patches.shape[0], (1,), generator=starts))
         chosen = greedy_coreset(random_projection(patches, projection_dim, seed),
-                                max(1, math.ceil(ratio * patches.shape[0])), start, progress=progress)
+                                max(1, math.ceil(ratio * patches.shape[0])), start, progress=progress, block=block)
         return patches, chosen
 
     for part in parts:
