@@ -60,15 +60,20 @@ def parse_settings(settings: Sequence[str], category: str, method: str = "") -> 
 
 
 def parse_method_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """"vae:scoring=residual,epochs=100" → ("vae", {"scoring": "residual", "epochs": "100"}); the method exists."""
+    """"vae:scoring=residual,epochs=100" → ("vae", {"scoring": "residual", "epochs": "100"}); the method exists.
+    A value may hold commas itself: "patchcore:layers=8,16,32,sigma=16" sets layers to "8,16,32"."""
     name, _, rest = spec.partition(":")
     get_method(name)
-    settings = {}
+    settings: dict[str, str] = {}
+    key = None
     for item in filter(None, rest.split(",")):
-        if "=" not in item:
+        if "=" in item:
+            key, value = item.split("=", 1)
+            settings[key] = value
+        elif key is not None:  # the previous value goes on
+            settings[key] += f",{item}"
+        else:
             raise ParameterError(f"method {spec!r}: {item!r} is not NAME=VALUE")
-        key, value = item.split("=", 1)
-        settings[key] = value
     return name, settings
 
 

@@ -288,6 +288,19 @@ def test_patchcore_reweighting_and_projection_options_run(demo_dataset):
     assert model.memory_bank.shape[1] == 64 and np.isfinite(prediction.raw_scores).all()
 
 
+def test_patchcore_image_score_is_the_largest_patch_or_the_largest_value_of_the_blurred_map(demo_dataset):
+    images = [sample.path for sample in demo_dataset.train[:20]]
+    model = create_model("patchcore", resize_mode="full", sigma=8.0).fit(images)
+    test = [sample.path for sample in demo_dataset.test[:4]]
+    by_patch = model.predict(test)
+    model.params["image_score"] = "map"
+    by_map = model.predict(test)
+    np.testing.assert_allclose(by_map.raw_scores, by_map.raw_maps.reshape(len(test), -1).max(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(by_map.raw_maps, by_patch.raw_maps)
+    # Bilinear upsampling and a normalised blur never exceed the largest patch score, and here they lower it.
+    assert (by_map.raw_scores < by_patch.raw_scores).all()
+
+
 @pytest.mark.parametrize("method", ["patchcore", "padim"])
 def test_other_backbones_work_end_to_end(method, shared_weights):
     model = create_model(method, backbone="mobilenet_v2",

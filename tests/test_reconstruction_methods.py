@@ -300,6 +300,7 @@ def test_common_defaults_can_differ_per_method():
 def test_bench_rows_are_named_by_variant_and_own_settings():
     assert parse_method_spec("vae:scoring=residual,epochs=5") == ("vae", {"scoring": "residual", "epochs": "5"})
     assert parse_method_spec("dfr") == ("dfr", {})
+    assert parse_method_spec("patchcore:layers=8,16,32,sigma=16") == ("patchcore", {"layers": "8,16,32", "sigma": "16"})
     with pytest.raises(ValueError, match="unknown method"):
         parse_method_spec("nope:epochs=1")
     with pytest.raises(ValueError, match="NAME=VALUE"):

@@ -39,8 +39,8 @@ class PatchCore(BackboneModel):
               minimum=1e-5, maximum=1.0),
         Param("coreset_chunk", int, 0, "Select the bank chunk by chunk as the good images' features arrive: each "
               "chunk of about this many patches gives its share (coreset_ratio) of the bank. Bounds fit memory, and "
-              "divides the selection's time by the number of chunks (0: one selection over all patches, the "
-              "exact greedy).", minimum=0, maximum=100_000_000, note="0 = all patches at once"),
+              "shortens the selection, at a cost in coverage (0: one selection over all patches, the exact "
+              "greedy).", minimum=0, maximum=100_000_000, note="0 = all patches at once"),
         Param("projection_dim", int, 128, "Dimension of the random projection the coreset is selected on "
               "(0: select on the full features).", minimum=0, maximum=4096, note="0 = full features"),
         Param("embed_dim", int, 0, "Reduce each patch feature to this many channels by average pooling "
@@ -52,6 +52,8 @@ class PatchCore(BackboneModel):
         Param("reweight_neighbors", int, 9, "Bank neighbours used by the re-weighting.", minimum=1, maximum=100),
         Param("sigma", float, 4.0, "Gaussian blur of the anomaly map, in pixels (0: none).", minimum=0.0,
               maximum=64.0, note="0 = no blur"),
+        Param("image_score", str, "patch", "The image score: the largest patch score (the paper's), or the largest "
+              "value of the blurred map, which a single odd patch moves less.", choices=("patch", "map")),
     )
 
     def __init__(self, **values):
@@ -113,11 +115,13 @@ class PatchCore(BackboneModel):
         image_scores, argmax = patch_scores.flatten(1).max(dim=1)
         if source is not None:  # the content patch the maximum came from (for the re-weighting)
             argmax = source.flatten(1).gather(1, argmax[:, None])[:, 0]
-        if self.params["reweight"]:
+        maps = gaussian_blur(upsample(patch_scores, size), self.params["sigma"])
+        if self.params["image_score"] == "map":
+            image_scores = maps.flatten(1).amax(dim=1)
+        if self.params["reweight"]:  # weighed at the most anomalous patch, whichever score it scales
             image_scores = image_scores * self._reweighting(patches.view(batch, height * width, -1),
                                                             matches.view(batch, -1), argmax)
-        maps = upsample(patch_scores, size)
-        return gaussian_blur(maps, self.params["sigma"]), image_scores
+        return maps, image_scores
 
     def _reweighting(self, patches: torch.Tensor, matches: torch.Tensor, argmax: torch.Tensor) -> torch.Tensor:
         """1 − softmax weight of the match among its bank neighbours (the paper's Eq. 7), per image."""
