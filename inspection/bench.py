@@ -345,7 +345,24 @@ def markdown_table(results: Sequence[dict[str, Any]], environment: dict[str, Any
                      f"({large_image['megapixels']} Mpx) with {large_image['model']}: peak RSS "
                      f"{large_image['peak_rss_mib']:.0f} MiB (a 256×256 one: {large_image['peak_rss_small_mib']:.0f} "
                      "MiB), whole process.")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n" + promise_table(results)
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n" + promise_table(results) + by_type_table(results)
+
+
+def by_type_table(results: Sequence[dict[str, Any]]) -> str:
+    """Image / pixel AUROC and AUPRO per defect type (its images and the good ones), per run."""
+    rows = [row for row in results if row.get("by_type")]
+    if not rows:
+        return ""
+    lines = ["", "Per defect type: that type's test images against the good ones (pixel metrics over the pixels of "
+             "those images only):", "", "| method | category | defect type | images | image AUROC | pixel AUROC "
+             "| AUPRO |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for defect_type, metrics in row["by_type"].items():
+            cells = [f"{metrics[key]:.4f}" if key in metrics else "—"
+                     for key in ("image_auroc", "pixel_auroc", "aupro")]
+            lines.append(f"| {row.get('label', row['method'])} | {row['category']} | {defect_type} | "
+                         f"{metrics['n_images']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def promise_table(results: Sequence[dict[str, Any]]) -> str:

@@ -132,6 +132,7 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
         metrics["protocol"].update(n_defect_masks_out_of_view=len(out_of_view), image_auroc_defects_in_view=(
             image_auroc(prediction.raw_scores[in_view], labels[in_view])))
     metrics.update(pixel_metrics(maps, masks, valid=valid))
+    metrics["by_type"] = metrics_by_type(samples, labels, prediction.raw_scores, with_masks, maps, masks, valid)
     if model.calibration is not None and len(maps):
         # What an inspector sees at the saved pixel threshold: boxes found, false boxes, the mask's overlap.
         metrics.update(region_metrics(maps, masks, model.calibration.pixel_threshold))
@@ -163,6 +164,26 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
 
 #: The image FPR targets whose promise is checked on unseen good images by every evaluation.
 CHECKED_FPR_TARGETS = (0.01, 0.05, 0.10)
+
+
+def metrics_by_type(samples: Sequence[Any], labels: np.ndarray, scores: np.ndarray, with_masks: list[int],
+                    maps: np.ndarray, masks: np.ndarray, valid: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per defect type, its images against the good ones: image AUROC, pixel AUROC and AUPRO (the pixels of the
+    good images and of that type's images only), so a set's weak type shows. Empty with fewer than two types."""
+    types = np.array([sample.defect_type for sample in samples])
+    defect_types = sorted(set(types[labels == 1]))
+    if len(defect_types) < 2 or not (labels == 0).any():
+        return {}
+    rows = types[with_masks]
+    result = {}
+    for defect_type in defect_types:
+        chosen = (labels == 0) | (types == defect_type)
+        result[defect_type] = {"n_images": int((types == defect_type).sum()),
+                               "image_auroc": image_auroc(scores[chosen], labels[chosen])}
+        in_rows = (rows == "good") | (rows == defect_type)
+        if masks[rows == defect_type].any():
+            result[defect_type].update(pixel_metrics(maps[in_rows], masks[in_rows], valid=valid[in_rows]))
+    return result
 
 
 def unseen_good_rates(calibration: Calibration, scores: np.ndarray, maps: np.ndarray) -> dict[str, Any]:

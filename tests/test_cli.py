@@ -111,6 +111,10 @@ def test_bench_writes_json_and_markdown(demo_root, tmp_path):
     assert set(results[0]["learned_shapes"]) >= {"mean"}
     table = (out / "results.md").read_text()
     assert table.startswith("| method | category |") and "| padim | surface |" in table
+    # Each defect type against the good images, in the JSON and in a table of its own.
+    assert set(results[0]["by_type"]) == {"hole", "scratch", "stain"}
+    assert all(0.0 <= metrics["pixel_auroc"] <= 1.0 for metrics in results[0]["by_type"].values())
+    assert "| padim | surface | stain |" in table
 
 
 def test_settings_scope_by_category():

@@ -226,3 +226,29 @@ def test_region_metrics_follow_their_definitions():
     single = compare_masks(maps[0] > 0.5, masks[0])
     assert [region["found"] for region in single["truth_regions"]] == [True, False]
     assert single["false_regions"] == 0 and single["iou"] == pytest.approx(20 / 35)  # the sliver overlaps 4 px
+
+
+def test_metrics_by_type_measure_each_type_against_the_good_images_alone():
+    from types import SimpleNamespace
+
+    from inspection.evaluate import metrics_by_type
+
+    rng = np.random.default_rng(0)
+    types = ["good"] * 6 + ["scratch"] * 4 + ["stain"] * 4
+    samples = [SimpleNamespace(defect_type=kind) for kind in types]
+    labels = np.array([kind != "good" for kind in types], int)
+    masks = np.zeros((len(types), 8, 8), bool)
+    masks[6:, 2:4, 2:4] = True
+    maps = rng.random(masks.shape).astype(np.float32)
+    maps[6:10][masks[6:10]] += 5.0  # scratches stand out; stains look like the good surface
+    scores = maps.reshape(len(types), -1).max(axis=1)
+    result = metrics_by_type(samples, labels, scores, list(range(len(types))), maps, masks, np.ones_like(masks))
+    assert set(result) == {"scratch", "stain"} and result["scratch"]["n_images"] == 4
+    assert result["scratch"]["image_auroc"] == 1.0 and result["scratch"]["pixel_auroc"] == 1.0
+    good_and_stain = list(range(6)) + list(range(10, 14))
+    expected = roc_auc_score(masks[good_and_stain].ravel(), maps[good_and_stain].ravel())
+    assert result["stain"]["pixel_auroc"] == pytest.approx(expected)
+    assert result["stain"]["pixel_auroc"] < 0.8
+    single = metrics_by_type(samples[:10], labels[:10], scores[:10], list(range(10)), maps[:10], masks[:10],
+                             np.ones_like(masks[:10]))
+    assert single == {}  # one type: the overall metrics say it all
