@@ -90,3 +90,35 @@ def test_standardized_intensity_ignores_a_global_brightness_and_contrast_change(
     assert abs(first.mean() - 128) < 1 and abs(first.std() - 48) < 1
     plain, _ = Preprocessing().apply_geometry(brighter)
     assert abs(plain.mean() - first.mean()) > 20  # without it, the shift stays
+
+
+@pytest.mark.parametrize("intensity", ["standardize", "robust"])
+def test_both_standardizations_ignore_a_global_brightness_and_contrast_change(intensity):
+    rng = np.random.default_rng(1)
+    image = rng.normal(100, 20, (240, 240, 3)).clip(0, 255).astype(np.uint8)
+    brighter = np.clip(image.astype(np.float32) * 1.3 + 40, 0, 255).astype(np.uint8)
+    adjust = Preprocessing(intensity=intensity, mode="full").apply_geometry
+    first, second = adjust(image)[0].astype(int), adjust(brighter)[0].astype(int)
+    # Quartiles of 8-bit grey levels are whole numbers: the robust spread is a little coarser.
+    assert np.abs(first - second).mean() < (1.5 if intensity == "standardize" else 3.0)
+    assert abs(np.median(first) - 128) < 3 and abs(first.std() - 48) < 3  # a defect-free image: the same target
+
+
+def test_robust_standardization_keeps_the_rest_of_a_part_with_a_large_defect_where_it_was():
+    """A dark defect shifts the image's mean and widens its spread: plain standardisation moves the good surface
+    around it (brighter, flatter). The median and the interquartile range move far less."""
+    rng = np.random.default_rng(2)
+    surface = rng.normal(110, 15, (240, 240, 3)).clip(0, 255).astype(np.uint8)
+
+    def moved(intensity: str, band_rows: int) -> float:
+        """Mean grey-level change of the good surface below a dark band, before and after the band appeared."""
+        defective = surface.copy()
+        defective[:band_rows] = 10
+        adjust = Preprocessing(intensity=intensity, mode="full").apply_geometry
+        rows = slice(band_rows * 224 // 240 + 1, None)  # below the band, at working size
+        return float(np.abs(adjust(surface)[0][rows].astype(int) - adjust(defective)[0][rows].astype(int)).mean())
+
+    # A band over 5 % of the image: plain standardisation shifts the rest by more than 15 grey levels.
+    assert moved("robust", 12) < 3 < 15 < moved("standardize", 12)
+    # Over 20 %: the quartiles begin to shift too, but by less than half as much.
+    assert moved("robust", 48) < 0.5 * moved("standardize", 48)

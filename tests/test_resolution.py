@@ -151,7 +151,8 @@ def test_methods_without_a_fixed_grid_only_refuse_clearly():
 
 
 @pytest.mark.parametrize("settings", [{"resize_mode": "aspect", "resize": 64},
-                                      {"resize_mode": "tiles", "resize": 80, "crop": 48, "tile_overlap": 12}])
+                                      {"resize_mode": "tiles", "resize": 80, "crop": 48, "tile_overlap": 12},
+                                      {"resize_mode": "full", "intensity": "robust"}])
 def test_new_settings_round_trip_through_the_model_file(tmp_path, settings):
     values = {"crop": 64, **settings}
     model = PatchCore(weights="random", min_holdout=3, batch_size=4, **values).fit(_images())

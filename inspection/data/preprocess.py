@@ -46,9 +46,12 @@ VARIABLE_SIZE_MODES = ("aspect", "tiles")
 
 #: "none": pixel values as they are. "standardize": each image's brightness and contrast are set to a fixed
 #: mean and spread (over the inspected area), for lines whose lighting drifts between captures; defects
-#: are judged by their contrast with the rest of the part, not by the absolute grey level.
-INTENSITY_MODES = ("none", "standardize")
+#: are judged by their contrast with the rest of the part, not by the absolute grey level. "robust": the same
+#: with the median and the interquartile range, which a defect's own pixels move far less: a large dark or
+#: bright defect leaves the rest of its part nearer the grey levels of the good parts.
+INTENSITY_MODES = ("none", "standardize", "robust")
 _STANDARD_MEAN, _STANDARD_STD = 128.0, 48.0
+_IQR_PER_STD = 1.349
 
 
 @dataclass(frozen=True)
@@ -167,8 +170,14 @@ class Preprocessing:
         if self.intensity == "none":
             return image
         values = image.astype(np.float32)
-        mean, std = float(values.mean()), float(values.std())
-        standardized = (values - mean) * (_STANDARD_STD / max(std, 1.0)) + _STANDARD_MEAN
+        if self.intensity == "robust":
+            lower, centre, upper = np.percentile(values, (25, 50, 75))
+            # The interquartile range of a normal distribution is 1.349 standard deviations: a defect-free
+            # image comes out as it would under "standardize".
+            centre, spread = float(centre), float(upper - lower) / _IQR_PER_STD
+        else:
+            centre, spread = float(values.mean()), float(values.std())
+        standardized = (values - centre) * (_STANDARD_STD / max(spread, 1.0)) + _STANDARD_MEAN
         return np.clip(standardized, 0, 255).round().astype(np.uint8)
 
     def transform_mask(self, mask: np.ndarray, geometry: Geometry) -> np.ndarray:

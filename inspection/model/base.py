@@ -74,7 +74,9 @@ COMMON_PARAMS = params(
     Param("tile_overlap", int, 32, "Tiles mode: pixels shared by neighbouring tiles (their maps are blended "
           "there).", minimum=0, maximum=4095, group="preprocessing"),
     Param("intensity", str, "none", "none: pixel values as they are; standardize: set each image's brightness "
-          "and contrast to fixed values (for lighting that drifts between captures).", choices=INTENSITY_MODES,
+          "and contrast to fixed values (for lighting that drifts between captures), from its mean and standard "
+          "deviation; robust: the same from its median and interquartile range, which a large defect moves less.",
+          choices=INTENSITY_MODES,
           group="preprocessing"),
     Param("holdout_fraction", float, 0.1, "Share of the good training images held out from fitting to "
           "calibrate the thresholds.", minimum=0.0, maximum=0.5, group="calibration"),
