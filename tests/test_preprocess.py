@@ -79,29 +79,19 @@ def test_invalid_preprocessing_is_refused(kwargs):
         Preprocessing(**kwargs)
 
 
-def test_standardized_intensity_ignores_a_global_brightness_and_contrast_change():
+@pytest.mark.parametrize("intensity", ["standardize", "robust"])
+def test_standardized_intensity_ignores_a_global_brightness_and_contrast_change(intensity):
     rng = np.random.default_rng(0)
     image = rng.normal(100, 20, (240, 240, 3)).clip(0, 255).astype(np.uint8)
     brighter = np.clip(image.astype(np.float32) * 1.3 + 40, 0, 255).astype(np.uint8)
-    standardize = Preprocessing(intensity="standardize")
-    first, _ = standardize.apply_geometry(image)
-    second, _ = standardize.apply_geometry(brighter)
-    assert np.abs(first.astype(int) - second.astype(int)).mean() < 1.5
-    assert abs(first.mean() - 128) < 1 and abs(first.std() - 48) < 1
-    plain, _ = Preprocessing().apply_geometry(brighter)
-    assert abs(plain.mean() - first.mean()) > 20  # without it, the shift stays
-
-
-@pytest.mark.parametrize("intensity", ["standardize", "robust"])
-def test_both_standardizations_ignore_a_global_brightness_and_contrast_change(intensity):
-    rng = np.random.default_rng(1)
-    image = rng.normal(100, 20, (240, 240, 3)).clip(0, 255).astype(np.uint8)
-    brighter = np.clip(image.astype(np.float32) * 1.3 + 40, 0, 255).astype(np.uint8)
-    adjust = Preprocessing(intensity=intensity, mode="full").apply_geometry
+    adjust = Preprocessing(intensity=intensity).apply_geometry
     first, second = adjust(image)[0].astype(int), adjust(brighter)[0].astype(int)
     # Quartiles of 8-bit grey levels are whole numbers: the robust spread is a little coarser.
     assert np.abs(first - second).mean() < (1.5 if intensity == "standardize" else 3.0)
-    assert abs(np.median(first) - 128) < 3 and abs(first.std() - 48) < 3  # a defect-free image: the same target
+    # A defect-free image comes out at the same mean and spread either way.
+    assert abs(first.mean() - 128) < 2 and abs(first.std() - 48) < 2
+    plain, _ = Preprocessing().apply_geometry(brighter)
+    assert abs(plain.mean() - first.mean()) > 20  # without it, the shift stays
 
 
 def test_robust_standardization_keeps_the_rest_of_a_part_with_a_large_defect_where_it_was():
