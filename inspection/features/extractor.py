@@ -16,8 +16,9 @@ from .weights import ResolvedWeights, build_backbone
 class FeatureExtractor(nn.Module):
     """Runs a backbone's trunk up to the deepest requested layer and returns {layer name: feature map}."""
 
-    def __init__(self, backbone: nn.Module, spec: BackboneSpec, layers: tuple[str, ...]):
+    def __init__(self, backbone: nn.Module, spec: BackboneSpec, layers: tuple[str, ...], channels_last: bool = True):
         super().__init__()
+        self.channels_last = channels_last  # on the CPU only; False is there to measure what it gains
         self.layers = spec.check_layers(tuple(layers))
         stages = spec.trunk(backbone)
         names = [name for name, _ in stages]
@@ -32,10 +33,15 @@ class FeatureExtractor(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         features: dict[str, torch.Tensor] = {}
         output = images
+        if self.channels_last and images.device.type == "cpu":
+            # oneDNN's convolutions are much faster on channels-last tensors, most of all in batches and on large
+            # images (EfficientNet-Lite0, 16 frames of 256 × 640: 2.4× faster; bench/channels-last). The features
+            # go back to the usual layout, so what follows sees the same tensors as before.
+            output = images.contiguous(memory_format=torch.channels_last)
         for name, module in zip(self._names, self.stages.values()):
             output = module(output)
             if name in self.layers:
-                features[name] = output
+                features[name] = output.contiguous()
         return features
 
 
