@@ -122,3 +122,18 @@ def test_locate_prefers_an_explicit_path(tmp_path):
     path = tmp_path / "mine.pth"
     path.write_bytes(b"x")
     assert locate_weights(get_backbone_spec("vgg19"), path) == path
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_channels_last_gives_the_same_features_in_the_usual_layout(name):
+    """On the CPU the convolutions run channels-last (faster); the features are the NCHW path's, NCHW-contiguous."""
+    extractor, _ = create_feature_extractor(name, "8,16", weights="random")
+    images = torch.randn(3, 3, 96, 160, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast = extractor(images)
+        extractor.channels_last = False
+        plain = extractor(images)
+    assert fast.keys() == plain.keys()
+    for layer, features in fast.items():
+        assert features.is_contiguous()
+        assert torch.allclose(features, plain[layer], rtol=1e-4, atol=1e-4)
