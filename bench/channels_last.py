@@ -28,16 +28,13 @@ SIZES = ((224, 224), (640, 256))  # (height, width)
 BATCHES = (1, 16)
 
 
-def median_ms_per_image(extractor: torch.nn.Module, images: torch.Tensor, repeats: int) -> float:
-    """Median milliseconds per image of one forward pass over the batch, after one warm-up call."""
+def ms_per_image(extractor: torch.nn.Module, images: torch.Tensor) -> float:
+    """Milliseconds per image of one forward pass over the batch, after one warm-up call."""
     with torch.no_grad():
         extractor(images)
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            extractor(images)
-            times.append((time.perf_counter() - started) * 1000 / images.shape[0])
-    return statistics.median(times)
+        started = time.perf_counter()
+        extractor(images)
+    return (time.perf_counter() - started) * 1000 / images.shape[0]
 
 
 def measure(name: str, repeats: int) -> list[dict]:
@@ -50,7 +47,7 @@ def measure(name: str, repeats: int) -> list[dict]:
             for _ in range(repeats):  # alternated, so that a change in the machine's load hits both alike
                 for channels_last in (False, True):
                     extractor.channels_last = channels_last
-                    timings[channels_last].append(median_ms_per_image(extractor, images, 1))
+                    timings[channels_last].append(ms_per_image(extractor, images))
             nchw, last = statistics.median(timings[False]), statistics.median(timings[True])
             rows.append({"backbone": name, "height": height, "width": width, "batch": batch,
                          "nchw_ms_per_image": nchw, "channels_last_ms_per_image": last, "speed_up": nchw / last})
@@ -66,9 +63,9 @@ def markdown(rows: list[dict], environment: dict) -> str:
               f"{row['nchw_ms_per_image']:.1f} | {row['channels_last_ms_per_image']:.1f} | {row['speed_up']:.2f}× |"
               for row in rows]
     lines += ["", f"Measured {environment.get('date', '')} with torch {environment.get('torch', '')}, "
-              f"{torch.get_num_threads()} CPU threads: the feature extractor's forward pass alone (layers at strides "
-              "8 and 16), random weights, median of the alternated repeats, each the time of one call after a "
-              "warm-up call."]
+              f"{environment.get('cpu_threads', '')} CPU threads: the feature extractor's forward pass alone "
+              "(layers at strides 8 and 16), random weights, median of the alternated repeats, each the time of "
+              "one call after a warm-up call."]
     return "\n".join(lines) + "\n"
 
 
