@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from inspection.results import image_result, unfamiliar_notes
+from inspection.results.image import image_result, unfamiliar_notes
 from inspection_app import caches, page, sidebar, training
 from inspection_app.browse import sample_label
 from inspection_app.jobs import MANAGER

@@ -16,10 +16,10 @@ import numpy as np
 from inspection.data.datasets import load_sample_mask, open_dataset
 from inspection.data.demo import generate_demo_dataset
 from inspection.data.images import load_image
-from inspection.pipeline import fit_on_dataset
 from inspection.registry import create_model
-from inspection.results import defect_mask_on_original, image_result
-from inspection.visualize import colorbar, mask_overlay
+from inspection.results.image import defect_mask_on_original, image_result
+from inspection.results.pictures import colorbar, mask_overlay
+from inspection.workflows.train import fit_on_dataset
 
 
 def _titled(image: np.ndarray, title: str) -> np.ndarray:

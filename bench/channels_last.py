@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from inspection.bench import environment_record
+from inspection.bench.run import environment_record
 from inspection.features.extractor import create_feature_extractor
 from inspection.registry import backbones
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from inspection.bench import environment_record, parse_settings
+from inspection.bench.run import environment_record, parse_settings
 from inspection.data.datasets import open_dataset
+from inspection.device import configure_threads
 from inspection.model.batching import iter_batches, split_holdout
 from inspection.ops.coreset import chunked_coreset, random_projection
 from inspection.ops.knn import nearest_neighbors
 from inspection.registry import create_model
-from inspection.threads import configure_threads
 
 
 def good_patches(model, images) -> list[torch.Tensor]:

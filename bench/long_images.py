@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inspection.bench import run_bench
+from inspection.bench.run import run_bench
 
 CATEGORY = "long_frames"
 HEIGHT, WIDTH = 1250, 500

@@ -17,9 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from inspection.bench import environment_record, folder_memory, folder_memory_markdown
+from inspection.bench.run import environment_record, folder_memory, folder_memory_markdown
 from inspection.data.demo import generate_demo_dataset
-from inspection.pipeline import train
+from inspection.workflows.train import train
 
 METHOD, PARAMS = "patchcore", {}  # the default model of the app's one-click training
 

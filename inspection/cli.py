@@ -17,19 +17,19 @@ from typing import Any, NoReturn
 
 from tqdm import tqdm
 
-from .batch import OVERLAY_CHOICES
 from .data.datasets import open_dataset
 from .data.protocol import PROTOCOLS, AlignmentProtocol
+from .device import configure_threads
 from .errors import ParameterError, friendly_error, is_user_error
-from .evaluate import round_metrics
 from .model.base import COMMON_PARAMS
 from .model.modelfile import MODEL_SUFFIX
-from .model.progress import Progress
-from .operating import promise_report
+from .model.operating import promise_report
 from .outputs import check_output_file, check_output_folder
 from .params import Param
+from .progress import Progress
 from .registry import backbones, get_method, load_model, methods
-from .threads import configure_threads
+from .workflows.batch import OVERLAY_CHOICES
+from .workflows.evaluate import round_metrics
 
 
 class ProgressBars:
@@ -128,7 +128,7 @@ def _protocol(args: argparse.Namespace, fitted: AlignmentProtocol | None = None)
 
 
 def command_fit(args: argparse.Namespace) -> int:
-    from .pipeline import model_path, train
+    from .workflows.train import model_path, train
 
     given = _given_params(args)
     _check_applicable(args.method, given)
@@ -151,7 +151,7 @@ def command_fit(args: argparse.Namespace) -> int:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .workflows.evaluate import evaluate
 
     if args.json:
         check_output_file(args.json)
@@ -179,8 +179,8 @@ _WORST = Param("worst", int, 12, "The highest-scoring images pictured in the rep
 
 
 def command_predict(args: argparse.Namespace) -> int:
-    from .batch import PARQUET_NAME, collect_inputs, score_files, score_locally, write_parquet
-    from .report import write_report
+    from .workflows.batch import PARQUET_NAME, collect_inputs, score_files, score_locally, write_parquet
+    from .workflows.report import write_report
 
     batch_size = COMMON_PARAMS.get("batch_size").coerce(args.batch_size)
     worst = _WORST.coerce(args.worst)
@@ -191,7 +191,7 @@ def command_predict(args: argparse.Namespace) -> int:
     files = collect_inputs(args.inputs)
     engine = score_locally
     if args.engine == "ray":
-        from .scale_out import RayEngine
+        from .workflows.scale_out import RayEngine
 
         engine = RayEngine(args.model, address=args.address, actors=args.actors)
     try:
@@ -228,8 +228,8 @@ def command_explain(args: argparse.Namespace) -> int:
     import cv2
 
     from .data.images import load_image
-    from .explain import explain_image
-    from .results import DISPLAY_MAX_SIDE
+    from .explain.gradcam import explain_image
+    from .results.image import DISPLAY_MAX_SIDE
 
     out = check_output_file(args.out)  # before the model is loaded
     if args.cam and (args.guided or args.layer):
@@ -238,7 +238,7 @@ def command_explain(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=_device(args))
     image = load_image(args.image, max_side=DISPLAY_MAX_SIDE)
     if args.cam:
-        from .classifier import class_activation_map
+        from .explain.classifier import class_activation_map
 
         found = class_activation_map(model, image)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -257,9 +257,9 @@ def command_explain(args: argparse.Namespace) -> int:
 
 
 def command_classifier(args: argparse.Namespace) -> int:
-    from .batch import collect_inputs
-    from .classifier import attach_defect_classifier, fit_defect_classifier
     from .data.uris import is_uri, read_uri
+    from .explain.classifier import attach_defect_classifier, fit_defect_classifier
+    from .workflows.batch import collect_inputs
 
     # A URI's bytes are read here (decoding takes paths, bytes and arrays); a path is read when its turn comes.
     good = [read_uri(source) if is_uri(source) else source for source, _ in collect_inputs(args.good)]
@@ -275,8 +275,8 @@ def command_classifier(args: argparse.Namespace) -> int:
 
 
 def command_recalibrate(args: argparse.Namespace) -> int:
-    from .batch import collect_inputs
-    from .recalibrate import recalibrate, undo_recalibration
+    from .workflows.batch import collect_inputs
+    from .workflows.recalibrate import recalibrate, undo_recalibration
 
     if args.undo:
         header = undo_recalibration(args.model)
@@ -299,15 +299,15 @@ def command_recalibrate(args: argparse.Namespace) -> int:
 
 
 def command_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .bench.run import run_bench
 
     check_output_folder(args.out)
     protocol = _protocol(args)
     if args.contention:
         if not protocol.aligned:
             raise ParameterError("--protocol does not apply to --contention (it measures speed, not accuracy)")
-        from .bench import find_root, parse_method_spec
-        from .contention import run_contention
+        from .bench.contention import run_contention
+        from .bench.run import find_root, parse_method_spec
 
         method, _ = parse_method_spec(args.methods[0])  # a method's own settings do not apply to contention runs
         for category in args.categories:

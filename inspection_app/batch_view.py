@@ -1,6 +1,6 @@
 """What the Batch page computes: where a folder's results go, scoring the folder (resumable, with progress), and
-the table, histogram and pictures it shows. The scoring and the report are `inspection.batch` and
-`inspection.report`, the same as `python -m inspection predict --report`."""
+the table, histogram and pictures it shows. The scoring and the report are `inspection.workflows.batch` and
+`inspection.workflows.report`, the same as `python -m inspection predict --report`."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from inspection.batch import BatchSummary, collect_inputs, score_files
 from inspection.data.demo import default_demo_root
 from inspection.errors import ParameterError
 from inspection.model.base import AnomalyModel
 from inspection.outputs import check_output_folder
-from inspection.report import Picture, ranked, write_report
-from inspection.results import verdict_label
-from inspection.visualize import THRESHOLD
+from inspection.results.image import verdict_label
+from inspection.results.pictures import THRESHOLD
+from inspection.workflows.batch import BatchSummary, collect_inputs, score_files
+from inspection.workflows.report import Picture, ranked, write_report
 
 from .charts import score_histogram
 from .library import ModelEntry, slugify

@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from inspection.classifier import ClassifierCam, class_activation_map
+from inspection.bench.resize_modes import resize_mode_costs
 from inspection.data.datasets import Dataset
 from inspection.data.demo import demo_dataset
 from inspection.data.images import load_image, read_image_info
 from inspection.device import resolve_device
-from inspection.explain import Box, Explanation, explain_image
+from inspection.explain.classifier import ClassifierCam, class_activation_map
+from inspection.explain.gradcam import Box, Explanation, explain_image
 from inspection.features.cost import backbone_cost
 from inspection.model.base import AnomalyModel
 from inspection.model.prediction import Prediction
 from inspection.registry import backbones, get_method, load_model
-from inspection.resolution_cost import resize_mode_costs
 
 from .browse import thumbnail
 from .library import ModelEntry

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from inspection.results.pictures import DEFECT_COLOR, GOOD_COLOR, SCALE_MAX, SCALE_MIN, THRESHOLD, colorize
 from inspection.scores.histogram import histogram_range
-from inspection.visualize import DEFECT_COLOR, GOOD_COLOR, SCALE_MAX, SCALE_MIN, THRESHOLD, colorize
 
 POINT_COLOR = "#1c7ed6"
 # Legends sit under the plot, never over its title.

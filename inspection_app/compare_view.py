@@ -7,7 +7,7 @@ from pathlib import Path
 
 from inspection.data.datasets import Dataset
 from inspection.model.base import AnomalyModel
-from inspection.visualize import SCALE_MAX
+from inspection.results.pictures import SCALE_MAX
 
 from .library import ModelEntry
 

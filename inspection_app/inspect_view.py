@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from inspection.classifier import attach_defect_classifier, fit_defect_classifier
 from inspection.data.datasets import Dataset
-from inspection.explain import Box
+from inspection.explain.classifier import attach_defect_classifier, fit_defect_classifier
+from inspection.explain.gradcam import Box
 from inspection.model.base import AnomalyModel
 from inspection.model.views import Panel
-from inspection.results import ImageResult
+from inspection.results.image import ImageResult
 
 
 def mask_slider_range(result: ImageResult) -> tuple[float, float]:

@@ -21,9 +21,9 @@ from typing import Any
 
 from inspection.data.protocol import AlignmentProtocol
 from inspection.errors import BusyError, friendly_error
-from inspection.model.progress import Progress
 from inspection.outputs import check_output_file
-from inspection.pipeline import TrainingStopped, stage_label, train, train_in_process
+from inspection.progress import Progress
+from inspection.workflows.train import TrainingStopped, stage_label, train, train_in_process
 
 try:  # POSIX only; elsewhere the process lock alone guards the models folder
     import fcntl

@@ -10,9 +10,8 @@ from typing import Any
 
 import streamlit as st
 
-from inspection.device import describe_device, resolve_device
+from inspection.device import configure_threads, describe_device, resolve_device
 from inspection.errors import friendly_error, is_user_error
-from inspection.threads import configure_threads
 
 from .charts import colorbar_figure
 from .jobs import MANAGER

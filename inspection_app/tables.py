@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from inspection.evaluate import round_metrics
+from inspection.workflows.evaluate import round_metrics
 
 
 def metric_cells(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from inspection.model.calibration import Calibration
 from inspection.model.header import ModelHeader
-from inspection.operating import (
+from inspection.model.operating import (
     OperatingPoint,
     PixelSummary,
     ScoreTable,

@@ -10,7 +10,7 @@ from inspection.data.datasets import Dataset
 from inspection.data.demo import DEMO_CATEGORY
 from inspection.errors import InspectionError
 from inspection.model.modelfile import read_model_header
-from inspection.operating import promise_report
+from inspection.model.operating import promise_report
 from inspection.registry import get_method
 
 from .caches import cached_demo_root

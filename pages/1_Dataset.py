@@ -8,7 +8,7 @@ import streamlit as st
 
 from inspection.data.datasets import LAYOUT_MVTEC, list_categories, load_sample_mask
 from inspection.errors import DatasetError
-from inspection.results import mask_picture
+from inspection.results.image import mask_picture
 from inspection_app import caches, page, sidebar
 from inspection_app.browse import SPLITS, count_rows, filter_samples, page_count, page_items, sample_details
 

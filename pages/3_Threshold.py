@@ -7,8 +7,8 @@ from __future__ import annotations
 import streamlit as st
 
 from inspection.model.modelfile import read_model_header, save_thresholds
-from inspection.operating import promise_check
-from inspection.recalibrate import good_images_in, recalibrate, undo_recalibration
+from inspection.model.operating import promise_check
+from inspection.workflows.recalibrate import good_images_in, recalibrate, undo_recalibration
 from inspection_app import caches, page, sidebar
 from inspection_app.charts import roc_figure, score_histogram
 from inspection_app.threshold_view import LEVELS, confusion_rows, format_rate, threshold_level

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from inspection.classifier import DIFFERENCE as CAM_DIFFERENCE
-from inspection.classifier import defect_classifier
-from inspection.classifier import unavailable_reason as classifier_unavailable
 from inspection.data.datasets import load_sample_mask
-from inspection.explain import DIFFERENCE, unavailable_reason
+from inspection.explain.classifier import DIFFERENCE as CAM_DIFFERENCE
+from inspection.explain.classifier import defect_classifier
+from inspection.explain.classifier import unavailable_reason as classifier_unavailable
+from inspection.explain.gradcam import DIFFERENCE, unavailable_reason
 from inspection.registry import get_method
-from inspection.results import defect_mask_on_original, image_result, mask_picture, panel_picture, unfamiliar_notes
+from inspection.results.image import (
+    defect_mask_on_original,
+    image_result,
+    mask_picture,
+    panel_picture,
+    unfamiliar_notes,
+)
 from inspection.scores.metrics import compare_masks
 from inspection_app import caches, page, sidebar
 from inspection_app.browse import SPLITS, filter_samples

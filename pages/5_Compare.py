@@ -8,8 +8,8 @@ from typing import Any
 import streamlit as st
 
 from inspection.data.datasets import open_dataset
-from inspection.evaluate import evaluate
-from inspection.results import image_result
+from inspection.results.image import image_result
+from inspection.workflows.evaluate import evaluate
 from inspection_app import caches, page, sidebar
 from inspection_app.browse import default_compare_samples, sample_label
 from inspection_app.compare_view import common_colour_max, default_compare_models

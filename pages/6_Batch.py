@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from inspection.batch import CSV_NAME
-from inspection.report import MAX_PICTURES, REPORT_NAME
+from inspection.workflows.batch import CSV_NAME
+from inspection.workflows.report import MAX_PICTURES, REPORT_NAME
 from inspection_app import batch_view, caches, page, sidebar
 
 page.page_setup("Batch", "Score a whole folder of images with a model: every image's score and verdict at the "

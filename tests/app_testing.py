@@ -17,8 +17,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from inspection.data.datasets import open_dataset
-from inspection.pipeline import fit_on_dataset
 from inspection.registry import create_model
+from inspection.workflows.train import fit_on_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 # A low working resolution keeps fitting + evaluation to a few seconds on 2 CPU cores.

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: Model files of earlier versions and what they scored, kept to prove they still load.
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m inspection --quiet ARGS…` in a process of its own, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "inspection", "--quiet", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
 
 
 def shared_dir() -> Path | None:
@@ -81,3 +91,16 @@ def _main_module_restored():
     sys.modules["__main__"] = main
     if main is not None and getattr(main, "__file__", None) != main_file:
         main.__file__ = main_file
+
+
+@pytest.fixture(scope="session", params=["patchcore", "padim"])
+def fitted(request, demo_dataset):
+    """PatchCore and PaDiM at their defaults, fitted and evaluated on the demo data once per session: (model,
+    evaluation, the progress reports of the fit)."""
+    from inspection.registry import create_model
+    from inspection.workflows.train import fit_on_dataset
+
+    model = create_model(request.param)
+    reports = []
+    evaluation = fit_on_dataset(model, demo_dataset, progress=reports.append)
+    return model, evaluation, reports

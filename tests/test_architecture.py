@@ -1,5 +1,7 @@
-"""The layout holds: no import cycles in `inspection`, the core imports no UI library, pages import only the app
-package and the core, and a method is found by dropping one file into the methods folder."""
+"""The layout holds: the package is sorted into wings with one rule each, checked here by package prefix — ground ←
+data/features/ops/scores ← model ← methods ← registry, results/explain ← workflows ← bench/cli ← app —; no import
+cycles; no UI library below the app; pages import only the app package and the core; and a method is found by
+dropping one file into the methods folder."""
 
 from __future__ import annotations
 
@@ -102,7 +104,7 @@ def test_the_import_graph_finds_what_it_should():
     # Relative, absolute and in-function imports all count.
     assert "inspection.model.base" in graph["inspection.methods.patchcore"] or \
         "inspection.model.backbone_model" in graph["inspection.methods.patchcore"]
-    assert "inspection.pipeline" in graph["inspection.cli"]  # imported inside a function
+    assert "inspection.workflows.train" in graph["inspection.cli"]  # imported inside a function
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert find_cycles({"a": {"a"}}) == [["a"]]
     assert find_cycles({"a": {"b"}, "b": set()}) == []
@@ -110,6 +112,74 @@ def test_the_import_graph_finds_what_it_should():
 
 def test_no_import_cycles_in_the_core():
     assert find_cycles(import_graph()) == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Wings and their rules
+
+#: The ground every wing stands on: user errors, parameter declarations, progress reports, device and threads,
+#: output paths. It imports nothing of the package but `errors`.
+GROUND = {"inspection", "errors", "params", "progress", "device", "outputs"}
+#: What each wing may import (besides itself), by the wing's name: a folder of the package, or a top-level module.
+LOWER = GROUND | {"data", "features", "ops", "scores"}
+ALLOWED: dict[str, set[str]] = {
+    **{name: {"errors"} for name in GROUND},
+    **{name: set(GROUND) for name in ("data", "features", "ops", "scores")},
+    "model": LOWER,
+    "methods": LOWER | {"model"},
+    "registry": LOWER | {"model", "methods"},
+    "results": LOWER | {"model"},
+    "explain": LOWER | {"model", "results"},
+    "workflows": LOWER | {"model", "registry", "results", "explain"},
+    "bench": LOWER | {"model", "registry", "results", "explain", "workflows"},
+    "cli": LOWER | {"model", "registry", "results", "explain", "workflows", "bench"},
+    "__main__": {"cli"},
+}
+#: The ground and the entry points are the only modules at the top level; everything else lives in a wing.
+TOP_LEVEL = GROUND - {"inspection"} | {"registry", "cli", "__main__", "__init__"}
+
+
+def wing(module: str) -> str:
+    """The wing a module of the package belongs to: its folder, or its own name at the top level."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_every_module_belongs_to_a_known_wing():
+    assert {wing(module) for module in _modules()} == set(ALLOWED)
+
+
+def test_each_wing_imports_only_the_wings_below_it():
+    known = set(_modules())
+    crossings = []
+    for module, path in _modules().items():
+        for target, line in _imported(module, path, known):
+            if wing(target) != wing(module) and wing(target) not in ALLOWED[wing(module)]:
+                crossings.append(f"{path.relative_to(REPO)}:{line} imports {target}")
+    assert crossings == []
+
+
+def test_the_rule_check_catches_an_upward_import():
+    assert "workflows" not in ALLOWED["results"] and "methods" not in ALLOWED["workflows"]
+    assert wing("inspection.workflows.train") == "workflows" and wing("inspection.cli") == "cli"
+
+
+def test_the_top_level_holds_only_the_ground_and_the_entry_points():
+    modules = sorted(path.stem for path in CORE.glob("*.py"))
+    assert set(modules) <= TOP_LEVEL and len(modules) <= 10, modules
+
+
+def test_every_folder_says_its_job_and_its_rule_in_its_docstring():
+    for folder in sorted(path for path in CORE.iterdir() if path.is_dir() and path.name != "__pycache__"):
+        docstring = ast.get_docstring(ast.parse((folder / "__init__.py").read_text())) or ""
+        assert len(docstring) > 40 and "Imports" in docstring, folder.name
+
+
+def test_the_app_imports_no_entry_point():
+    for path in [REPO / "app.py", *(REPO / "pages").glob("*.py"), *(REPO / "inspection_app").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                assert not (node.module or "").startswith(("inspection.cli", "inspection.__main__")), path.name
 
 
 def _top_level_imports(path: Path) -> set[str]:

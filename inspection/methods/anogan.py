@@ -28,7 +28,6 @@ from torch import nn
 
 from ..errors import ParameterError
 from ..model.base import AnomalyModel
-from ..model.progress import ProgressCallback
 from ..model.training import (
     TrainingSet,
     freeze,
@@ -41,6 +40,7 @@ from ..model.training import (
 from ..model.views import Panel, ScoredBatch, rgb_uint8
 from ..ops.smoothing import gaussian_blur
 from ..params import Param, params
+from ..progress import ProgressCallback
 
 SCORINGS = ("optimize", "encoder")
 

@@ -22,11 +22,11 @@ from torch import nn
 
 from ..errors import ModelFileError
 from ..model.backbone_model import BackboneModel
-from ..model.progress import Progress, ProgressCallback
 from ..model.training import TrainingSet, freeze, load_module_state, module_state, optimizer_step, train_epochs
 from ..model.views import ScoredBatch, map_panels
 from ..ops.smoothing import gaussian_blur, upsample
 from ..params import Param, params
+from ..progress import Progress, ProgressCallback
 
 
 def resize_pool_matrix(in_size: int, out_size: int, pool: int, device: torch.device,

@@ -30,10 +30,10 @@ from ..errors import ModelFileError, ParameterError
 from ..features.mobilenet import WIDTH_MULTIPLIERS, scaled_channels
 from ..model.base import AnomalyModel
 from ..model.fields import require_tensor
-from ..model.progress import Progress, ProgressCallback
 from ..ops.coreset import greedy_coreset
 from ..ops.knn import nearest_neighbors
 from ..params import Param, ParamSet, params
+from ..progress import Progress, ProgressCallback
 
 #: Patch sides of the two scales, and the stride at which scoring embeds their patches (the seed's choices).
 SMALL_PATCH, LARGE_PATCH = 32, 64

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from ..errors import ModelFileError
 from ..model.backbone_model import BackboneModel
 from ..model.fields import require_tensor
-from ..model.progress import Progress, ProgressCallback
 from ..ops.coreset import chunked_coreset
 from ..ops.knn import nearest_neighbors
 from ..ops.smoothing import gaussian_blur, upsample
 from ..params import Param, params
+from ..progress import Progress, ProgressCallback
 
 
 class PatchCore(BackboneModel):

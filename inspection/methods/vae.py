@@ -29,11 +29,11 @@ from torch import nn
 
 from ..errors import ParameterError
 from ..model.base import AnomalyModel
-from ..model.progress import ProgressCallback
 from ..model.training import TrainingSet, freeze, load_module_state, module_state, optimizer_step, train_epochs
 from ..model.views import Panel, ScoredBatch, frame_strip, rgb_uint8
 from ..ops.smoothing import gaussian_blur
 from ..params import Param, params
+from ..progress import ProgressCallback
 
 SCORINGS = ("projection", "residual")
 COLORS = ("rgb", "gray")

@@ -86,7 +86,7 @@ class BackboneModel(AnomalyModel):
         the images the features came from) and image scores [B] from the chosen layers' feature maps (shallowest
         first, as `features` gives them). Methods offering the aspect mode also take `content` (see `_score`).
 
-        Differentiable in the features: `inspection.explain` takes the gradient of a score with respect to a
+        Differentiable in the features: `inspection.explain.gradcam` takes the gradient of a score with respect to a
         layer through it (Grad-CAM), so plain scoring and explanations share one computation."""
         raise NotImplementedError(f"{type(self).__name__} implements neither score_features nor _score")
 

@@ -13,7 +13,6 @@ scored afterwards; the thresholds and the fixed score normalisation come from th
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from abc import ABC, abstractmethod
@@ -32,12 +31,12 @@ from ..device import DEVICE_CHOICES, resolve_device
 from ..errors import InspectionError, ModelFileError, ParameterError
 from ..ops.tiles import cut_tiles, stitch
 from ..params import Param, ParamSet, params
+from ..progress import Progress, ProgressCallback, no_progress
 from .batching import item_name, iter_batches, split_holdout
 from .calibration import Calibration
 from .header import BackboneRecord, ModelHeader, ModelInfo
 from .modelfile import parse_header, read_model_file, resolve_model_path, write_model_file
 from .prediction import Prediction
-from .progress import Progress, ProgressCallback, no_progress
 from .views import Panel, ScoredBatch, rgb_uint8
 
 
@@ -99,7 +98,7 @@ COMMON_PARAMS = params(
 
 
 #: Tensors of optional parts attached to a model file after fitting — a defect classifier head on the backbone
-#: (`inspection/classifier.py`) — and the info entry describing it: not the method's own state.
+#: (`inspection/explain/classifier.py`) — and the info entry describing it: not the method's own state.
 ATTACHED_PREFIX = "classifier."
 ATTACHED_INFO_KEY = "defect_classifier"
 
@@ -157,7 +156,7 @@ class AnomalyModel(ABC):
                      if param.name == "resize_mode" else param for param in declared)
         return ParamSet(said, declared.rules)
 
-    # --- explanations (Grad-CAM of the score: inspection/explain.py) --------------------------------------
+    # --- explanations (Grad-CAM of the score: inspection/explain/) -----------------------------------------
 
     def explanation_layers(self) -> dict[str, str]:
         """The layers whose activations a Grad-CAM of the score can look at, shallowest first, each with a label for
@@ -384,16 +383,6 @@ class AnomalyModel(ABC):
         """Normalised input images → RGB in [0, 1] (undoing the preprocessing's normalisation)."""
         mean_t, std_t = normalization_tensors(self.preprocessing.normalization, images.device, images.dtype)
         return images * std_t + mean_t
-
-    # --- thresholds -------------------------------------------------------------------------------------
-
-    def set_thresholds(self, image_threshold: float | None = None, pixel_threshold: float | None = None) -> None:
-        """Replace the thresholds (raw units); the score scales move so that they show them at 0.5."""
-        calibration = self._require_calibrated()
-        for name, value in (("image threshold", image_threshold), ("pixel threshold", pixel_threshold)):
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        self.calibration = calibration.with_thresholds(image_threshold, pixel_threshold)
 
     # --- persistence ------------------------------------------------------------------------------------
 

@@ -47,14 +47,6 @@ class Prediction:
             raise ValueError("the model is not calibrated: fit it first")
         return self.raw_scores > self.calibration.image_threshold
 
-    def defect_masks(self, pixel_threshold: float | None = None) -> np.ndarray:
-        """Binary masks (raw map > pixel threshold; the saved one by default)."""
-        if pixel_threshold is None:
-            if self.calibration is None:
-                raise ValueError("the model is not calibrated: give a threshold")
-            pixel_threshold = self.calibration.pixel_threshold
-        return self.raw_maps > pixel_threshold
-
     def regions(self, index: int, pixel_threshold: float | None = None, min_area: int = 16) -> list[Region]:
         """Defect regions of image `index` (boxes in working-resolution pixels, normalised scores)."""
         if self.calibration is None and pixel_threshold is None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..data.preprocess import normalization_tensors
 from ..errors import ModelFileError
-from .progress import Progress, ProgressCallback
+from ..progress import Progress, ProgressCallback
 
 #: One training step: (batch, position in epochs as a float, e.g. 3.25) → its named losses (the first is the main).
 TrainingStep = Callable[[torch.Tensor, float], Mapping[str, float]]

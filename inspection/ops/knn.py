@@ -5,15 +5,6 @@ from __future__ import annotations
 import torch
 
 
-def squared_distances(queries: torch.Tensor, bank: torch.Tensor,
-                      bank_sq_norms: torch.Tensor | None = None) -> torch.Tensor:
-    """All squared Euclidean distances between rows of `queries` [q, D] and `bank` [b, D], clamped at 0."""
-    if bank_sq_norms is None:
-        bank_sq_norms = bank.pow(2).sum(1)
-    distances = queries.pow(2).sum(1, keepdim=True) - 2.0 * queries @ bank.T + bank_sq_norms[None, :]
-    return distances.clamp_min_(0.0)
-
-
 def nearest_neighbors(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *,
                       max_elements: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances [q, k] (Euclidean, ascending) and indices [q, k] of each query's k nearest bank rows.
