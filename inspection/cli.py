@@ -21,7 +21,7 @@ from .data.datasets import open_dataset
 from .data.protocol import PROTOCOLS, AlignmentProtocol
 from .device import configure_threads
 from .errors import ParameterError, friendly_error, is_user_error
-from .model.base import COMMON_PARAMS
+from .model.common_params import COMMON_PARAMS
 from .model.modelfile import MODEL_SUFFIX
 from .model.operating import promise_report
 from .outputs import check_output_file, check_output_folder

@@ -285,7 +285,7 @@ def test_panels_check_what_they_hold():
 
 
 def test_common_defaults_can_differ_per_method():
-    from inspection.model.base import COMMON_PARAMS
+    from inspection.model.common_params import COMMON_PARAMS
 
     changed = COMMON_PARAMS.with_defaults(crop=128)
     assert changed.get("crop").default == 128 and COMMON_PARAMS.get("crop").default == 224
