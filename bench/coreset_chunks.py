@@ -34,12 +34,12 @@ def good_patches(model, images) -> list[torch.Tensor]:
     """The patch embeddings of the images the model fits on (its held-out share left out), one tensor per batch in
     fitting order."""
     model._ensure_setup()
-    fit_index, _ = split_holdout(len(images), model.params["holdout_fraction"], model.params["min_holdout"],
-                                 model.params["seed"])
+    fit_index, _ = split_holdout(len(images), model.holdout_fraction, model.min_holdout,
+                                 model.seed)
     parts = []
     with torch.no_grad():
         for tensor, _, _ in iter_batches([images[i] for i in fit_index], model.preprocessing,
-                                         model.params["batch_size"]):
+                                         model.batch_size):
             parts.append(model.embed(model.features(tensor))[0])
     return parts
 
@@ -92,7 +92,7 @@ def main() -> None:
     extract_s = time.perf_counter() - started
     patches = torch.cat(batches)
     rows, plain_bank = [], None
-    ratio, dim, seed = model.params["coreset_ratio"], model.params["projection_dim"], model.params["seed"]
+    ratio, dim, seed = model.coreset_ratio, model.projection_dim, model.seed
     for chunk in [None] + args.chunks:  # None: the plain greedy, the reference
         started = time.perf_counter()
         selected, n_chunks = (select_plain(batches, ratio, dim, seed) if chunk is None else

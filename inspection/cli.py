@@ -265,7 +265,7 @@ def command_classifier(args: argparse.Namespace) -> int:
     good = [read_uri(source) if is_uri(source) else source for source, _ in collect_inputs(args.good)]
     defect = [read_uri(source) if is_uri(source) else source for source, _ in collect_inputs(args.defect)]
     model = load_model(args.model, device=_device(args))
-    fitted = fit_defect_classifier(model, good, defect, layer=args.layer, seed=model.params["seed"])
+    fitted = fit_defect_classifier(model, good, defect, layer=args.layer, seed=model.seed)
     attach_defect_classifier(args.model, fitted)
     record = fitted.record
     print(f"defect classifier at layer {fitted.layer}: {record['n_good']} good and {record['n_defect']} defect "

@@ -50,6 +50,7 @@ def methods() -> dict[str, type[AnomalyModel]]:
 
 
 def get_method(name: str) -> type[AnomalyModel]:
+    """The method class registered under `name`; ParameterError listing the known ones when there is none."""
     found = methods()
     try:
         return found[name]
@@ -58,12 +59,14 @@ def get_method(name: str) -> type[AnomalyModel]:
 
 
 def backbones() -> dict[str, BackboneSpec]:
+    """Every backbone a feature method can use, by name."""
     return dict(BACKBONES)
 
 
 def create_model(method: str, **params: Any) -> AnomalyModel:
-    """A new, unfitted model of `method` with the given parameters (the rest at their defaults)."""
-    return get_method(method)(**params)
+    """A new, unfitted model of `method` with the given parameters (the rest at their defaults); names that are not
+    the method's parameters are refused with ParameterError, as wrong values are."""
+    return get_method(method).from_params(params)
 
 
 def load_model(path: str | os.PathLike, device: str | None = None) -> AnomalyModel:

@@ -86,7 +86,7 @@ def run_batch(model: AnomalyModel, entry: ModelEntry, folder_text: str, worst: i
     folder = check_folder(folder_text)
     files = collect_inputs([folder])
     out = check_output_folder(results_folder(folder, entry))
-    batch_size = int(model.params.get("batch_size", 16))
+    batch_size = model.batch_size
     summary = score_files(model, files, out, batch_size, overlays=APP_OVERLAYS, progress=progress)
     if summary.scored == 0:
         raise ParameterError(f"none of the {summary.failed} file(s) in {folder} could be read as an image")

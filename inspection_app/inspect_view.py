@@ -13,7 +13,7 @@ import numpy as np
 
 from inspection.data.datasets import Dataset
 from inspection.explain.classifier import attach_defect_classifier, fit_defect_classifier
-from inspection.explain.gradcam import Box
+from inspection.explain.gradcam import Box, explanation_layers
 from inspection.model.base import AnomalyModel
 from inspection.model.views import Panel
 from inspection.results.image import ImageResult
@@ -75,7 +75,7 @@ def panel_rows(panels: Sequence[Panel], per_row: int = PANELS_PER_ROW) -> list[l
 
 def layer_labels(model: AnomalyModel) -> dict[str, str]:
     """The layers Grad-CAM can look at, shallowest first, each with a label: {name: "blocks.4 (stride 16)"}."""
-    return model.explanation_layers()
+    return explanation_layers(model)
 
 
 def explain_targets(result: ImageResult) -> dict[str, Box | None]:
@@ -97,7 +97,7 @@ def fit_classifier_on_dataset(model: AnomalyModel, dataset: Dataset, path: Path)
     model file; its record (counts, cross-validated accuracy)."""
     good = [sample.source for sample in dataset.test if sample.label == 0]
     defect = [sample.source for sample in dataset.test if sample.label == 1]
-    fitted = fit_defect_classifier(model, good, defect, seed=model.params["seed"])
+    fitted = fit_defect_classifier(model, good, defect, seed=model.seed)
     attach_defect_classifier(path, fitted)
     return fitted.record
 

@@ -81,7 +81,7 @@ if "backbone" in method_cls.param_set().names():
 if dataset is None:
     st.info("Choose a dataset in the sidebar first.")
     st.stop()
-if "backbone" in method_cls.param_set().names() and len(method_cls.resize_modes) > 1 and dataset.train:
+if "backbone" in method_cls.param_set().names() and len(method_cls.capabilities.resize_modes) > 1 and dataset.train:
     with st.expander("What each resize mode costs on this dataset"):
         height, width = caches.image_size(dataset.train[0].path)
         timed_modes = st.toggle("Time them on this device", key="mode_cost_timed",

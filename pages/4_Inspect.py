@@ -11,8 +11,7 @@ from inspection.data.datasets import load_sample_mask
 from inspection.explain.classifier import DIFFERENCE as CAM_DIFFERENCE
 from inspection.explain.classifier import defect_classifier
 from inspection.explain.classifier import unavailable_reason as classifier_unavailable
-from inspection.explain.gradcam import DIFFERENCE, unavailable_reason
-from inspection.registry import get_method
+from inspection.explain.gradcam import DIFFERENCE, explanation_note, unavailable_reason
 from inspection.results.image import (
     defect_mask_on_original,
     image_result,
@@ -144,7 +143,7 @@ if result.panels:  # the method's own views (its reconstruction among them when 
 elif result.reconstruction is not None:
     st.image(result.reconstruction, caption="Reconstruction (working resolution)", width=420)
 else:
-    st.caption(f"No reconstruction: {get_method(model.name).no_reconstruction_reason}.")
+    st.caption(f"No reconstruction: {model.capabilities.no_reconstruction_reason}.")
 page.colorbar(result.colour_max, uninspected=not result.fully_inspected)
 
 st.subheader("Defect regions")
@@ -167,8 +166,8 @@ elif st.toggle("Explain the score", value=False, key="inspect_explain",
                help="Computed on request (one backward pass through the network), then kept."):
     labels = layer_labels(model)
     targets = explain_targets(result)
-    if model.explanation_note():
-        st.caption(model.explanation_note())
+    if explanation_note(model):
+        st.caption(explanation_note(model))
     controls = st.columns([2, 2, 1])
     layer = page.kept_selectbox(controls[0], "Layer", list(labels), "inspect_explain_layer",
                                 default=list(labels)[-1], format_func=labels.get,

@@ -22,7 +22,7 @@ from conftest import REPO
 from inspection import registry
 from inspection.model.base import AnomalyModel
 from inspection.ops.smoothing import gaussian_blur
-from inspection.params import Param, params
+from inspection.params import setting
 
 CORE = REPO / "inspection"
 
@@ -175,6 +175,16 @@ def test_every_folder_says_its_job_and_its_rule_in_its_docstring():
         assert len(docstring) > 40 and "Imports" in docstring, folder.name
 
 
+def test_no_method_constructor_takes_arbitrary_keywords():
+    """Methods name their parameters (generated from their declarations): no `**values` constructor hides them."""
+    hidden = []
+    for path in sorted((CORE / "methods").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name == "__init__" and node.args.kwarg is not None:
+                hidden.append(f"{path.name}:{node.lineno}")
+    assert hidden == []
+
+
 def test_the_app_imports_no_entry_point():
     for path in [REPO / "app.py", *(REPO / "pages").glob("*.py"), *(REPO / "inspection_app").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -280,10 +290,10 @@ class MeanImage(AnomalyModel):
     """A method with no backbone: the mean good image; score = absolute difference from it."""
 
     name = "mean_image"
-    method_params = params(Param("sigma", float, 2.0, "Blur of the map.", minimum=0.0))
+    sigma: float = setting(2.0, "Blur of the map.", minimum=0.0)
 
-    def __init__(self, **values):
-        super().__init__(**values)
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.mean: torch.Tensor | None = None
 
     def _fit_batches(self, batches, n_images, progress):
@@ -291,7 +301,7 @@ class MeanImage(AnomalyModel):
         self.mean = total / n_images
 
     def _score(self, images):
-        maps = gaussian_blur((images - self.mean).abs().mean(1), self.params["sigma"])
+        maps = gaussian_blur((images - self.mean).abs().mean(1), self.sigma)
         return maps, maps.flatten(1).amax(1)
 
     def _state(self):

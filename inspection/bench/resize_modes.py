@@ -39,7 +39,7 @@ def resize_mode_costs(method_cls: type[BackboneModel], params: dict[str, Any], h
                       measure: bool = False, repeats: int = 3) -> list[ResizeModeCost]:
     """The cost of every resize mode the method offers, for one image of height × width, with these settings."""
     costs = []
-    for mode in method_cls.resize_modes:
+    for mode in method_cls.capabilities.resize_modes:
         model = method_cls(**{**params, "resize_mode": mode, "weights": "random", "device": "cpu"})
         model._ensure_setup()
         geometry = model.preprocessing.geometry(height, width)

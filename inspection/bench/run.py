@@ -6,7 +6,7 @@ A fresh process per run (started with ``spawn``: nothing inherited from this one
 
 A method may be given with settings of its own, ``METHOD:NAME=VALUE[,NAME=VALUE…]`` (e.g. ``vae:scoring=residual``),
 so that one bench compares variants of a method; each row is labelled with its variant (the value of the
-method's `variant_param`, e.g. "vae (residual)") and with those settings.
+method's `capabilities.variant_param`, e.g. "vae (residual)") and with those settings.
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ def parse_method_spec(spec: str) -> tuple[str, dict[str, str]]:
 def run_label(model: AnomalyModel, own_settings: dict[str, str]) -> str:
     """The row's name: the method, its variant, and the settings given to this run alone, e.g.
     "vae (projection, epochs=300)"."""
-    parts = [str(model.params[model.variant_param])] if model.variant_param else []
-    parts += [f"{key}={value}" for key, value in own_settings.items() if key != model.variant_param]
+    variant = model.capabilities.variant_param
+    parts = [str(getattr(model, variant))] if variant else []
+    parts += [f"{key}={value}" for key, value in own_settings.items() if key != variant]
     return f"{model.name} ({', '.join(parts)})" if parts else model.name
 
 
@@ -109,16 +110,16 @@ def bench_one(method: str, data_root: str, category: str, params: dict[str, Any]
     model = result.model
     peak_mib = peak_rss_mib()
     row = {"method": method, "label": run_label(model, own_settings or {}), "category": category,
-           "backbone": model.params.get("backbone", "-"),
-           "params": model.params, "preprocessing": model.preprocessing.to_dict(),
+           "backbone": model.get_params().get("backbone", "-"),
+           "params": model.get_params(), "preprocessing": model.preprocessing.to_dict(),
            "fit_seconds": round(model.info.fit_seconds, 2), "total_seconds": round(total_seconds, 2),
            "peak_memory_mib": round(peak_mib, 1),
            "n_fit_images": model.info.n_fit_images, "n_heldout_images": model.info.n_heldout_images,
            "learned_shapes": model.learned_shapes,
            **result.metrics, **before,
            "load_average_1min_after": thread_settings()["load_average_1min"]}
-    if model.device.type == "cuda":
-        row["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(model.device) / 2**20, 1)
+    if model.torch_device.type == "cuda":
+        row["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(model.torch_device) / 2**20, 1)
     return row
 
 

@@ -88,7 +88,7 @@ def _backbone_model(model: AnomalyModel) -> BackboneModel:
 
 def _check_layer(model: BackboneModel, layer: str | None) -> str:
     layer = layer or default_layer(model)
-    if layer not in model.layers:
+    if layer not in model.layer_names:
         raise ParameterError(f"layer {layer!r} is not one of the model's layers {list(explainable_layers(model))}")
     return layer
 
@@ -98,7 +98,7 @@ def _activations(model: BackboneModel, image: Any, layer: str) -> tuple[torch.Te
     working size."""
     tensor, (geometry,) = model.preprocessing.batch([decode(image)])
     with torch.no_grad():
-        activations = model.extractor(tensor.to(model.device))[layer]
+        activations = model.extractor(tensor.to(model.torch_device))[layer]
     return activations, geometry, (int(tensor.shape[-2]), int(tensor.shape[-1]))
 
 

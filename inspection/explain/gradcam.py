@@ -1,8 +1,9 @@
 """Why a score is what it is: Grad-CAM (Selvaraju et al., ICCV 2017) of the anomaly score, and Guided Grad-CAM.
 
 The anomaly map says where an image differs from the good ones; Grad-CAM says which features the score depends
-on. A method offers the layers it can be explained at (`explanation_layers`) and a differentiable pass that
-gives their activations with the maps and scores (`explanation_forward`). For a method that scores pretrained
+on. A method is `Explainable` when it offers the layers it can be explained at (`explanation_layers`) and a
+differentiable pass that gives their activations with the maps and scores (`explanation_forward`): a protocol this
+module checks for, not a part of every method's contract. For a method that scores pretrained
 features (a `BackboneModel`), the score is a differentiable
 function of each chosen layer's activations A through the method's own `score_features` — the very code that
 scores. The gradient of the image score (or of a region's score: the maximum of the anomaly map inside a box)
@@ -30,7 +31,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -57,9 +58,39 @@ DIFFERENCE = ("The anomaly map says where the image differs from good ones; Grad
               "depends on (a pretrained backbone's, or the VAE's own encoder's).")
 
 
+@runtime_checkable
+class Explainable(Protocol):
+    """What a method offers to have its score explained (`BackboneModel` offers it for every feature method)."""
+
+    def explanation_layers(self) -> dict[str, str]:
+        """The layers whose activations a Grad-CAM of the score can look at, shallowest first, each with a label for
+        pickers; {} when the method's score is not a differentiable function of features it exposes."""
+
+    def explanation_forward(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """With autograd, for a normalised batch that requires grad: (each explanation layer's activations, anomaly
+        maps [B, H, W] at the working size, image scores [B]) — the score Grad-CAM differentiates."""
+
+    def explanation_network(self) -> nn.Module:
+        """The network guided backpropagation runs through (its ReLUs)."""
+
+    def explanation_note(self) -> str:
+        """What the explained score is, when it is not exactly the model's own score ('' when it is)."""
+
+
+def explanation_layers(model: AnomalyModel) -> dict[str, str]:
+    """The layers Grad-CAM can look at, shallowest first, each with a label: {name: "blocks.4 (stride 16)"}; {} for a
+    model that is not explainable."""
+    return model.explanation_layers() if isinstance(model, Explainable) else {}
+
+
+def explanation_note(model: AnomalyModel) -> str:
+    """What an explanation of this model's score explains, when it is not exactly its score ('' when it is)."""
+    return model.explanation_note() if isinstance(model, Explainable) else ""
+
+
 def unavailable_reason(model: AnomalyModel) -> str | None:
     """Why Grad-CAM is not defined for this model, in one sentence; None when it is."""
-    if model.explanation_layers():
+    if explanation_layers(model):
         return None
     if isinstance(model, BackboneModel):
         return (f"Grad-CAM needs the score as a differentiable function of the backbone's features; {model.label} "
@@ -84,12 +115,14 @@ def fitted_backbone_model(model: AnomalyModel, reason: str | None) -> BackboneMo
 
 
 def _explainable(model: AnomalyModel) -> AnomalyModel:
+    """The model, fitted and `Explainable`; NotExplainableError saying why not otherwise."""
     return fitted(model, unavailable_reason(model))
 
 
 def explainable_layers(model: AnomalyModel) -> tuple[str, ...]:
     """The layers a Grad-CAM of this model can be taken at, shallowest first."""
-    return tuple(_explainable(model).explanation_layers())
+    _explainable(model)
+    return tuple(explanation_layers(model))
 
 
 def default_layer(model: AnomalyModel) -> str:
@@ -113,7 +146,7 @@ def grad_cam(model: AnomalyModel, images: torch.Tensor, layer: str | None = None
     `guided`, Guided Grad-CAM too (one more forward and backward pass)."""
     model = _explainable(model)
     layer = _check_layer(model, layer)
-    images = images.to(model.device)
+    images = images.to(model.torch_device)
     _check_box(box, images.shape[-2:])
     with torch.enable_grad():
         by_name, scores = _scored(model, images, box)

@@ -35,7 +35,7 @@ class FeatureExtractor(nn.Module):
         output = images
         if self.channels_last and images.device.type == "cpu":
             # oneDNN's convolutions are much faster on channels-last tensors, most of all in batches and on large
-            # images (EfficientNet-Lite0, 16 frames of 256 × 640: 1.9× faster; bench/channels-last). The features
+            # images (bench/channels-last/). The features
             # go back to the usual layout, so what follows sees the same tensors as before.
             output = images.contiguous(memory_format=torch.channels_last)
         for name, module in zip(self._names, self.stages.values()):

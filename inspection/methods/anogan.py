@@ -28,6 +28,8 @@ from torch import nn
 
 from ..errors import ParameterError
 from ..model.base import AnomalyModel
+from ..model.capabilities import Capabilities
+from ..model.common_params import map_blur
 from ..model.training import (
     TrainingSet,
     freeze,
@@ -39,7 +41,7 @@ from ..model.training import (
 )
 from ..model.views import Panel, ScoredBatch, rgb_uint8
 from ..ops.smoothing import gaussian_blur
-from ..params import Param, params
+from ..params import setting
 from ..progress import ProgressCallback
 
 SCORINGS = ("optimize", "encoder")
@@ -69,10 +71,10 @@ class Generator(nn.Module):
         for inputs, outputs in zip(widths, widths[1:]):
             layers += [nn.ConvTranspose2d(inputs, outputs, 4, 2, 1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU()]
         layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
-        self.layers = nn.Sequential(*layers)
+        self.layer_names = nn.Sequential(*layers)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.layers(latent[:, :, None, None])
+        return self.layer_names(latent[:, :, None, None])
 
 
 class Critic(nn.Module):
@@ -103,60 +105,55 @@ def _dcgan_init(module: nn.Module) -> None:
 
 class AnoGAN(AnomalyModel):
     name = "anogan"
-    resize_modes_reason = "its generator makes images of one size, and tiles would need stitched reconstructions"
     description = ("DCGAN of the good images; score = how well the generator can rebuild the image (z optimised "
                    "per image, or given by an encoder).")
+    capabilities = Capabilities(
+        resize_modes_reason="its generator makes images of one size, and tiles would need stitched reconstructions",
+        reconstructs=True, trains_by_gradient=True, variant_param="scoring",
+        stages={"epoch": "Training the GAN (generator and discriminator)", "encoder": "Training the encoder x → z"})
     default_overrides = {"resize": 73, "crop": 64}
-    variant_param = "scoring"
-    has_reconstruction = True
-    trains_by_gradient = True
-    stage_labels = {"epoch": "Training the GAN (generator and discriminator)",
-                    "encoder": "Training the encoder x → z"}
-    method_params = params(
-        Param("scoring", str, "optimize", "optimize: AnoGAN, z optimised per image; encoder: f-AnoGAN, z = E(x) "
-              "from an encoder trained after the GAN (no optimisation when scoring).", choices=SCORINGS),
-        Param("latent_dim", int, 128, "Dimension of z.", minimum=1, maximum=4096),
-        Param("width", int, 32, "Channels of the generator's last and the discriminator's first layer (DCGAN: 64).",
-              minimum=1, maximum=1024),
-        Param("epochs", int, 60, "Passes over the good images for the GAN.", minimum=1, maximum=100_000),
-        Param("learning_rate", float, 2e-4, "Adam's learning rate (generator and discriminator).", minimum=1e-7,
-              maximum=1.0),
-        Param("generator_steps", int, 3, "Generator steps per discriminator step (keeps D from winning outright).",
-              minimum=1, maximum=100),
-        Param("restart_epochs", int, 15, "Epochs of the first cosine cycle of the learning rate (warm restarts).",
-              minimum=1, maximum=100_000),
-        Param("restart_mult", int, 2, "Each cosine cycle is this many times longer than the previous one.",
-              minimum=1, maximum=100),
-        Param("z_steps", int, 500, "N: Adam steps optimising z per image (scoring=optimize).", minimum=1,
-              maximum=100_000),
-        Param("z_learning_rate", float, 0.05, "Adam's learning rate for z (at 0.05 the loss has settled well "
-              "within 500 steps; the seed's 0.0002 barely moves z).", minimum=1e-7, maximum=100.0),
-        Param("discrimination_weight", float, 0.1, "λ: weight of the discrimination (feature) loss against the "
-              "residual.", minimum=0.0, maximum=1.0),
-        Param("encoder_epochs", int, 30, "Passes over the good images for the encoder (scoring=encoder).",
-              minimum=1, maximum=100_000),
-        Param("sigma", float, 2.0, "Gaussian blur of the anomaly map, in pixels (0: none).", minimum=0.0,
-              maximum=64.0),
-        rules=(_check_size,),
-    )
 
-    def __init__(self, **values):
-        super().__init__(**values)
+    scoring: str = setting("optimize", "optimize: AnoGAN, z optimised per image; encoder: f-AnoGAN, z = E(x) from an "
+                           "encoder trained after the GAN (no optimisation when scoring).", choices=SCORINGS)
+    latent_dim: int = setting(128, "Dimension of z.", minimum=1, maximum=4096)
+    width: int = setting(32, "Channels of the generator's last and the discriminator's first layer (DCGAN: 64).",
+                         minimum=1, maximum=1024)
+    epochs: int = setting(60, "Passes over the good images for the GAN.", minimum=1, maximum=100_000)
+    learning_rate: float = setting(2e-4, "Adam's learning rate (generator and discriminator).",
+                                   minimum=1e-7, maximum=1.0)
+    generator_steps: int = setting(3, "Generator steps per discriminator step (keeps D from winning outright).",
+                                   minimum=1, maximum=100)
+    restart_epochs: int = setting(15, "Epochs of the first cosine cycle of the learning rate (warm restarts).",
+                                  minimum=1, maximum=100_000)
+    restart_mult: int = setting(2, "Each cosine cycle is this many times longer than the previous one.",
+                                minimum=1, maximum=100)
+    z_steps: int = setting(500, "N: Adam steps optimising z per image (scoring=optimize).", minimum=1, maximum=100_000)
+    z_learning_rate: float = setting(0.05, "Adam's learning rate for z: large enough that z settles within z_steps "
+                                     "(the seed's 0.0002 barely moves it).", minimum=1e-7, maximum=100.0)
+    discrimination_weight: float = setting(0.1, "λ: weight of the discrimination (feature) loss against the "
+                                           "residual.", minimum=0.0, maximum=1.0)
+    encoder_epochs: int = setting(30, "Passes over the good images for the encoder (scoring=encoder).",
+                                  minimum=1, maximum=100_000)
+    sigma: float = map_blur(2.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.generator: Generator | None = None
         self.discriminator: Critic | None = None
         self.encoder: Critic | None = None
 
     @property
     def uses_encoder(self) -> bool:
-        return self.params["scoring"] == "encoder"
+        return self.scoring == "encoder"
 
     def _networks(self) -> tuple[Generator, Critic, Critic | None]:
-        latent, width, size = self.params["latent_dim"], self.params["width"], self.params["crop"]
-        encoder = Critic(width, size, latent).to(self.device) if self.uses_encoder else None
-        return Generator(latent, width, size).to(self.device), Critic(width, size, 1).to(self.device), encoder
+        latent, width, size = self.latent_dim, self.width, self.crop
+        encoder = Critic(width, size, latent).to(self.torch_device) if self.uses_encoder else None
+        device = self.torch_device
+        return Generator(latent, width, size).to(device), Critic(width, size, 1).to(device), encoder
 
     def _adam(self, module: nn.Module) -> torch.optim.Adam:
-        return torch.optim.Adam(module.parameters(), lr=self.params["learning_rate"], betas=(0.5, 0.999),
+        return torch.optim.Adam(module.parameters(), lr=self.learning_rate, betas=(0.5, 0.999),
                                 weight_decay=1e-5)
 
     def _fit_batches(self, batches: Callable[[], Iterator[torch.Tensor]], n_images: int,
@@ -168,9 +165,9 @@ class AnoGAN(AnomalyModel):
         generator.train()
         discriminator.train()
         optimizers = self._adam(generator), self._adam(discriminator)
-        schedulers = [warm_restarts(optimizer, self.params["restart_epochs"], self.params["restart_mult"])
+        schedulers = [warm_restarts(optimizer, self.restart_epochs, self.restart_mult)
                       for optimizer in optimizers]
-        latent = self.params["latent_dim"]
+        latent = self.latent_dim
 
         def gan_step(real: torch.Tensor, epoch: float) -> dict[str, float]:
             noise = torch.randn(real.shape[0], latent, device=real.device)
@@ -178,7 +175,7 @@ class AnoGAN(AnomalyModel):
             discriminator_loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
                                   + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
             losses = {"discriminator": optimizer_step(optimizers[1], discriminator_loss)}
-            for _ in range(self.params["generator_steps"]):
+            for _ in range(self.generator_steps):
                 fooled = discriminator(generator(noise))
                 losses["generator"] = optimizer_step(
                     optimizers[0], F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled)))
@@ -186,7 +183,7 @@ class AnoGAN(AnomalyModel):
                 scheduler.step(epoch)
             return {"generator": losses["generator"], "discriminator": losses["discriminator"]}
 
-        train_epochs(images, self.params["epochs"], self.params["batch_size"], self.params["seed"], gan_step,
+        train_epochs(images, self.epochs, self.batch_size, self.seed, gan_step,
                      progress)
         self.generator, self.discriminator = freeze(generator), freeze(discriminator)
         if encoder is not None:
@@ -205,7 +202,7 @@ class AnoGAN(AnomalyModel):
             return {"loss": optimizer_step(optimizer, loss)}
 
         # Seeded apart from the GAN's passes, so that the two trainings do not share a shuffling order.
-        train_epochs(images, self.params["encoder_epochs"], self.params["batch_size"], self.params["seed"] + 1,
+        train_epochs(images, self.encoder_epochs, self.batch_size, self.seed + 1,
                      encoder_step, progress, stage="encoder")
         return freeze(encoder)
 
@@ -213,23 +210,23 @@ class AnoGAN(AnomalyModel):
         """Per image (1 − λ)·Σ|x − G(z)| + λ·Σ|f_D(x) − f_D(G(z))|, and G(z)."""
         generated = self.generator(latent)
         features = self.discriminator.features
-        weight = self.params["discrimination_weight"]
+        weight = self.discrimination_weight
         residual = (images - generated).abs().flatten(1).sum(1)
         discrimination = (features(images) - features(generated)).abs().flatten(1).sum(1)
         return (1 - weight) * residual + weight * discrimination, generated
 
     def start_latent(self, batch: int) -> torch.Tensor:
         """z₀: one seeded draw from N(0, I), the same for every image (so a score never depends on the batch)."""
-        generator = torch.Generator().manual_seed(self.params["seed"])
-        return torch.randn(self.params["latent_dim"], generator=generator).to(self.device).expand(batch, -1)
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randn(self.latent_dim, generator=generator).to(self.torch_device).expand(batch, -1)
 
     def optimize_latent(self, images: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, list[float]]:
         """z* for a batch of images (Adam on the AnoGAN loss, all images at once) and the batch's mean loss per step."""
         latent = self.start_latent(images.shape[0]).clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([latent], lr=self.params["z_learning_rate"])
+        optimizer = torch.optim.Adam([latent], lr=self.z_learning_rate)
         history = []
         with torch.enable_grad():
-            for _ in range(self.params["z_steps"] if steps is None else steps):
+            for _ in range(self.z_steps if steps is None else steps):
                 loss = self.anomaly_loss(images, latent)[0]
                 history.append(float(loss.detach().mean()))
                 optimizer.zero_grad(set_to_none=True)
@@ -246,11 +243,11 @@ class AnoGAN(AnomalyModel):
         loss, generated = self.anomaly_loss(images, latent)
         unit_input, unit_generated = self.unit_range(images), (generated + 1) / 2  # tanh output → [0, 1]
         residual = (unit_input - unit_generated).abs().mean(1)
-        maps = gaussian_blur(residual, self.params["sigma"])
+        maps = gaussian_blur(residual, self.sigma)
         scored = ScoredBatch(maps, loss, reconstructions=unit_generated)
         if panels:
             how = ("z = E(x), from the encoder" if self.uses_encoder else
-                   f"z optimised for this image ({self.params['z_steps']} Adam steps)")
+                   f"z optimised for this image ({self.z_steps} Adam steps)")
             inputs, rebuilt = rgb_uint8(unit_input), rgb_uint8(unit_generated)
             scored.panels = [[Panel("Input (working resolution)", inputs[index]),
                               Panel("Generated G(z*)", rebuilt[index],

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 
 from ..errors import ModelFileError
 from ..model.backbone_model import BackboneModel
+from ..model.common_params import map_blur
 from ..model.fields import require_tensor
 from ..ops.smoothing import gaussian_blur, upsample
-from ..params import Param, params
+from ..params import setting
 from ..progress import Progress, ProgressCallback
 
 
@@ -27,20 +28,18 @@ class PaDiM(BackboneModel):
     description = "A Gaussian per patch position over pretrained features; score = Mahalanobis distance."
     feature_strides = (4, 8, 16)
     # Not aspect (images of other sizes have other positions) nor tiles (a tile position is no part position).
-    resize_modes_reason = ("it learns one Gaussian per patch position, so every image must show the part on one "
-                           "fixed grid of positions (use full to keep the whole part)")
-    stage_labels = {**BackboneModel.stage_labels, "covariance": "Estimating the Gaussians"}
-    method_params = params(
-        Param("n_features", int, 100, "d: number of randomly chosen feature channels kept.", minimum=1,
-              maximum=4096),
-        Param("epsilon", float, 0.01, "Added to the covariance's diagonal (εI) so it can be inverted.",
-              minimum=0.0, maximum=10.0),
-        Param("sigma", float, 4.0, "Gaussian blur of the anomaly map, in pixels (0: none).", minimum=0.0,
-              maximum=64.0, note="0 = no blur"),
-    )
+    capabilities = BackboneModel.capabilities.extended(
+        resize_modes_reason="it learns one Gaussian per patch position, so every image must show the part on one "
+                            "fixed grid of positions (use full to keep the whole part)",
+        stages={"covariance": "Estimating the Gaussians"})
 
-    def __init__(self, **values):
-        super().__init__(**values)
+    n_features: int = setting(100, "d: number of randomly chosen feature channels kept.", minimum=1, maximum=4096)
+    epsilon: float = setting(0.01, "Added to the covariance's diagonal (εI) so it can be inverted.",
+                             minimum=0.0, maximum=10.0)
+    sigma: float = map_blur(4.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.channel_index: torch.Tensor | None = None
         self.mean: torch.Tensor | None = None
         self.inverse_covariance: torch.Tensor | None = None
@@ -48,8 +47,8 @@ class PaDiM(BackboneModel):
     def _choose_channels(self) -> torch.Tensor:
         """The seeded random subset of d channels kept (sorted)."""
         total = sum(self.layer_channels())
-        generator = torch.Generator().manual_seed(self.params["seed"])
-        n_kept = min(self.params["n_features"], total)
+        generator = torch.Generator().manual_seed(self.seed)
+        n_kept = min(self.n_features, total)
         return torch.randperm(total, generator=generator)[:n_kept].sort().values
 
     def embed(self, maps: list[torch.Tensor]) -> torch.Tensor:
@@ -82,7 +81,7 @@ class PaDiM(BackboneModel):
         # The covariance is built in the outer sums' memory, and inverted a block of positions at a time,
         # so fitting holds one float64 [P, d, d] array, not three.
         covariance = outer_sums.baddbmm_(mean[:, :, None], mean[:, None, :], alpha=-total).div_(total - 1)
-        covariance.diagonal(dim1=1, dim2=2).add_(self.params["epsilon"])
+        covariance.diagonal(dim1=1, dim2=2).add_(self.epsilon)
         inverse = torch.empty(covariance.shape, dtype=torch.float32, device=covariance.device)
         for start in range(0, covariance.shape[0], 256):
             inverse[start: start + 256] = torch.linalg.inv(covariance[start: start + 256])
@@ -98,7 +97,7 @@ class PaDiM(BackboneModel):
         delta = (embedding.reshape(batch, channels, -1).permute(2, 0, 1) - self.mean[:, None, :]).contiguous()
         squared = (torch.bmm(delta, self.inverse_covariance) * delta).sum(-1)  # [P, B]
         distances = squared.clamp_min(0).sqrt().T.reshape(batch, height, width)
-        maps = gaussian_blur(upsample(distances, size), self.params["sigma"])
+        maps = gaussian_blur(upsample(distances, size), self.sigma)
         return maps, maps.flatten(1).max(dim=1).values
 
     def _state(self) -> dict[str, torch.Tensor]:
@@ -113,5 +112,5 @@ class PaDiM(BackboneModel):
                 or int(index.max()) >= sum(self.layer_channels())):
             raise ModelFileError(f"PaDiM statistics (mean {tuple(mean.shape)}, inverse covariance "
                                  f"{tuple(inverse.shape)}, {index.numel()} channels) do not fit backbone "
-                                 f"{self.params['backbone']} layers {self.layers}")
+                                 f"{self.backbone} layers {self.layer_names}")
         self.mean, self.inverse_covariance, self.channel_index = mean.float(), inverse.float(), index.long().cpu()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -29,10 +28,11 @@ from torch import nn
 from ..errors import ModelFileError, ParameterError
 from ..features.mobilenet import WIDTH_MULTIPLIERS, scaled_channels
 from ..model.base import AnomalyModel
+from ..model.capabilities import Capabilities
 from ..model.fields import require_tensor
 from ..ops.coreset import greedy_coreset
 from ..ops.knn import nearest_neighbors
-from ..params import Param, ParamSet, params
+from ..params import setting
 from ..progress import Progress, ProgressCallback
 
 #: Patch sides of the two scales, and the stride at which scoring embeds their patches (the seed's choices).
@@ -45,7 +45,7 @@ NEIGHBOUR_DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1
 #: Standard deviation of the per-channel colour shift and of the per-pixel noise added to each training view.
 #: The seed's 0.02 is on pixel values / 255; inputs here are scaled to [-1, 1], twice that range.
 PERTURBATION_STD = 0.04
-#: Default working side (resize and crop): the whole image, as in the seed, at a size a CPU scores in ~1 s.
+#: Default working side (resize and crop): the whole image, as in the seed, at a size a CPU scores quickly.
 WORKING_SIDE = 160
 
 
@@ -126,11 +126,11 @@ class PositionClassifier(nn.Module):
 
     def __init__(self, dim: int = 64, hidden: int = 128):
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, hidden),
+        self.layer_names = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, hidden),
                                     nn.LeakyReLU(0.1), nn.Linear(hidden, len(NEIGHBOUR_DIRECTIONS)))
 
     def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        return self.layers(first - second)
+        return self.layer_names(first - second)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -227,63 +227,55 @@ class PatchSVDD(AnomalyModel):
     name = "patch_svdd"
     description = ("Patch encoder trained on good images (SVDD' + relative-position classification, K = 64 and "
                    "32); score = distance to the nearest good patch, two scales multiplied.")
-    trains_by_gradient = True
-    stage_labels = {"epoch": "Training the patch encoder",
-                    "memory": "Embedding every patch of the good images",
-                    "coreset": "Selecting the memory of normal patches (coreset)"}
-    method_params = params(
-        Param("lambda_svdd", float, 1e-3, "λ: weight of the SVDD' loss (nearby patches embed close together) "
-              "against relative-position classification. Class-sensitive: objects (bottle, screw, …) like a "
-              "small λ (1e-3), textures (carpet, tile, …) a large one (1).", minimum=0.0, maximum=1e3),
-        Param("epochs", int, 8, "Training passes over the good images (each image once per pass). 8 take about 8 "
-              "minutes for 188 images of 160 px on a 2-core CPU; more keep lowering the loss.", minimum=1,
-              maximum=10000),
-        Param("learning_rate", float, 1e-3, "Adam learning rate of the encoder and the position classifiers.",
-              minimum=1e-6, maximum=1.0),
-        Param("images_per_step", int, 8, "Images per training step (two perturbed views of each).", minimum=1,
-              maximum=256),
-        Param("pairs_per_image", int, 128, "Patch pairs of each kind (position and SVDD', at each scale) "
-              "drawn from every image per step; one forward pass embeds them all.", minimum=1, maximum=100000),
-        Param("train_crop", int, 0, "Side of the random square each training step cuts from the images (0: the "
-              "whole image). Smaller is faster per step; neighbours near its border are clipped more often.",
-              minimum=0, maximum=4096, note="0 = whole image"),
-        Param("embedding_dim", int, 64, "D: size of a patch embedding.", minimum=2, maximum=1024),
-        Param("encoder", str, "standard", "standard: the paper's 8 convolutions of 3×3; mobilenet_v1: layers 2–8 as "
-              "MobileNet V1 depthwise-separable blocks (3×3 depthwise + 1×1 pointwise, same widths and patch "
-              "size), several times fewer mult-adds. Trained here from scratch either way (no ImageNet MobileNet "
-              "V1 weights exist).", choices=("standard", "mobilenet_v1")),
-        Param("encoder_width", float, 1.0, "Width multiplier α of the encoder's hidden layers (MobileNet's α): "
-              "0.5 has about a quarter of the mult-adds.", choices=WIDTH_MULTIPLIERS),
-        Param("combine", str, "product", "How the two scales' maps are combined: product (the paper's), or sum.",
-              choices=("product", "sum")),
-        Param("coreset", bool, False, "Keep only a greedy k-center coreset of the normal patches as the memory: "
-              "scoring searches ratio × fewer patches, several times faster, for a little accuracy."),
-        Param("coreset_ratio", float, 0.03, "Share of the normal patches kept at each scale when 'coreset' is on. "
-              "On bottle, 0.03 scored 17× faster for −0.01 pixel AUROC; 0.01 is faster still but costs more.",
-              minimum=1e-5, maximum=1.0),
-        rules=(_check_patch_sizes,),
-    )
+    capabilities = Capabilities(trains_by_gradient=True, stages={
+        "epoch": "Training the patch encoder", "memory": "Embedding every patch of the good images",
+        "coreset": "Selecting the memory of normal patches (coreset)"})
+    # The whole image at 160 px (the seed uses the whole image at 256): every patch of every good image is in the
+    # memory, so the nearest-patch search grows with the side to the 4th power; 160 keeps a default fit and
+    # evaluation on a small CPU within minutes (bench/learned/). Both remain settings.
+    default_overrides = {"resize": WORKING_SIDE, "crop": WORKING_SIDE}
 
-    @classmethod
-    def param_set(cls) -> ParamSet:
-        # The whole image at 160 px (the seed uses the whole image at 256): every patch of every good image is
-        # in the memory, so the nearest-patch search grows with the side to the 4th power; at 160 a default fit
-        # and evaluation on a 2-core CPU stays well under 25 minutes. Both remain settings.
-        declared = super().param_set()
-        return ParamSet(tuple(replace(param, default=WORKING_SIDE) if param.name in ("resize", "crop") else param
-                              for param in declared), declared.rules)
+    lambda_svdd: float = setting(1e-3, "λ: weight of the SVDD' loss (nearby patches embed close together) against "
+                                 "relative-position classification. Class-sensitive: objects (bottle, screw, …) like "
+                                 "a small λ (1e-3), textures (carpet, tile, …) a large one (1).",
+                                 minimum=0.0, maximum=1e3)
+    epochs: int = setting(8, "Training passes over the good images (each image once per pass). More keep lowering "
+                          "the loss and raise accuracy a little, at a proportional cost in fit time (bench/learned/).",
+                          minimum=1, maximum=10000)
+    learning_rate: float = setting(1e-3, "Adam learning rate of the encoder and the position classifiers.",
+                                   minimum=1e-6, maximum=1.0)
+    images_per_step: int = setting(8, "Images per training step (two perturbed views of each).", minimum=1, maximum=256)
+    pairs_per_image: int = setting(128, "Patch pairs of each kind (position and SVDD', at each scale) drawn from "
+                                   "every image per step; one forward pass embeds them all.", minimum=1, maximum=100000)
+    train_crop: int = setting(0, "Side of the random square each training step cuts from the images (0: the whole "
+                              "image). Smaller is faster per step; neighbours near its border are clipped more "
+                              "often.", minimum=0, maximum=4096, note="0 = whole image")
+    embedding_dim: int = setting(64, "D: size of a patch embedding.", minimum=2, maximum=1024)
+    encoder: str = setting("standard", "standard: the paper's 8 convolutions of 3×3; mobilenet_v1: layers 2–8 as "
+                           "MobileNet V1 depthwise-separable blocks (3×3 depthwise + 1×1 pointwise, same widths and "
+                           "patch size), several times fewer mult-adds. Trained here from scratch either way (no "
+                           "ImageNet MobileNet V1 weights exist).", choices=("standard", "mobilenet_v1"))
+    encoder_width: float = setting(1.0, "Width multiplier α of the encoder's hidden layers (MobileNet's α): 0.5 has "
+                                   "about a quarter of the mult-adds.", choices=WIDTH_MULTIPLIERS)
+    combine: str = setting("product", "How the two scales' maps are combined: product (the paper's), or sum.",
+                           choices=("product", "sum"))
+    coreset: bool = setting(False, "Keep only a greedy k-center coreset of the normal patches as the memory: scoring "
+                            "searches ratio × fewer patches, several times faster, for a little accuracy.")
+    coreset_ratio: float = setting(0.03, "Share of the normal patches kept at each scale when 'coreset' is on: "
+                                   "lower scores faster and a little less accurately (bench/learned/).",
+                                   minimum=1e-5, maximum=1.0)
 
-    def __init__(self, **values: Any):
-        super().__init__(**values)
-        self.encoder: HierarchicalEncoder | None = None
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.patch_encoder: HierarchicalEncoder | None = None
         self.memory_small: torch.Tensor | None = None
         self.memory_large: torch.Tensor | None = None
 
     def _new_encoder(self) -> HierarchicalEncoder:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.params["seed"])
-            return HierarchicalEncoder(self.params["embedding_dim"], self.params["encoder"] == "mobilenet_v1",
-                                       self.params["encoder_width"]).to(self.device)
+            torch.manual_seed(self.seed)
+            return HierarchicalEncoder(self.embedding_dim, self.encoder == "mobilenet_v1",
+                                       self.encoder_width).to(self.torch_device)
 
     # --- training -------------------------------------------------------------------------------------------
 
@@ -291,22 +283,22 @@ class PatchSVDD(AnomalyModel):
                      progress: ProgressCallback) -> None:
         # Decoded once: every epoch and the memory reuse the preprocessed images instead of reading the files.
         images = torch.cat(list(batches()))
-        self.encoder = self._new_encoder()
+        self.patch_encoder = self._new_encoder()
         self._train(images, progress)
-        self.encoder.eval().requires_grad_(False)
+        self.patch_encoder.eval().requires_grad_(False)
         with torch.no_grad():
             self._build_memory(images, progress)
 
     def _train(self, images: torch.Tensor, progress: ProgressCallback) -> None:
-        seed, dim = self.params["seed"], self.params["embedding_dim"]
+        seed, dim = self.seed, self.embedding_dim
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
             classifiers = nn.ModuleDict({str(SMALL_PATCH): PositionClassifier(dim),
-                                         str(LARGE_PATCH): PositionClassifier(dim)}).to(self.device)
-        modules = nn.ModuleList([self.encoder, classifiers]).train()
-        optimizer = torch.optim.Adam(modules.parameters(), lr=self.params["learning_rate"])
-        epochs, per_step = self.params["epochs"], self.params["images_per_step"]
+                                         str(LARGE_PATCH): PositionClassifier(dim)}).to(self.torch_device)
+        modules = nn.ModuleList([self.patch_encoder, classifiers]).train()
+        optimizer = torch.optim.Adam(modules.parameters(), lr=self.learning_rate)
+        epochs, per_step = self.epochs, self.images_per_step
         # Cosine decay to zero over the run: a short CPU training ends on settled weights, not mid-stride.
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * math.ceil(len(images) / per_step))
         for epoch in range(epochs):
@@ -325,7 +317,7 @@ class PatchSVDD(AnomalyModel):
     def training_loss(self, images: torch.Tensor, classifiers: nn.ModuleDict,
                       generator: torch.Generator) -> torch.Tensor:
         """CE64 + CE32 + λ (SVDD'64 + SVDD'32) over pairs drawn from one batch of normalised images."""
-        crop = self.params["train_crop"]
+        crop = self.train_crop
         if crop and crop < images.shape[-1] or crop and crop < images.shape[-2]:
             top = int(torch.randint(images.shape[-2] - crop + 1, (1,), generator=generator))
             left = int(torch.randint(images.shape[-1] - crop + 1, (1,), generator=generator))
@@ -337,9 +329,9 @@ class PatchSVDD(AnomalyModel):
         shift = torch.randn(len(views), 3, 1, 1, generator=generator).to(views.device)
         noise = torch.randn(views.shape, generator=generator).to(views.device)
         views = views + PERTURBATION_STD * (shift + noise)
-        small = self.encoder.inner(views)
-        grids = {SMALL_PATCH: small, LARGE_PATCH: self.encoder.combine_grid(small)}
-        count = self.params["pairs_per_image"]
+        small = self.patch_encoder.inner(views)
+        grids = {SMALL_PATCH: small, LARGE_PATCH: self.patch_encoder.combine_grid(small)}
+        count = self.pairs_per_image
         owner = torch.arange(n_images, device=views.device).repeat_interleave(count)
         loss = torch.zeros((), device=views.device)
         for patch, grid in grids.items():
@@ -350,25 +342,25 @@ class PatchSVDD(AnomalyModel):
             first, second = (t.to(views.device) for t in sample_nearby_pairs(
                 n_images * count, height, width, patch, generator, ENCODER_STRIDE))
             distance = (_gather(grid, owner, first) - _gather(grid, owner + n_images, second)).norm(dim=1)
-            loss = loss + self.params["lambda_svdd"] * distance.mean()
+            loss = loss + self.lambda_svdd * distance.mean()
         return loss
 
     def _build_memory(self, images: torch.Tensor, progress: ProgressCallback) -> None:
         small, large = [], []
-        batch = self.params["batch_size"]
+        batch = self.batch_size
         for start in range(0, len(images), batch):
-            grid_small, grid_large = self.encoder.embed_for_scoring(images[start: start + batch])
+            grid_small, grid_large = self.patch_encoder.embed_for_scoring(images[start: start + batch])
             small.append(_flatten(grid_small))
             large.append(_flatten(grid_large))
             progress(Progress("memory", min(start + batch, len(images)), len(images)))
         self.memory_small, self.memory_large = torch.cat(small), torch.cat(large)
-        if self.params["coreset"]:
+        if self.coreset:
             self.memory_small = self._coreset(self.memory_small, progress)
             self.memory_large = self._coreset(self.memory_large, progress)
 
     def _coreset(self, memory: torch.Tensor, progress: ProgressCallback) -> torch.Tensor:
-        n_select = max(1, math.ceil(self.params["coreset_ratio"] * len(memory)))
-        generator = torch.Generator().manual_seed(self.params["seed"])
+        n_select = max(1, math.ceil(self.coreset_ratio * len(memory)))
+        generator = torch.Generator().manual_seed(self.seed)
         start = int(torch.randint(len(memory), (1,), generator=generator))
         selected = greedy_coreset(memory, n_select, start,
                                   progress=lambda step, total: progress(Progress("coreset", step, total)))
@@ -378,7 +370,7 @@ class PatchSVDD(AnomalyModel):
 
     def patch_scores(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         """Distance of every patch to its nearest normal patch, per scale: {K: [B, h, w]}."""
-        grids = dict(zip((SMALL_PATCH, LARGE_PATCH), self.encoder.embed_for_scoring(images)))
+        grids = dict(zip((SMALL_PATCH, LARGE_PATCH), self.patch_encoder.embed_for_scoring(images)))
         memories = {SMALL_PATCH: self.memory_small, LARGE_PATCH: self.memory_large}
         scores = {}
         for patch, grid in grids.items():
@@ -390,15 +382,15 @@ class PatchSVDD(AnomalyModel):
         size = self.preprocessing.size
         maps = [spread_patch_scores(scores, patch, SCORE_STRIDES[patch], size)
                 for patch, scores in self.patch_scores(images).items()]
-        combined = maps[0] * maps[1] if self.params["combine"] == "product" else maps[0] + maps[1]
+        combined = maps[0] * maps[1] if self.combine == "product" else maps[0] + maps[1]
         return combined, combined.flatten(1).max(dim=1).values
 
     # --- persistence ----------------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, torch.Tensor | None]:
-        if self.encoder is None:
+        if self.patch_encoder is None:
             return {"memory_small": None}
-        return {**{f"encoder.{key}": value for key, value in self.encoder.state_dict().items()},
+        return {**{f"encoder.{key}": value for key, value in self.patch_encoder.state_dict().items()},
                 "memory_small": self.memory_small, "memory_large": self.memory_large}
 
     def _load_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -416,13 +408,13 @@ class PatchSVDD(AnomalyModel):
         memories = {}
         for name in ("memory_small", "memory_large"):
             memory = require_tensor(state, name, ndim=2)
-            if memory.shape[0] == 0 or memory.shape[1] != self.params["embedding_dim"]:
+            if memory.shape[0] == 0 or memory.shape[1] != self.embedding_dim:
                 raise ModelFileError(f"{name} of shape {tuple(memory.shape)} does not fit embedding_dim "
-                                     f"{self.params['embedding_dim']}")
+                                     f"{self.embedding_dim}")
             # A fresh allocation: the file's buffer may be aligned otherwise, and the matrix product's rounding
             # depends on alignment — the loaded model would score in the last bit unlike the saved one.
             memories[name] = memory.float().clone()
-        self.encoder = encoder.eval().requires_grad_(False)
+        self.patch_encoder = encoder.eval().requires_grad_(False)
         self.memory_small, self.memory_large = memories["memory_small"], memories["memory_large"]
 
 

@@ -16,68 +16,73 @@ import torch.nn.functional as F
 
 from ..errors import ModelFileError
 from ..model.backbone_model import BackboneModel
+from ..model.common_params import map_blur
 from ..model.fields import require_tensor
 from ..ops.coreset import chunked_coreset
 from ..ops.knn import nearest_neighbors
 from ..ops.smoothing import gaussian_blur, upsample
-from ..params import Param, params
+from ..params import setting
 from ..progress import Progress, ProgressCallback
 
 
 class PatchCore(BackboneModel):
+    """PatchCore: a coreset of good patch features; a patch's score is its distance to the nearest one."""
+
     name = "patchcore"
     description = "Memory bank of pretrained patch features (coreset); score = distance to the nearest good patch."
     feature_strides = (8, 16)
     # A memory bank compares each patch with every good patch wherever it lies: any working size will do.
-    resize_modes = ("center_crop", "full", "aspect", "tiles")
-    # The whole part by default, its aspect kept: a centre crop leaves defects near the edges unseen (on bottle,
-    # pixel AUROC 0.974 with them counted as missed, against 0.983 for the whole 256 × 256 frame).
+    capabilities = BackboneModel.capabilities.extended(resize_modes=("center_crop", "full", "aspect", "tiles"),
+                                                       stages={"coreset": "Selecting the memory bank (coreset)"})
+    # The whole part by default, its aspect kept: a centre crop leaves defects near the edges unseen
+    # (bench/patchcore-modes/).
     default_overrides = {"resize_mode": "aspect"}
-    stage_labels = {**BackboneModel.stage_labels, "coreset": "Selecting the memory bank (coreset)"}
-    method_params = params(
-        Param("coreset_ratio", float, 0.01, "Share of all good patches kept in the memory bank (greedy k-center).",
-              minimum=1e-5, maximum=1.0),
-        Param("coreset_chunk", int, 0, "Select the bank chunk by chunk as the good images' features arrive: each "
-              "chunk of about this many patches gives its share (coreset_ratio) of the bank. Bounds fit memory, and "
-              "shortens the selection, at a cost in coverage (0: one selection over all patches, the exact "
-              "greedy).", minimum=0, maximum=100_000_000, note="0 = all patches at once"),
-        Param("projection_dim", int, 128, "Dimension of the random projection the coreset is selected on "
-              "(0: select on the full features).", minimum=0, maximum=4096, note="0 = full features"),
-        Param("embed_dim", int, 0, "Reduce each patch feature to this many channels by average pooling "
-              "(0: keep all; the paper uses 1024 with Wide-ResNet50).", minimum=0, maximum=8192, note="0 = keep all"),
-        Param("neighbourhood", int, 3, "Local aggregation: average each feature over its p×p neighbourhood (odd).",
-              minimum=1, maximum=9, odd=True),
-        Param("reweight", bool, False, "Re-weight the image score by how dense the bank is around the match "
-              "(the paper's Eq. 7)."),
-        Param("reweight_neighbors", int, 9, "Bank neighbours used by the re-weighting.", minimum=1, maximum=100),
-        Param("sigma", float, 4.0, "Gaussian blur of the anomaly map, in pixels (0: none).", minimum=0.0,
-              maximum=64.0, note="0 = no blur"),
-        Param("image_score", str, "patch", "The image score: the largest patch score (the paper's), or the largest "
-              "value of the blurred map, which a single odd patch moves less.", choices=("patch", "map")),
-    )
 
-    def __init__(self, **values):
-        super().__init__(**values)
+    coreset_ratio: float = setting(0.01, "Share of all good patches kept in the memory bank (greedy k-center). Raise "
+                                   "it when good parts vary a lot (fewer false alarms, slower scoring).",
+                                   minimum=1e-5, maximum=1.0)
+    coreset_chunk: int = setting(0, "Select the bank chunk by chunk as the good images' features arrive: each chunk of "
+                                 "about this many patches gives its share (coreset_ratio) of the bank. Bounds fit "
+                                 "memory, and shortens the selection, at a cost in coverage (0: one selection over all "
+                                 "patches, the exact greedy). Set it only when fitting runs out of memory.", minimum=0,
+                                 maximum=100_000_000, note="0 = all patches at once")
+    projection_dim: int = setting(128, "Dimension of the random projection the coreset is selected on (0: select on "
+                                  "the full features, slower).", minimum=0, maximum=4096, note="0 = full features")
+    embed_dim: int = setting(0, "Reduce each patch feature to this many channels by average pooling (0: keep all; "
+                             "the paper uses 1024 with Wide-ResNet50). Lower it to shrink the bank and speed scoring.",
+                             minimum=0, maximum=8192, note="0 = keep all")
+    neighbourhood: int = setting(3, "Local aggregation: average each feature over its p×p neighbourhood (odd). Wider "
+                                 "sees larger structures and misses small defects.", minimum=1, maximum=9, odd=True)
+    reweight: bool = setting(False, "Re-weight the image score by how dense the bank is around the match (the paper's "
+                             "Eq. 7).")
+    reweight_neighbors: int = setting(9, "Bank neighbours used by the re-weighting.", minimum=1, maximum=100)
+    sigma: float = map_blur(4.0)
+    image_score: str = setting("patch", "The image score: the largest patch score (the paper's), or the largest value "
+                               "of the blurred map, which a single odd patch moves less (try it when good parts raise "
+                               "false alarms from one spot).", choices=("patch", "map"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.memory_bank: torch.Tensor | None = None
 
     @property
     def embedding_dim(self) -> int:
-        return self.params["embed_dim"] or sum(self.layer_channels())
+        return self.embed_dim or sum(self.layer_channels())
 
     def embed(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch embeddings [B·h·w, C] on the finest chosen layer's grid (h, w), from the chosen layers' feature
         maps."""
-        size = self.params["neighbourhood"]
+        size = self.neighbourhood
         if size > 1:
             # Zero padding counted in the average, as in the official code: border patches stay recognisable
-            # as borders (excluding the padding cost 0.03 image / 0.04 pixel AUROC on Magnetic-Tile).
+            # as borders (excluding the padding lowered both AUROCs on Magnetic-Tile, in a side experiment).
             maps = [F.avg_pool2d(feature, size, stride=1, padding=size // 2) for feature in maps]
         grid = maps[0].shape[-2:]
         maps = [feature if feature.shape[-2:] == grid else
                 F.interpolate(feature, size=grid, mode="bilinear", align_corners=False) for feature in maps]
         patches = torch.cat(maps, dim=1).permute(0, 2, 3, 1).reshape(-1, sum(m.shape[1] for m in maps))
-        if self.params["embed_dim"]:
-            patches = F.adaptive_avg_pool1d(patches[:, None, :], self.params["embed_dim"])[:, 0]
+        if self.embed_dim:
+            patches = F.adaptive_avg_pool1d(patches[:, None, :], self.embed_dim)[:, 0]
         return patches, (int(grid[0]), int(grid[1]))
 
     def _fit_batches(self, batches: Callable[[], Iterator[torch.Tensor]], n_images: int,
@@ -93,8 +98,8 @@ class PatchCore(BackboneModel):
                 yield patches
 
         bank = [patches[chosen] for patches, chosen in chunked_coreset(
-            embedded(), self.params["coreset_ratio"], self.params["coreset_chunk"], self.params["projection_dim"],
-            self.params["seed"], progress=lambda step, total: progress(Progress("coreset", step, total)))]
+            embedded(), self.coreset_ratio, self.coreset_chunk, self.projection_dim,
+            self.seed, progress=lambda step, total: progress(Progress("coreset", step, total)))]
         self.memory_bank = torch.cat(bank).contiguous()
 
     def score_features(self, features: list[torch.Tensor], size: tuple[int, int],
@@ -115,10 +120,10 @@ class PatchCore(BackboneModel):
         image_scores, argmax = patch_scores.flatten(1).max(dim=1)
         if source is not None:  # the content patch the maximum came from (for the re-weighting)
             argmax = source.flatten(1).gather(1, argmax[:, None])[:, 0]
-        maps = gaussian_blur(upsample(patch_scores, size), self.params["sigma"])
-        if self.params["image_score"] == "map":
+        maps = gaussian_blur(upsample(patch_scores, size), self.sigma)
+        if self.image_score == "map":
             image_scores = maps.flatten(1).amax(dim=1)
-        if self.params["reweight"]:  # weighed at the most anomalous patch, whichever score it scales
+        if self.reweight:  # weighed at the most anomalous patch, whichever score it scales
             image_scores = image_scores * self._reweighting(patches.view(batch, height * width, -1),
                                                             matches.view(batch, -1), argmax)
         return maps, image_scores
@@ -129,7 +134,7 @@ class PatchCore(BackboneModel):
         worst_patch = patches[rows, argmax]  # [B, C]
         match = matches[rows, argmax]  # [B]
         _, neighbours = nearest_neighbors(self.memory_bank[match], self.memory_bank,
-                                          k=self.params["reweight_neighbors"] + 1)  # includes the match itself
+                                          k=self.reweight_neighbors + 1)  # includes the match itself
         distances = (worst_patch[:, None, :] - self.memory_bank[neighbours]).norm(dim=2)
         return 1.0 - torch.softmax(distances, dim=1)[:, 0]
 
@@ -140,7 +145,7 @@ class PatchCore(BackboneModel):
         bank = require_tensor(state, "memory_bank", ndim=2)
         if bank.shape[1] != self.embedding_dim or bank.shape[0] == 0:
             raise ModelFileError(f"memory bank of shape {tuple(bank.shape)} does not fit backbone "
-                                 f"{self.params['backbone']} layers {self.layers} ({self.embedding_dim} channels "
+                                 f"{self.backbone} layers {self.layer_names} ({self.embedding_dim} channels "
                                  "expected)")
         self.memory_bank = bank.float()
 

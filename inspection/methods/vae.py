@@ -29,10 +29,12 @@ from torch import nn
 
 from ..errors import ParameterError
 from ..model.base import AnomalyModel
+from ..model.capabilities import Capabilities
+from ..model.common_params import map_blur
 from ..model.training import TrainingSet, freeze, load_module_state, module_state, optimizer_step, train_epochs
 from ..model.views import Panel, ScoredBatch, frame_strip, rgb_uint8
 from ..ops.smoothing import gaussian_blur
-from ..params import Param, params
+from ..params import setting
 from ..progress import ProgressCallback
 
 SCORINGS = ("projection", "residual")
@@ -88,87 +90,79 @@ def vae_loss(images: torch.Tensor, reconstruction: torch.Tensor, mean: torch.Ten
 
 class VAE(AnomalyModel):
     name = "vae"
-    resize_modes_reason = ("its fully connected latent is trained at one input size, and tiles would need stitched "
-                           "reconstructions")
     description = ("Convolutional VAE of the good images; score = what the iterative energy-based projection "
                    "changes (or the plain reconstruction residual).")
+    capabilities = Capabilities(
+        resize_modes_reason="its fully connected latent is trained at one input size, and tiles would need stitched "
+                            "reconstructions",
+        reconstructs=True, trains_by_gradient=True, variant_param="scoring", stages={"epoch": "Training the VAE"})
     default_overrides = {"resize": 146, "crop": 128}
-    variant_param = "scoring"
-    has_reconstruction = True
-    trains_by_gradient = True
-    stage_labels = {"epoch": "Training the VAE"}
-    method_params = params(
-        Param("scoring", str, "projection", "projection: the paper's iterative energy-based projection, map = "
-              "|x₀ − x_T|; residual: the plain VAE, map = |x − f(x)|.", choices=SCORINGS),
-        Param("color", str, "rgb", "rgb: model the three colour channels; gray: their mean (grey parts).",
-              choices=COLORS),
-        Param("latent_dim", int, 512, "Dimension of the latent code.", minimum=1, maximum=8192),
-        Param("hidden_dim", int, 512, "Width of the fully connected layer on each side of the latent (the seed: "
-              "1024, which trains 3× slower on a CPU).", minimum=1,
-              maximum=8192),
-        Param("width", int, 32, "Channels of the first convolution block (doubled in each of the next two).",
-              minimum=1, maximum=512),
-        Param("kl_weight", float, 0.001, "Weight of the KL term against the squared error summed over the pixels "
-              "(on bottle, 1 blurred the reconstructions so much that the plain VAE's pixel AUROC was 0.51; 0.001 "
-              "gave 0.86).", minimum=0.0, maximum=1e6),
-        Param("epochs", int, 30, "Passes over the good images.", minimum=1, maximum=100_000),
-        Param("learning_rate", float, 5e-4, "Adam's learning rate.", minimum=1e-7, maximum=1.0),
-        Param("projection_steps", int, 50, "T: projection steps (each costs a forward and backward pass of the "
-              "VAE).", minimum=1, maximum=100_000),
-        Param("projection_alpha", float, 1.0, "α: projection step size (per pixel, it is further scaled by the "
-              "squared reconstruction error). On bottle, α = 1 with T = 50 did as well as α = 0.5 with T = 100, in "
-              "half the time.", minimum=0.0, maximum=1e6),
-        Param("projection_lambda", float, 0.05, "λ: weight of ‖x − x₀‖₁, which keeps the projection near the "
-              "input.", minimum=0.0, maximum=1e6),
-        Param("strip_frames", int, 6, "Frames x_t shown in the projection's strip (views only).", minimum=2,
-              maximum=64),
-        Param("sigma", float, 4.0, "Gaussian blur of the anomaly map, in pixels (0: none).", minimum=0.0,
-              maximum=64.0),
-        rules=(_check_size,),
-    )
 
-    def __init__(self, **values):
-        super().__init__(**values)
+    scoring: str = setting("projection", "projection: the paper's iterative energy-based projection, map = |x₀ − "
+                           "x_T|; residual: the plain VAE, map = |x − f(x)|.", choices=SCORINGS)
+    color: str = setting("rgb", "rgb: model the three colour channels; gray: their mean (grey parts).", choices=COLORS)
+    latent_dim: int = setting(512, "Dimension of the latent code.", minimum=1, maximum=8192)
+    hidden_dim: int = setting(512, "Width of the fully connected layer on each side of the latent (the seed uses 1024, "
+                              "which trains several times slower on a CPU).", minimum=1, maximum=8192)
+    width: int = setting(32, "Channels of the first convolution block (doubled in each of the next two).",
+                         minimum=1, maximum=512)
+    kl_weight: float = setting(0.001, "Weight of the KL term against the squared error summed over the pixels. A large "
+                               "weight (the textbook 1) blurs the reconstructions until their residual shows little; "
+                               "lower it when reconstructions look blurred.", minimum=0.0, maximum=1e6)
+    epochs: int = setting(30, "Passes over the good images.", minimum=1, maximum=100_000)
+    learning_rate: float = setting(5e-4, "Adam's learning rate.", minimum=1e-7, maximum=1.0)
+    projection_steps: int = setting(50, "T: projection steps (each costs a forward and backward pass of the VAE).",
+                                    minimum=1, maximum=100_000)
+    projection_alpha: float = setting(1.0, "α: projection step size (per pixel, it is further scaled by the squared "
+                                      "reconstruction error). A larger step needs fewer steps T for the same "
+                                      "projection: raise α to shorten scoring.", minimum=0.0, maximum=1e6)
+    projection_lambda: float = setting(0.05, "λ: weight of ‖x − x₀‖₁, which keeps the projection near the input.",
+                                       minimum=0.0, maximum=1e6)
+    strip_frames: int = setting(6, "Frames x_t shown in the projection's strip (views only).", minimum=2, maximum=64)
+    sigma: float = map_blur(4.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.network: ConvVAE | None = None
 
     def default_normalization(self) -> str:
         return "unit"  # the decoder's sigmoid output lives in [0, 1]
 
     def _build(self) -> ConvVAE:
-        return ConvVAE(1 if self.params["color"] == "gray" else 3, self.params["crop"], self.params["width"],
-                       self.params["hidden_dim"], self.params["latent_dim"]).to(self.device)
+        return ConvVAE(1 if self.color == "gray" else 3, self.crop, self.width,
+                       self.hidden_dim, self.latent_dim).to(self.torch_device)
 
     def _channels(self, images: torch.Tensor) -> torch.Tensor:
         """Input images in [0, 1] → what the network models (their grey mean when color=gray)."""
-        return images.mean(1, keepdim=True) if self.params["color"] == "gray" else images
+        return images.mean(1, keepdim=True) if self.color == "gray" else images
 
     def _fit_batches(self, batches: Callable[[], Iterator[torch.Tensor]], n_images: int,
                      progress: ProgressCallback) -> None:
         images = TrainingSet.of_images(batches, self.preprocessing.normalization)
         network = self._build().train()
-        optimizer = torch.optim.Adam(network.parameters(), lr=self.params["learning_rate"])
+        optimizer = torch.optim.Adam(network.parameters(), lr=self.learning_rate)
 
         def step(batch: torch.Tensor, _: float) -> dict[str, float]:
             inputs = self._channels(batch)
-            loss = vae_loss(inputs, *network(inputs, sample=True), self.params["kl_weight"]).mean()
+            loss = vae_loss(inputs, *network(inputs, sample=True), self.kl_weight).mean()
             return {"loss": optimizer_step(optimizer, loss)}
 
-        train_epochs(images, self.params["epochs"], self.params["batch_size"], self.params["seed"], step, progress)
+        train_epochs(images, self.epochs, self.batch_size, self.seed, step, progress)
         self.network = freeze(network)
 
     def energy(self, images: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per image E(x) = L_r(x) + λ‖x − x₀‖₁, and the reconstruction f(x) it was computed with."""
         reconstruction, mean, log_variance = self.network(images)
-        loss = vae_loss(images, reconstruction, mean, log_variance, self.params["kl_weight"])
-        return loss + self.params["projection_lambda"] * (images - start).abs().flatten(1).sum(1), reconstruction
+        loss = vae_loss(images, reconstruction, mean, log_variance, self.kl_weight)
+        return loss + self.projection_lambda * (images - start).abs().flatten(1).sum(1), reconstruction
 
     def project(self, start: torch.Tensor, keep: tuple[int, ...] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x_T from x₀ = `start` (a batch, all at once), and the iterates x_t for t in `keep`."""
-        alpha = self.params["projection_alpha"]
+        alpha = self.projection_alpha
         current = start.detach()
         kept = [current] if 0 in keep else []
         with torch.enable_grad():
-            for step in range(1, self.params["projection_steps"] + 1):
+            for step in range(1, self.projection_steps + 1):
                 current = current.detach().requires_grad_(True)
                 energy, reconstruction = self.energy(current, start)
                 # The gradient at x_t (the seed's code takes it at x₀ every step); only the images get one.
@@ -187,14 +181,14 @@ class VAE(AnomalyModel):
         start = self._channels(self.unit_range(images))
         vae_reconstruction = self.network(start)[0]
         frames: list[torch.Tensor] = []
-        if self.params["scoring"] == "projection":
-            steps = self.params["projection_steps"]
-            keep = tuple(sorted({round(step) for step in torch.linspace(0, steps, self.params["strip_frames"])
+        if self.scoring == "projection":
+            steps = self.projection_steps
+            keep = tuple(sorted({round(step) for step in torch.linspace(0, steps, self.strip_frames)
                                  .tolist()})) if panels else ()
             compared, frames = self.project(start, keep)
         else:
             compared, keep = vae_reconstruction, ()
-        maps = gaussian_blur((start - compared).abs().mean(1), self.params["sigma"])
+        maps = gaussian_blur((start - compared).abs().mean(1), self.sigma)
         scored = ScoredBatch(maps, maps.flatten(1).amax(1), reconstructions=compared)
         if panels:
             scored.panels = self._panels(start, vae_reconstruction, compared, frames, keep)
@@ -211,7 +205,7 @@ class VAE(AnomalyModel):
                            "Decoded from the latent mean: blurry, and anomalies partly rebuilt."
                            + ("" if frames else " The anomaly map is |x − f(x)|."))]
             if frames:
-                views.append(Panel(f"Projected x_T (T = {self.params['projection_steps']})", projected[index],
+                views.append(Panel(f"Projected x_T (T = {self.projection_steps})", projected[index],
                                    "The input walked towards the normal images by energy descent; the anomaly "
                                    "map is |x₀ − x_T|."))
                 views.append(Panel("Projection steps x_t, t = " + ", ".join(map(str, keep)),
@@ -238,14 +232,14 @@ class VAE(AnomalyModel):
         finally:
             for handle in handles:
                 handle.remove()
-        maps = gaussian_blur((start - reconstruction).abs().mean(1), self.params["sigma"])
+        maps = gaussian_blur((start - reconstruction).abs().mean(1), self.sigma)
         return captured, maps, maps.flatten(1).amax(1)
 
     def explanation_network(self) -> nn.Module:
         return self.network
 
     def explanation_note(self) -> str:
-        if self.params["scoring"] == "projection":
+        if self.scoring == "projection":
             return ("For this VAE, Grad-CAM explains the residual score — the maximum of |x − f(x)|, blurred — of the "
                     "same network; the projection's steps are not differentiated.")
         return ""

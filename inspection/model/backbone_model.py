@@ -4,6 +4,7 @@ weights it was fitted with (refused on load when other weights are found)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -11,8 +12,9 @@ import torch
 from ..errors import ModelFileError
 from ..features.backbones import BACKBONES, DEFAULT_BACKBONE, get_backbone_spec
 from ..features.extractor import shared_feature_extractor
-from ..params import Param, ParamSet, params
+from ..params import ParamSet, setting
 from .base import AnomalyModel
+from .capabilities import Capabilities
 from .header import BackboneRecord, ModelHeader
 
 
@@ -27,49 +29,54 @@ class BackboneModel(AnomalyModel):
     #: The strides of the feature maps the method uses by default, shallowest first: each backbone answers
     #: with its deepest layer at that stride (e.g. 8, 16 → blocks.2, blocks.4 of EfficientNet-Lite0).
     feature_strides: ClassVar[tuple[int, ...]] = (8, 16)
-    stage_labels: ClassVar[dict[str, str]] = {"features": "Extracting features of the good images"}
+    capabilities = Capabilities(stages={"features": "Extracting features of the good images"})
+    param_rules = (_check_layers,)
+
+    backbone: str = setting(DEFAULT_BACKBONE, "Pretrained network whose intermediate features are compared.",
+                            choices=tuple(BACKBONES), group="backbone")
+    weights: str = setting("", "Backbone weights: empty for the ImageNet weights found automatically, a file path, "
+                           "or 'random' (untrained; for tests of the mechanics only).", group="backbone",
+                           note="empty = ImageNet weights")
+    layers: str = setting("", "Feature layers, comma-separated: layer names, or strides (the deepest layer at that "
+                          "stride).", group="backbone")
 
     @classmethod
     def param_set(cls) -> ParamSet:
+        # The default layers are the method's strides, and the help says what they are on the usual backbones.
         default_layers = ",".join(str(stride) for stride in cls.feature_strides)
         examples = "; ".join(f"{name}: {', '.join(spec.resolve_layers(default_layers))}"
                              for name, spec in BACKBONES.items() if name in (DEFAULT_BACKBONE, "mobilenet_v2"))
-        backbone_params = params(
-            Param("backbone", str, DEFAULT_BACKBONE, "Pretrained network whose intermediate features are compared.",
-                  choices=tuple(BACKBONES), group="backbone"),
-            Param("weights", str, "", "Backbone weights: empty for the ImageNet weights found automatically, a "
-                  "file path, or 'random' (untrained; for tests of the mechanics only).", group="backbone",
-                  note="empty = ImageNet weights"),
-            Param("layers", str, default_layers, "Feature layers, comma-separated: layer names, or strides (the "
-                  f"deepest layer at that stride). The default {default_layers} means {examples}.",
-                  group="backbone"),
-            rules=(_check_layers,))
-        return super().param_set() + backbone_params
+        declared = super().param_set()
+        if "layers" not in cls.default_overrides:
+            declared = declared.with_defaults(layers=default_layers)
+        return ParamSet(tuple(replace(param, help=f"{param.help} The default {default_layers} means {examples}.")
+                              if param.name == "layers" else param for param in declared), declared.rules)
 
     @property
-    def layers(self) -> tuple[str, ...]:
+    def layer_names(self) -> tuple[str, ...]:
+        """The backbone layers the method reads, shallowest first (the `layers` parameter resolved)."""
         # Files of version 0.1 stored "" for the default layers.
-        return get_backbone_spec(self.params["backbone"]).resolve_layers(
-            self.params["layers"] or ",".join(str(stride) for stride in self.feature_strides))
+        return get_backbone_spec(self.backbone).resolve_layers(
+            self.layers or ",".join(str(stride) for stride in self.feature_strides))
 
     def layer_channels(self) -> list[int]:
-        spec = get_backbone_spec(self.params["backbone"])
-        return [spec.layers[layer].channels for layer in self.layers]
+        spec = get_backbone_spec(self.backbone)
+        return [spec.layers[layer].channels for layer in self.layer_names]
 
     def layer_strides(self) -> list[int]:
-        spec = get_backbone_spec(self.params["backbone"])
-        return [spec.layers[layer].stride for layer in self.layers]
+        spec = get_backbone_spec(self.backbone)
+        return [spec.layers[layer].stride for layer in self.layer_names]
 
     def padding_multiple(self) -> int:
         # Every chosen layer's grid then divides the working size exactly: coarse and fine grids stay aligned.
         return max(self.layer_strides())
 
     def default_normalization(self) -> str:
-        return get_backbone_spec(self.params["backbone"]).default_normalization
+        return get_backbone_spec(self.backbone).default_normalization
 
     def _setup(self) -> None:
         self.extractor, self.resolved_weights = shared_feature_extractor(
-            self.params["backbone"], self.layers, self.params["weights"], self.params["seed"], str(self.device))
+            self.backbone, self.layer_names, self.weights, self.seed, str(self.torch_device))
 
     def input_normalization(self) -> str:
         # The normalisation belongs to the weights actually found (e.g. [-1, 1] for TF-Lite conversions).
@@ -78,7 +85,7 @@ class BackboneModel(AnomalyModel):
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps of the chosen layers, shallowest first."""
         by_name = self.extractor(images)
-        return [by_name[layer] for layer in self.layers]
+        return [by_name[layer] for layer in self.layer_names]
 
     def score_features(self, features: list[torch.Tensor], size: tuple[int, int]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,19 +100,22 @@ class BackboneModel(AnomalyModel):
     def explanation_layers(self) -> dict[str, str]:
         if type(self).score_features is BackboneModel.score_features:
             return {}  # no differentiable scoring after the backbone to explain
-        spec = get_backbone_spec(self.params["backbone"])
+        spec = get_backbone_spec(self.backbone)
         trunk = list(spec.layers)
         return {layer: f"{layer} (stride {spec.layers[layer].stride})"
-                for layer in sorted(self.layers, key=trunk.index)}
+                for layer in sorted(self.layer_names, key=trunk.index)}
 
     def explanation_forward(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         by_name = self.extractor(images)
-        maps, scores = self.score_features([by_name[name] for name in self.layers],
+        maps, scores = self.score_features([by_name[name] for name in self.layer_names],
                                            (int(images.shape[-2]), int(images.shape[-1])))
         return by_name, maps, scores
 
     def explanation_network(self) -> torch.nn.Module:
         return self.extractor
+
+    def explanation_note(self) -> str:
+        return ""  # the explained score is the model's own
 
     def _score(self, images: torch.Tensor, content: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         size = (int(images.shape[-2]), int(images.shape[-1]))
@@ -115,7 +125,7 @@ class BackboneModel(AnomalyModel):
 
     def _backbone_record(self) -> BackboneRecord:
         weights = self.resolved_weights
-        return BackboneRecord(self.params["backbone"], list(self.layers), weights.source, weights.normalization,
+        return BackboneRecord(self.backbone, list(self.layer_names), weights.source, weights.normalization,
                               weights.fingerprint)
 
     def _check_header(self, header: ModelHeader) -> None:

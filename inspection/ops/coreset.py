@@ -32,8 +32,8 @@ def greedy_coreset(points: torch.Tensor, n_select: int, start_index: int = 0,
     maximum is below an up-to-date block's true one cannot hold the farthest point, and the choice is the one the
     plain greedy makes (up to float rounding in exact ties). A catch-up is one matrix product of the block with
     its pending centres: compute-bound work instead of one pass over all points per step, which is
-    memory-bound (`bench/coreset`: 12 s instead of 81 s on Magnetic-Tile's 537 040 patches; with `block >=
-    len(points)` every point catches up at every step, as in the plain greedy). Ties go to the lowest index
+    memory-bound (several times faster on large sets: `bench/coreset/`; with `block >= len(points)` every point
+    catches up at every step, as in the plain greedy). Ties go to the lowest index
     (torch.argmax's rule), which makes the result reproducible.
     """
     n_points, dim = points.shape

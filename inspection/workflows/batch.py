@@ -101,7 +101,7 @@ def model_fingerprint(model: AnomalyModel) -> str:
     """What makes two runs' results the same: the model (method, creation, settings) and its calibration."""
     calibration = model.calibration
     identity = {"method": model.name, "created": model.info.created,
-                "params": {key: value for key, value in model.params.items() if key not in _NOT_RESULTS},
+                "params": {key: value for key, value in model.get_params().items() if key not in _NOT_RESULTS},
                 "calibration": None if calibration is None else
                 [calibration.image_threshold, calibration.pixel_threshold, repr(calibration.image_scale),
                  repr(calibration.pixel_scale), calibration.colour_max]}

@@ -158,7 +158,7 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
             progress(Progress("timing", 0, 1))
         # The files as they are: a protocol's move is part of the data, not of what inspection costs.
         metrics.update(time_prediction(model, [sample.path for sample in samples], timing_repeats))
-    metrics["device"] = describe_device(model.device)
+    metrics["device"] = describe_device(model.torch_device)
     return evaluation
 
 

@@ -44,7 +44,7 @@ VERIFICATION_SOURCE = "verification share of the good training images (no test s
 def stage_label(method: str, stage: str) -> str:
     """A readable name of a progress stage of `method`'s training, e.g. 'Selecting the memory bank (coreset)'."""
     try:
-        labels = {**COMMON_STAGE_LABELS, **get_method(method).stage_labels}
+        labels = {**COMMON_STAGE_LABELS, **get_method(method).capabilities.stages}
     except ValueError:
         labels = COMMON_STAGE_LABELS
     return labels.get(stage, stage.replace("_", " ").capitalize() or "Starting")
@@ -76,7 +76,7 @@ def fit_on_dataset(model: AnomalyModel, dataset: Dataset, progress: ProgressCall
     is held out and the thresholds are measured on it (`verification_split`)."""
     verifying = False
     if evaluate_test:
-        dataset, verifying = verification_split(dataset, model.params["seed"])
+        dataset, verifying = verification_split(dataset, model.seed)
     model.fit([sample.source for sample in dataset.train], progress=progress)
     model.info.update(category=dataset.category, data_path=str(dataset.root), layout=dataset.layout,
                       protocol=dataset.protocol.to_dict())

@@ -15,7 +15,14 @@ from streamlit.testing.v1 import AppTest
 from app_testing import assert_clean, copy_model, run_page, train_small_model
 from inspection.cli import main
 from inspection.errors import NotExplainableError, ParameterError
-from inspection.explain.gradcam import default_layer, explain_image, grad_cam, unavailable_reason
+from inspection.explain.gradcam import (
+    default_layer,
+    explain_image,
+    explanation_layers,
+    explanation_note,
+    grad_cam,
+    unavailable_reason,
+)
 from inspection.registry import create_model
 
 SIZE = 96
@@ -145,7 +152,7 @@ def test_the_vae_is_explained_at_its_encoder_through_its_residual_score(small_va
     image = with_patches((RED, (250, 30, 30)))[::3, ::3]  # the red patch at rows 20-25, columns 5-10 of 32
     patch = (slice(20, 26), slice(5, 11))
     assert unavailable_reason(small_vae) is None
-    assert list(small_vae.explanation_layers()) == ["encoder.2", "encoder.5", "encoder.8"]
+    assert list(explanation_layers(small_vae)) == ["encoder.2", "encoder.5", "encoder.8"]
     explanation = explain_image(small_vae, image, layer="encoder.5", guided=True)
     # The explained score is the VAE's own image score (residual scoring), and a projection VAE says what it gets.
     assert explanation.score == pytest.approx(float(small_vae.predict([image]).raw_scores[0]), rel=1e-4)
@@ -153,8 +160,8 @@ def test_the_vae_is_explained_at_its_encoder_through_its_residual_score(small_va
     assert explanation.grad_cam.max() == pytest.approx(1.0) and explanation.grad_cam.min() >= 0
     rows, columns = patch
     assert explanation.grad_cam[rows, columns].mean() > 2 * explanation.grad_cam.mean()
-    assert small_vae.explanation_note() == ""
-    assert "projection's steps are not differentiated" in create_model("vae").explanation_note()
+    assert explanation_note(small_vae) == ""
+    assert "projection's steps are not differentiated" in explanation_note(create_model("vae"))
 
 
 def test_the_cli_writes_an_overlay_png(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

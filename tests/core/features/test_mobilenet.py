@@ -81,8 +81,8 @@ def test_registered_for_every_width_with_layers_by_stride():
         assert spec.resolve_layers("4,8,16,32") == ("features.3", "features.5", "features.11", "features.13")
         assert spec.layers["features.11"].channels == int(512 * width)
         assert spec.default_normalization == "inception"
-    assert create_model("patchcore", backbone="mobilenet_v1_050").layers == ("features.5", "features.11")
-    assert create_model("padim", backbone="mobilenet_v1").layers == ("features.3", "features.5", "features.11")
+    assert create_model("patchcore", backbone="mobilenet_v1_050").layer_names == ("features.5", "features.11")
+    assert create_model("padim", backbone="mobilenet_v1").layer_names == ("features.3", "features.5", "features.11")
 
 
 def test_any_input_side_works():

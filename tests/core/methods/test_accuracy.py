@@ -51,4 +51,4 @@ def test_magnetic_tile_patchcore_floors(shared_data):
     # The image floor; its pixel floor (0.88) is not reached by any setting measured (README).
     assert metrics["image_auroc"] >= 0.95, metrics
     assert metrics["pixel_auroc"] >= 0.86, metrics
-    assert {key: model.params[key] for key in MAGNETIC_TILE_SETTINGS} == MAGNETIC_TILE_SETTINGS
+    assert {key: model.get_params()[key] for key in MAGNETIC_TILE_SETTINGS} == MAGNETIC_TILE_SETTINGS

@@ -25,7 +25,7 @@ def test_fit_reports_progress_and_calibrates_on_held_out_images(fitted, demo_dat
     assert model.info["n_fit_images"] + model.info["n_heldout_images"] == n_train
     calibration = model.calibration
     assert len(calibration.heldout_scores) == model.info["n_heldout_images"]
-    assert calibration.heldout_fpr() <= model.params["image_fpr"]
+    assert calibration.heldout_fpr() <= model.image_fpr
     assert calibration.normalized_image_threshold == pytest.approx(0.5)
     assert calibration.normalized_pixel_threshold == pytest.approx(0.5)
     # The pixel threshold keeps false regions on good parts rare: at most 0.1 per held-out good image.
@@ -39,7 +39,7 @@ def test_fit_reports_progress_and_calibrates_on_held_out_images(fitted, demo_dat
 def test_the_pixel_fpr_rule_is_still_there(demo_dataset):
     model = create_model("padim", pixel_rule="pixel_fpr", crop=96, resize=96, n_features=30)
     model.fit([sample.path for sample in demo_dataset.train])
-    assert abs(model.calibration.heldout_pixel_fpr() - model.params["pixel_fpr"]) < 0.01
+    assert abs(model.calibration.heldout_pixel_fpr() - model.pixel_fpr) < 0.01
 
 
 def test_demo_metrics_are_informative(fitted):
@@ -92,7 +92,7 @@ def test_patchcore_image_score_is_the_largest_patch_or_the_largest_value_of_the_
     model = create_model("patchcore", resize_mode="full", sigma=8.0).fit(images)
     test = [sample.path for sample in demo_dataset.test[:4]]
     by_patch = model.predict(test)
-    model.params["image_score"] = "map"
+    model.set_params(image_score="map")
     by_map = model.predict(test)
     np.testing.assert_allclose(by_map.raw_scores, by_map.raw_maps.reshape(len(test), -1).max(axis=1), rtol=1e-6)
     np.testing.assert_array_equal(by_map.raw_maps, by_patch.raw_maps)

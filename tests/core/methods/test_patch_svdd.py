@@ -154,8 +154,8 @@ def test_whole_image_embedding_equals_encoding_every_cropped_patch():
 
 def test_parameters_are_declared_and_checked():
     model = create_model("patch_svdd")
-    assert model.params["combine"] == "product" and model.params["embedding_dim"] == 64
-    assert not model.params["coreset"] and model.trains_by_gradient
+    assert model.combine == "product" and model.embedding_dim == 64
+    assert not model.coreset and model.capabilities.trains_by_gradient
     help_text = model.param_set().get("lambda_svdd").help
     assert "objects" in help_text and "textures" in help_text
     with pytest.raises(ValueError, match="at least 64"):
@@ -170,7 +170,7 @@ def test_a_few_training_steps_lower_the_loss_on_the_demo_data(demo_dataset):
     model = create_model("patch_svdd", **{**TINY, "resize": 80, "crop": 80, "pairs_per_image": 64})
     model._ensure_setup()
     images = model.preprocessing.batch([decode(sample.path) for sample in demo_dataset.train[:8]])[0]
-    model.encoder = model._new_encoder()
+    model.patch_encoder = model._new_encoder()
     classifiers = torch.nn.ModuleDict({"32": PositionClassifier(64), "64": PositionClassifier(64)})
 
     def fixed_loss() -> float:  # the same pairs and perturbations every time
@@ -179,7 +179,7 @@ def test_a_few_training_steps_lower_the_loss_on_the_demo_data(demo_dataset):
 
     before = fixed_loss()
     assert before == pytest.approx(2 * math.log(8), abs=0.3)  # two 8-way classifications at chance
-    parameters = list(model.encoder.parameters()) + list(classifiers.parameters())
+    parameters = list(model.patch_encoder.parameters()) + list(classifiers.parameters())
     optimizer = torch.optim.Adam(parameters, lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(15):
@@ -203,7 +203,7 @@ def test_fit_reports_the_loss_per_epoch(fitted):
     epochs = [report for report in reports if report.stage == "epoch"]
     assert [(r.step, r.total) for r in epochs] == [(1, 1)] and np.isfinite(epochs[0].loss)
     assert {"memory", "calibrate"} <= {report.stage for report in reports}
-    assert set(model.stage_labels) >= {"epoch", "memory", "coreset"}
+    assert set(model.capabilities.stages) >= {"epoch", "memory", "coreset"}
     # 8 fit images: K = 32 patches at stride 4 (9×9 per image) and K = 64 patches at stride 16 (1 per image).
     assert model.memory_small.shape == (8 * 81, 64) and model.memory_large.shape == (8, 64)
 
@@ -237,11 +237,11 @@ def test_the_scales_combine_by_product_or_sum(fitted, demo_dataset):
         small = spread_patch_scores(scores[32], 32, 4, (64, 64))
         large = spread_patch_scores(scores[64], 64, 16, (64, 64))
         product, _ = model._score(images)
-        model.params["combine"] = "sum"
+        model.set_params(combine="sum")
         try:
             total, _ = model._score(images)
         finally:
-            model.params["combine"] = "product"
+            model.set_params(combine="product")
     torch.testing.assert_close(product, small * large)
     torch.testing.assert_close(total, small + large)
 

@@ -69,18 +69,18 @@ def losses_of(reports: list[Progress], stage: str = "epoch") -> list[float]:
                                           ("anogan", {"scoring": "encoder"})])
 def test_shapes_reconstructions_panels_and_round_trip(method, extra, fitted, demo_dataset, tmp_path):
     model, reports = fitted(method, **extra)
-    size = model.params["crop"]
+    size = model.crop
     images = sample_images(demo_dataset)
     prediction = model.predict(images, panels=True)
     assert prediction.raw_maps.shape == (3, size, size) and prediction.raw_scores.shape == (3,)
     assert np.isfinite(prediction.raw_maps).all() and np.isfinite(prediction.raw_scores).all()
-    if model.has_reconstruction:
+    if model.capabilities.reconstructs:
         assert prediction.reconstructions.shape == (3, size, size, 3)
         assert prediction.reconstructions.dtype == np.uint8
         single = load_model(model.save(tmp_path / "m.safetensors")).predict([images[1]])
         assert single.reconstructions.shape == (1, size, size, 3)
     else:
-        assert prediction.reconstructions is None and "not pixels" in model.no_reconstruction_reason
+        assert prediction.reconstructions is None and "not pixels" in model.capabilities.no_reconstruction_reason
     assert len(prediction.panels) == 3 and all(prediction.panels)
     for panel in prediction.panels[0]:
         assert panel.title and (panel.is_map or panel.image.shape[0] == size)
@@ -154,7 +154,7 @@ def test_dfr_chooses_the_bottleneck_by_pca(fitted):
     # 90 % of a spectrum 5, 3, 1, 1 (total 10) takes three components; 80 % two.
     covariance = torch.diag(torch.tensor([1.0, 5.0, 1.0, 3.0], dtype=torch.float64))
     assert components_for_variance(covariance, 0.9) == 3 and components_for_variance(covariance, 0.8) == 2
-    assert create_model("dfr", latent_dim=7).params["latent_dim"] == 7
+    assert create_model("dfr", latent_dim=7).latent_dim == 7
 
 
 def test_dfr_runs_the_seeds_vgg19_layers_with_reflection_padding():
@@ -187,7 +187,7 @@ def test_the_projection_lowers_the_energy_and_follows_the_paper(fitted, demo_dat
     current = start.clone().requires_grad_(True)
     energy, reconstruction = model.energy(current, start)
     (gradient,) = torch.autograd.grad(energy.sum(), current)
-    by_hand = (start - model.params["projection_alpha"] * gradient * (start - reconstruction.detach()) ** 2).clamp(0, 1)
+    by_hand = (start - model.projection_alpha * gradient * (start - reconstruction.detach()) ** 2).clamp(0, 1)
     torch.testing.assert_close(kept[1], by_hand)
     torch.testing.assert_close(kept[0], start)
 
@@ -196,7 +196,7 @@ def test_anogan_z_optimisation_lowers_its_loss_independently_per_image(fitted, d
     model, reports = fitted("anogan", scoring="optimize")
     batch, _ = model.preprocessing.batch([load_image(path) for path in sample_images(demo_dataset)])
     latent, history = model.optimize_latent(batch)
-    assert len(history) == model.params["z_steps"] and history[-1] < history[0]
+    assert len(history) == model.z_steps and history[-1] < history[0]
     alone, _ = model.optimize_latent(batch[1:2])
     torch.testing.assert_close(alone, latent[1:2], rtol=1e-4, atol=1e-4)  # the other images change nothing
     # Both GAN losses are reported every epoch, the generator's as the main one.
@@ -219,7 +219,7 @@ def test_sizes_the_networks_cannot_take_are_refused():
         create_model("anogan", crop=48, resize=48)
     with pytest.raises(ValueError, match="multiple of 8"):
         create_model("vae", crop=60, resize=60)
-    assert create_model("vae").params["crop"] == 128 and create_model("anogan").params["crop"] == 64
+    assert create_model("vae").crop == 128 and create_model("anogan").crop == 64
     assert get_method("vae").param_set().get("crop").default == 128
     assert "backbone" not in get_method("vae").param_set().names()
 

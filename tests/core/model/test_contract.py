@@ -3,13 +3,20 @@ get/set/clone), the held-out split, and every registered method fitting, scoring
 
 from __future__ import annotations
 
+import inspect
+import pydoc
+
 import numpy as np
 import pytest
 
 from conftest import random_images
+from inspection.errors import ParameterError
+from inspection.methods.padim import PaDiM
+from inspection.methods.patchcore import PatchCore
 from inspection.model.backbone_model import BackboneModel
 from inspection.model.base import AnomalyModel
 from inspection.model.batching import split_holdout
+from inspection.params import clone, setting
 from inspection.registry import create_model, get_method, load_model, methods
 
 
@@ -43,7 +50,7 @@ def test_parameters_are_validated():
         create_model("padim", backbone="alexnet")
     with pytest.raises(ValueError, match="unknown method"):
         get_method("autoencoder9000")
-    assert create_model("patchcore", coreset_ratio="0.05").params["coreset_ratio"] == 0.05
+    assert create_model("patchcore", coreset_ratio="0.05").coreset_ratio == 0.05
 
 
 def test_declarations_check_odd_values_choices_and_rules_without_building_a_model():
@@ -55,15 +62,57 @@ def test_declarations_check_odd_values_choices_and_rules_without_building_a_mode
         patchcore.param_set().resolve({"resize_mode": "center_crop", "resize": 100, "crop": 224})
     with pytest.raises(ValueError, match="no layer"):
         patchcore.param_set().resolve({"layers": "blocks.9"})
-    assert create_model("padim", backbone="resnet18").layers == ("layer1", "layer2", "layer3")
-    assert create_model("patchcore", backbone="mobilenet_v2").layers == ("features.6", "features.13")
-    assert create_model("patchcore", layers="blocks.3,32").layers == ("blocks.3", "blocks.6")
+    assert create_model("padim", backbone="resnet18").layer_names == ("layer1", "layer2", "layer3")
+    assert create_model("patchcore", backbone="mobilenet_v2").layer_names == ("features.6", "features.13")
+    assert create_model("patchcore", layers="blocks.3,32").layer_names == ("blocks.3", "blocks.6")
 
 
 def test_estimator_contract():
     model = create_model("padim", n_features=50)
     assert model.get_params()["n_features"] == 50 and repr(model) == "PaDiM(n_features=50)"
     assert not model.fitted and model.channel_index is None  # nothing learned or chosen before fit
+    assert model.set_params(sigma=2, epsilon="0.1") is model and (model.sigma, model.epsilon) == (2.0, 0.1)
+    copy = clone(model)
+    assert type(copy) is PaDiM and copy is not model and copy.get_params() == model.get_params()
+    with pytest.raises(ParameterError, match="'n_features' must be >= 1"):
+        model.set_params(n_features=0)
+    assert model.n_features == 50  # a refused change changes nothing
+    with pytest.raises(ParameterError, match="unknown parameter"):
+        model.set_params(n_feature=3)
+
+
+@pytest.mark.parametrize("method", sorted(methods()))
+def test_every_method_names_its_parameters_in_its_constructor(method):
+    """scikit-learn's contract: every parameter is a named, typed, keyword-only argument with its default (so help(),
+    an IDE and a type checker see them), and the constructor takes nothing else."""
+    method_cls = get_method(method)
+    signature = inspect.signature(method_cls)
+    declared = method_cls.param_set()
+    assert list(signature.parameters) == declared.names()
+    for param in declared:
+        argument = signature.parameters[param.name]
+        assert argument.kind is inspect.Parameter.KEYWORD_ONLY
+        assert argument.default == param.default and argument.annotation is param.kind
+    assert all(argument.kind is not inspect.Parameter.VAR_KEYWORD for argument in signature.parameters.values())
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        method_cls(no_such_setting=1)
+    assert method_cls.__init__.__doc__ and f"{method_cls.__name__}(" in pydoc.render_doc(method_cls)
+    # The values are attributes, read by their names, and the class attribute holds the declared default.
+    model = method_cls()
+    assert {name: getattr(model, name) for name in declared.names()} == declared.defaults() == model.get_params()
+
+
+def test_help_of_patchcore_shows_its_own_defaults():
+    text = pydoc.render_doc(PatchCore)
+    assert "sigma: float = 4.0" in text and "resize_mode: str = 'aspect'" in text
+    assert "coreset_ratio: float = 0.01" in text and "epochs" not in text
+
+
+def test_a_parameter_must_be_annotated_with_a_simple_type():
+    with pytest.raises(TypeError, match="annotated int, float, str or bool"):
+        class Odd(PaDiM):  # noqa: F841 - defining it is the test
+            name = "odd"
+            ratios: list = setting([1, 2], "Not a simple value.")
 
 
 def test_anomaly_model_is_abstract():
@@ -99,4 +148,4 @@ def test_every_registered_method_keeps_the_contract(method, demo_dataset, tmp_pa
     assert type(loaded) is type(model) and loaded.get_params() == model.get_params()
     again = loaded.predict(images)
     assert np.array_equal(again.raw_scores, prediction.raw_scores)
-    assert (prediction.reconstructions is not None) == model.has_reconstruction
+    assert (prediction.reconstructions is not None) == model.capabilities.reconstructs

@@ -21,7 +21,7 @@ def test_save_load_round_trip_gives_identical_scores(fitted, demo_dataset, tmp_p
     model, _, _ = fitted
     path = model.save(tmp_path / "model.safetensors")
     loaded = load_model(path)
-    assert type(loaded) is type(model) and loaded.params == model.params
+    assert type(loaded) is type(model) and loaded.get_params() == model.get_params()
     assert loaded.preprocessing == model.preprocessing
     images = [sample.path for sample in demo_dataset.test[::7]]
     before, after = model.predict(images), loaded.predict(images)
@@ -127,7 +127,7 @@ def test_model_files_of_version_0_1_still_load_and_score_the_same(method, demo_r
     """Files written by inspection 0.1.0 (before the methods moved to inspection/methods/) load unchanged."""
     expected = json.loads((FIXTURES / "v0.1.0_scores.json").read_text())[method]
     model = load_model(FIXTURES / f"{method}_v0.1.0.safetensors")
-    assert model.name == method and model.params["layers"] == ""  # 0.1 stored "" for the default layers
+    assert model.name == method and model.layers == ""  # 0.1 stored "" for the default layers
     prediction = model.predict([demo_root / image for image in expected["images"]])
     np.testing.assert_allclose(prediction.raw_scores, expected["raw_scores"], rtol=1e-5)
     np.testing.assert_allclose([m.sum() for m in prediction.raw_maps], expected["map_sums"], rtol=1e-5)

@@ -159,7 +159,7 @@ def test_new_settings_round_trip_through_the_model_file(tmp_path, settings):
     path = model.save(tmp_path / "model")
     loaded = load_model(path)
     assert loaded.preprocessing == model.preprocessing
-    assert {key: loaded.params[key] for key in values} == values
+    assert {key: loaded.get_params()[key] for key in values} == values
     images = _images(seed=3, count=4)
     before, after = model.predict(images), loaded.predict(images)
     np.testing.assert_allclose(after.raw_scores, before.raw_scores, rtol=1e-5)
@@ -205,7 +205,7 @@ class _CentreOnlyModel:
     def __init__(self) -> None:
         self.preprocessing = Preprocessing("center_crop", 40, 20)
         self.calibration = None
-        self.device = torch.device("cpu")
+        self.torch_device = torch.device("cpu")
 
     def predict(self, paths, progress=None) -> Prediction:
         maps, geometries = [], []

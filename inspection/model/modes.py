@@ -1,0 +1,60 @@
+"""The resize modes that change how a batch is scored: tiles (every tile scored, the maps stitched into one per
+image) and aspect (images of several sizes padded into one batch, the padding kept out of every score); and the
+assembly of maps of several sizes into one array."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..ops.tiles import cut_tiles, stitch
+from .views import ScoredBatch
+
+#: Scores a batch of normalised images (tiles, or whole images): `AnomalyModel._score_detailed` without panels.
+ScoreBatch = Callable[[torch.Tensor], ScoredBatch]
+
+
+def tiles(images: torch.Tensor, side: int, overlap: int, batch_size: int) -> Iterator[torch.Tensor]:
+    """The side × side tiles of a batch of resized images, at most `batch_size` at a time."""
+    yield from cut_tiles(images, side, overlap).split(batch_size)
+
+
+def score_tiled(images: torch.Tensor, score: ScoreBatch, side: int, overlap: int, batch_size: int) -> ScoredBatch:
+    """Tiles mode: every tile scored, the maps stitched into one per image, the image score the highest tile's."""
+    parts = [score(chunk) for chunk in tiles(images, side, overlap, batch_size)]
+    tile_maps = torch.cat([part.maps for part in parts])
+    tile_scores = torch.cat([part.scores for part in parts]).view(images.shape[0], -1)
+    maps = stitch(tile_maps, images.shape[-2], images.shape[-1], overlap)
+    return ScoredBatch(maps, tile_scores.max(dim=1).values)
+
+
+def content_sizes(images: torch.Tensor, seen: Sequence[tuple[int, int]] | None) -> torch.Tensor:
+    """Aspect mode: [B, 2] the height and width of each image's content in the padded batch (all of it when the
+    geometries are not known)."""
+    sizes = list(seen) if seen else [tuple(images.shape[-2:])] * len(images)
+    return torch.tensor(sizes, dtype=torch.long, device=images.device).view(-1, 2)
+
+
+def without_padding(maps: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Aspect mode: the maps with NaN on each image's padding (rows or columns beyond its content)."""
+    rows = torch.arange(maps.shape[-2], device=content.device)[None, :, None] >= content[:, 0, None, None]
+    columns = torch.arange(maps.shape[-1], device=content.device)[None, None, :] >= content[:, 1, None, None]
+    return maps.masked_fill(rows | columns, float("nan"))
+
+
+def stack_maps(maps: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """Per-image arrays [H, W, ...] as one [N, H, W, ...] array: stacked when they share a size, else each at the
+    top left of one as large as the largest (NaN around float maps, 0 around pictures)."""
+    if not maps:
+        return np.zeros((0, *size), np.float32)
+    shapes = {item.shape for item in maps}
+    if len(shapes) == 1:
+        return np.stack(maps)
+    height, width = max(shape[0] for shape in shapes), max(shape[1] for shape in shapes)
+    fill = np.nan if np.issubdtype(maps[0].dtype, np.floating) else 0
+    canvas = np.full((len(maps), height, width, *maps[0].shape[2:]), fill, maps[0].dtype)
+    for index, item in enumerate(maps):
+        canvas[index, : item.shape[0], : item.shape[1]] = item
+    return canvas
