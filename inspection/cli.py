@@ -2,8 +2,10 @@
 ``inspection …``).
 
 The command and option names are fixed so that scripts can rely on them. Every method parameter becomes an
-option from its declaration in the registry, so a new method's settings appear here with no edit. Errors a
-user can cause are printed in one place, as one line, with exit code 2.
+option of `fit` from its declaration in the registry, so a new method's settings appear here with no edit:
+``fit --method M --help`` lists M's own, with M's defaults. Each command's options are declared by a small
+function beside its handler; only the commands that need the list of methods (fit, bench, methods) import them,
+when that command is parsed. Errors a user can cause are printed in one place, as one line, with exit code 2.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -25,11 +27,16 @@ from .model.common_params import COMMON_PARAMS
 from .model.modelfile import MODEL_SUFFIX
 from .model.operating import promise_report
 from .outputs import check_output_file, check_output_folder
-from .params import Param
+from .params import Param, ParamSet
 from .progress import Progress
 from .registry import backbones, get_method, load_model, methods
 from .workflows.batch import OVERLAY_CHOICES
 from .workflows.evaluate import round_metrics
+
+#: The subparsers action every command is added to (`_add_fit(commands)` and so on).
+Commands = Any
+#: Completes a command's parser when it is parsed or its help shown: (the parser, the command's arguments).
+Deferred = Callable[["_Parser", list[str]], None]
 
 
 class ProgressBars:
@@ -61,42 +68,93 @@ class ProgressBars:
             self.bar = None
 
 
-def _option(param: Param) -> str:
-    return f"--{param.name.replace('_', '-')}"
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a wrong command line is one line (and exit code 2) like every other user error; and a
+    command's options that need the methods are added only when that command is parsed or its help shown."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._deferred: list[Deferred] = []
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def defer(self, complete: Deferred) -> None:
+        """Call `complete(parser, arguments)` before this parser first parses its arguments or shows its help."""
+        self._deferred.append(complete)
+
+    def _complete(self, arguments: Sequence[str]) -> None:
+        while self._deferred:
+            self._deferred.pop(0)(self, list(arguments))
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        # A command's parser is handed its own arguments here by the subparsers action.
+        self._complete(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete([])
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._complete([])
+        return super().format_usage()
+
+
+class _Unparsable(Exception):
+    """The pre-parse of `--method` failed: the real parse says why."""
+
+
+class _MethodPeek(argparse.ArgumentParser):
+    """Finds `--method` among a command's arguments before its options are built; ignores everything else."""
+
+    def __init__(self) -> None:
+        super().__init__(add_help=False)
+        self.add_argument("--method", default=None)
+
+    def error(self, message: str) -> NoReturn:
+        raise _Unparsable(message)
+
+
+def _chosen_method(arguments: Sequence[str]) -> str | None:
+    """The registered method named by `--method` in `arguments`, or None (absent, unknown, or not parsable)."""
+    try:
+        chosen = _MethodPeek().parse_known_args(list(arguments))[0].method
+    except _Unparsable:
+        return None
+    return chosen if chosen in methods() else None
+
+
+def _option(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _described(param: Param) -> str:
+    """A parameter's help with its choices, as --help shows it."""
+    extra = f" One of: {', '.join(map(str, param.choices))}." if param.choices else ""
+    return f"{param.help}{extra}"
+
+
+def _escaped(text: str) -> str:
+    """`text` as an argparse help string (which is %-formatted)."""
+    return text.replace("%", "%%")
 
 
 def _add_param_option(group: Any, param: Param) -> None:
     """One option for a declared parameter; values stay text here and are checked by the declaration."""
-    extra = f" One of: {', '.join(map(str, param.choices))}." if param.choices else ""
-    group.add_argument(_option(param), dest=f"param_{param.name}", default=None,
-                       metavar=param.kind.__name__.upper(), help=f"{param.help}{extra} (default: {param.default!r})")
-
-
-def _method_param_options(parser: argparse.ArgumentParser) -> None:
-    """One option per declared parameter of every registered method (checked by the chosen method)."""
-    seen: set[str] = set()
-    group = parser.add_argument_group("method parameters (see `python -m inspection methods`)")
-    for method_cls in methods().values():
-        for param in method_cls.param_set():
-            if param.name not in seen:
-                seen.add(param.name)
-                _add_param_option(group, param)
-
-
-def _given_params(args: argparse.Namespace) -> dict[str, Any]:
-    return {key[len("param_"):]: value for key, value in vars(args).items()
-            if key.startswith("param_") and value is not None}
-
-
-def _check_applicable(method: str, given: dict[str, Any]) -> None:
-    not_applicable = sorted(set(given) - set(get_method(method).param_set().names()))
-    if not_applicable:
-        raise ParameterError(f"parameter(s) {not_applicable} do not apply to method {method!r}")
+    group.add_argument(_option(param.name), dest=f"param_{param.name}", default=None,
+                       metavar=param.kind.__name__.upper(),
+                       help=_escaped(f"{_described(param)} (default: {param.default!r})"))
 
 
 def _device(args: argparse.Namespace) -> str | None:
     """The --device of evaluate/predict, checked by the declaration of the common `device` parameter."""
     return None if args.param_device is None else COMMON_PARAMS.get("device").coerce(args.param_device)
+
+
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    _add_param_option(parser, COMMON_PARAMS.get("device"))
 
 
 _PROTOCOL_SEED = Param("protocol_seed", int, 0, "Seed of the protocol's per-image moves.", minimum=0)
@@ -127,7 +185,103 @@ def _protocol(args: argparse.Namespace, fitted: AlignmentProtocol | None = None)
     return AlignmentProtocol(name, seed)
 
 
+# --- fit -------------------------------------------------------------------------------------------------------
+
+
+def _given_params(args: argparse.Namespace) -> dict[str, Any]:
+    return {key[len("param_"):]: value for key, value in vars(args).items()
+            if key.startswith("param_") and value is not None}
+
+
+def _check_applicable(method: str, given: dict[str, Any]) -> None:
+    not_applicable = sorted(set(given) - set(get_method(method).param_set().names()))
+    if not_applicable:
+        raise ParameterError(f"parameter(s) {not_applicable} do not apply to method {method!r}")
+
+
+def _declarations() -> dict[str, dict[str, Param]]:
+    """Every parameter name a method declares → {method: its declaration}, in the order first declared."""
+    found: dict[str, dict[str, Param]] = {}
+    for method, cls in methods().items():
+        for param in cls.param_set():
+            found.setdefault(param.name, {})[method] = param
+    return found
+
+
+def _union_help(name: str, declared: dict[str, Param], every: Sequence[str]) -> str:
+    """The help of an option over every method: one text where the methods agree (a common parameter's own),
+    each method's where they differ; which methods have it when not all; the default, or "per method"."""
+    texts: dict[str, list[str]] = {}
+    for method, param in declared.items():
+        texts.setdefault(_described(param), []).append(method)
+    if name in COMMON_PARAMS.names():
+        text = _described(COMMON_PARAMS.get(name))
+    elif len(texts) == 1:
+        text = next(iter(texts))
+    else:
+        text = " | ".join(f"{', '.join(names)}: {said}" for said, names in texts.items())
+    missing = [method for method in every if method not in declared]
+    if missing and len(texts) == 1:
+        text += f" [only {', '.join(declared)}]" if len(declared) <= len(missing) else \
+            f" [all but {', '.join(missing)}]"
+    defaults = {repr(param.default) for param in declared.values()}
+    return f"{text} (default: {defaults.pop() if len(defaults) == 1 else 'per method'})"
+
+
+def _add_every_method_params(parser: argparse.ArgumentParser) -> None:
+    """One option per parameter any method declares, for `fit --help` without a method."""
+    group = parser.add_argument_group("method parameters, of every method (see `python -m inspection methods`)",
+                                      "`python -m inspection fit --method M --help` lists only M's parameters, "
+                                      "with M's own defaults.")
+    every = list(methods())
+    for name, declared in _declarations().items():
+        kind = next(iter(declared.values())).kind
+        group.add_argument(_option(name), dest=f"param_{name}", default=None, metavar=kind.__name__.upper(),
+                           help=_escaped(_union_help(name, declared, every)))
+
+
+def _add_method_params(parser: argparse.ArgumentParser, method: str) -> None:
+    """`method`'s parameters with its defaults; every other method's are accepted unlisted, so that giving one
+    fails as not applying to `method` (`_check_applicable`) rather than as an unknown option."""
+    method_cls = get_method(method)
+    own: ParamSet = method_cls.param_set()
+    group = parser.add_argument_group(f"parameters of {method} (see `python -m inspection methods`)",
+                                      method_cls.description or None)
+    for param in own:
+        _add_param_option(group, param)
+    for name in _declarations():
+        if name not in own.names():
+            parser.add_argument(_option(name), dest=f"param_{name}", default=None, help=argparse.SUPPRESS)
+
+
+def _add_fit_method_options(parser: argparse.ArgumentParser, arguments: list[str], method: argparse.Action) -> None:
+    """The methods' choices and parameters, once fit is parsed: of the method given by --method when it is one,
+    else of every method."""
+    method.choices = sorted(methods())
+    chosen = _chosen_method(arguments)
+    if chosen is None:
+        _add_every_method_params(parser)
+    else:
+        _add_method_params(parser, chosen)
+
+
+def _add_fit(commands: Commands) -> None:
+    fit = commands.add_parser("fit", help="fit a method on a category's good images, evaluate, save one model file")
+    method = fit.add_argument("--method", required=True,
+                              help="the method to fit; `fit --method M --help` lists M's parameters with M's own "
+                                   "defaults")
+    fit.add_argument("--data", required=True, help="dataset root (MVTec layout) or a folder with good/ and defect/")
+    fit.add_argument("--category", default=None, help="category folder under --data (MVTec layout)")
+    fit.add_argument("--out", required=True, help=f"model file to write (the suffix {MODEL_SUFFIX} is added when "
+                                                  "missing)")
+    fit.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on the test split")
+    _add_protocol_options(fit, "aligned", "train and test images")
+    fit.defer(lambda parser, arguments: _add_fit_method_options(parser, arguments, method))
+    fit.set_defaults(handler=command_fit)
+
+
 def command_fit(args: argparse.Namespace) -> int:
+    """Fit a method on a category's good images, calibrate, evaluate on the test split, save one model file."""
     from .workflows.train import model_path, train
 
     given = _given_params(args)
@@ -150,7 +304,22 @@ def command_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- evaluate ----------------------------------------------------------------------------------------------------
+
+
+def _add_evaluate(commands: Commands) -> None:
+    evaluate = commands.add_parser("evaluate", help="metrics and speed of a model on a test split")
+    evaluate.add_argument("--model", required=True, help="model file, with or without its suffix")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--category", default=None)
+    _add_device_option(evaluate)
+    evaluate.add_argument("--json", default=None, help="write the metrics and per-image scores here")
+    _add_protocol_options(evaluate, None, "test images")
+    evaluate.set_defaults(handler=command_evaluate)
+
+
 def command_evaluate(args: argparse.Namespace) -> int:
+    """Score a model on a test split and print (and optionally write) its metrics."""
     from .workflows.evaluate import evaluate
 
     if args.json:
@@ -174,11 +343,55 @@ def command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- predict -----------------------------------------------------------------------------------------------------
+
 _LARGE_IMAGE = Param("large_image", int, 0, "Side of the large test image.", minimum=16, maximum=20000)
 _WORST = Param("worst", int, 12, "The highest-scoring images pictured in the report.", minimum=0, maximum=200)
 
 
+def _add_predict(commands: Commands) -> None:
+    predict = commands.add_parser("predict", help="score image files or folders: CSV + heatmap overlays (+ HTML "
+                                                  "report); a rerun into the same --out skips what is scored")
+    predict.add_argument("--model", required=True, help="model file, with or without its suffix")
+    predict.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    predict.add_argument("--out", required=True, help="output folder")
+    _add_device_option(predict)
+    batch_size = COMMON_PARAMS.get("batch_size")
+    predict.add_argument("--batch-size", default=16, metavar="INT",
+                         help=f"images per forward pass ({batch_size.minimum:g} to {batch_size.maximum:g})")
+    predict.add_argument("--report", action="store_true",
+                         help="also write report.html: one self-contained page with the counts, the score histogram, "
+                              "the flagged and worst images' heatmaps and every file's row")
+    predict.add_argument("--worst", default=_WORST.default, metavar="N",
+                         help=f"the report pictures every flagged image and at least the N highest scores "
+                              f"(default {_WORST.default}; {_WORST.maximum:g} pictures at most)")
+    predict.add_argument("--overlays", default="all", choices=OVERLAY_CHOICES,
+                         help="which images get a heatmap overlay PNG in --out (default: all)")
+    predict.add_argument("--restart", action="store_true",
+                         help="score every image again, even those an earlier run into --out scored already")
+    predict.add_argument("--parquet", action="store_true",
+                         help="also write predictions.parquet (the CSV's columns, typed)")
+    _add_engine_options(predict)
+    predict.set_defaults(handler=command_predict)
+
+
+def _add_engine_options(predict: argparse.ArgumentParser) -> None:
+    """--engine and the options of its Ray engine."""
+    predict.add_argument("--engine", default="local", choices=("local", "ray"),
+                         help="local: score here (default); ray: on a Ray cluster, a pool of actors each holding the "
+                              "model (a GPU per actor where there are GPUs); needs the optional extra "
+                              "(pip install \"inspection[ray]\")")
+    predict.add_argument("--address", default=None,
+                         help="with --engine ray: the cluster to join (e.g. ray://head:10001, or auto); without it "
+                              "a local Ray starts on this machine. Every node must see the inputs and --out (a "
+                              "shared file system) or read the inputs by URI (s3://…)")
+    predict.add_argument("--actors", default=None, type=int, metavar="INT",
+                         help="with --engine ray: model copies (default: one per GPU, else one per CPU of the "
+                              "cluster)")
+
+
 def command_predict(args: argparse.Namespace) -> int:
+    """Score image files and folders with a model: a CSV, heatmap overlays and optionally an HTML report."""
     from .workflows.batch import PARQUET_NAME, collect_inputs, score_files, score_locally, write_parquet
     from .workflows.report import write_report
 
@@ -224,7 +437,26 @@ def command_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- explain -----------------------------------------------------------------------------------------------------
+
+
+def _add_explain(commands: Commands) -> None:
+    explain = commands.add_parser("explain", help="Grad-CAM of an image's score (which features it depends "
+                                                 "on), written as an overlay PNG")
+    explain.add_argument("--model", required=True, help="model file, with or without its suffix")
+    explain.add_argument("image", help="image file")
+    explain.add_argument("--out", required=True, help="PNG file to write")
+    explain.add_argument("--layer", default=None, help="backbone layer, one of the model's (default: its deepest)")
+    explain.add_argument("--guided", action="store_true", help="Guided Grad-CAM: guided backpropagation's saliency "
+                                                               "times Grad-CAM (finer detail)")
+    explain.add_argument("--cam", action="store_true", help="instead: the class activation map of the model's defect "
+                                                            "classifier (see the classifier command)")
+    _add_device_option(explain)
+    explain.set_defaults(handler=command_explain)
+
+
 def command_explain(args: argparse.Namespace) -> int:
+    """Write an overlay PNG of what an image's score depends on: (Guided) Grad-CAM, or the classifier's CAM."""
     import cv2
 
     from .data.images import load_image
@@ -256,7 +488,23 @@ def command_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- classifier --------------------------------------------------------------------------------------------------
+
+
+def _add_classifier(commands: Commands) -> None:
+    classifier = commands.add_parser("classifier", help="fit a good/defect classifier head on a model's backbone from "
+                                                        "labelled images, kept in the model file (for explain --cam "
+                                                        "and the Inspect page's CAM)")
+    classifier.add_argument("--model", required=True, help="model file, with or without its suffix")
+    classifier.add_argument("--good", nargs="+", required=True, help="folders and/or files of good images")
+    classifier.add_argument("--defect", nargs="+", required=True, help="folders and/or files of defect images")
+    classifier.add_argument("--layer", default=None, help="backbone layer, one of the model's (default: its deepest)")
+    _add_device_option(classifier)
+    classifier.set_defaults(handler=command_classifier)
+
+
 def command_classifier(args: argparse.Namespace) -> int:
+    """Fit a good/defect classifier head on a model's backbone and keep it in the model file."""
     from .data.uris import is_uri, read_uri
     from .explain.classifier import attach_defect_classifier, fit_defect_classifier
     from .workflows.batch import collect_inputs
@@ -274,7 +522,20 @@ def command_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- recalibrate -------------------------------------------------------------------------------------------------
+
+
+def _add_recalibrate(commands: Commands) -> None:
+    recalibrate = commands.add_parser("recalibrate", help="set a model's thresholds again from new good images "
+                                                         "(no refit); --undo brings the previous ones back")
+    recalibrate.add_argument("--model", required=True, help="model file, with or without its suffix")
+    recalibrate.add_argument("inputs", nargs="*", help="folders and/or files of new good images")
+    recalibrate.add_argument("--undo", action="store_true", help="restore the thresholds before the last recalibration")
+    recalibrate.set_defaults(handler=command_recalibrate)
+
+
 def command_recalibrate(args: argparse.Namespace) -> int:
+    """Set a model's thresholds again from new good images, or (--undo) restore the previous ones."""
     from .workflows.batch import collect_inputs
     from .workflows.recalibrate import recalibrate, undo_recalibration
 
@@ -298,7 +559,42 @@ def command_recalibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bench -------------------------------------------------------------------------------------------------------
+
+_BENCH_METHODS_HELP = ("methods to run ({}), each optionally with settings of its own, e.g. vae:scoring=residual "
+                       "(the same method may be given with different settings)")
+
+
+def _add_bench(commands: Commands) -> None:
+    bench = commands.add_parser("bench", help="fit + evaluate each method on each category; results.json/.md")
+    listed = bench.add_argument("--methods", nargs="+", required=True, metavar="METHOD[:NAME=VALUE,…]",
+                                help=_BENCH_METHODS_HELP.format("see `python -m inspection methods`"))
+    # The method names in the help are looked up when bench is parsed (it runs them anyway), not for every command.
+    bench.defer(lambda parser, arguments: setattr(listed, "help",
+                                                  _BENCH_METHODS_HELP.format(", ".join(sorted(methods())))))
+    bench.add_argument("--data", nargs="+", required=True, help="dataset root(s); categories are looked up in each")
+    bench.add_argument("--categories", nargs="+", required=True)
+    bench.add_argument("--out", required=True, help="output folder")
+    _add_device_option(bench)
+    bench.add_argument("--set", nargs="*", metavar="[SCOPE:…]NAME=VALUE",
+                       help="parameter overrides, for all runs or for the runs of one category, one method, or "
+                            "both (e.g. magnetic_tile:resize_mode=full, vae:epochs=100, magnetic_tile:vae:epochs=10)")
+    bench.add_argument("--contention", action="store_true",
+                       help="instead of accuracy: time predict and fit quiet and beside busy neighbours (the first "
+                            "method, each category); writes contention.json and contention.md")
+    _add_protocol_options(bench, "aligned", "train and test images")
+    bench.add_argument("--large-image", default=None, metavar="SIDE",
+                       help="also measure the peak memory of predict on one SIDE×SIDE grayscale PNG (e.g. 9999)")
+    bench.add_argument("--backbones", nargs="+", metavar="BACKBONE",
+                       help="a sweep: run every method at each of these backbones (see `methods`)")
+    bench.add_argument("--sides", nargs="+", type=int, metavar="PIXELS",
+                       help="a sweep: run every method at each input side the backbone sees (the square, or the "
+                            "shorter side in aspect mode); also writes sweep.md and sweep.png")
+    bench.set_defaults(handler=command_bench)
+
+
 def command_bench(args: argparse.Namespace) -> int:
+    """Fit and evaluate each method on each category (or time contention); write results.json and results.md."""
     from .bench.run import run_bench
 
     check_output_folder(args.out)
@@ -321,7 +617,17 @@ def command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- methods, demo -----------------------------------------------------------------------------------------------
+
+
+def _add_methods(commands: Commands) -> None:
+    listing = commands.add_parser("methods", help="list methods, their parameters, and backbones")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=command_methods)
+
+
 def command_methods(args: argparse.Namespace) -> int:
+    """Print every method with its parameters and defaults, and the backbones (as text or JSON)."""
     described = {name: {"description": cls.description,
                         "params": [param.describe() for param in cls.param_set()]}
                  for name, cls in methods().items()}
@@ -341,147 +647,39 @@ def command_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(commands: Commands) -> None:
+    demo = commands.add_parser("demo", help="generate the built-in demo dataset and print its path")
+    demo.add_argument("--out", default=None, help="root folder (default: the data cache)")
+    demo.set_defaults(handler=command_demo)
+
+
 def command_demo(args: argparse.Namespace) -> int:
+    """Generate the built-in demo dataset (in --out or the data cache) and print its path."""
     from .data.demo import demo_dataset, generate_demo_dataset
 
     print(generate_demo_dataset(args.out) if args.out else demo_dataset())
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a wrong command line is one line (and exit code 2) like every other user error."""
+# --- the parser and the one place errors become one line ---------------------------------------------------------
 
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+_COMMANDS = (_add_fit, _add_evaluate, _add_predict, _add_explain, _add_classifier, _add_recalibrate, _add_bench,
+             _add_methods, _add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The top parser, with one sub-parser per command (each declared by its `_add_…` beside its handler)."""
     parser = _Parser(prog="python -m inspection",
-                                     description="Visual inspection by anomaly detection: train on good images, "
-                                                 "score new ones.")
+                     description="Visual inspection by anomaly detection: train on good images, score new ones.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
-    device = COMMON_PARAMS.get("device")
-
-    fit = commands.add_parser("fit", help="fit a method on a category's good images, evaluate, save one model file")
-    fit.add_argument("--method", required=True, choices=sorted(methods()))
-    fit.add_argument("--data", required=True, help="dataset root (MVTec layout) or a folder with good/ and defect/")
-    fit.add_argument("--category", default=None, help="category folder under --data (MVTec layout)")
-    fit.add_argument("--out", required=True, help=f"model file to write (the suffix {MODEL_SUFFIX} is added when "
-                                                  "missing)")
-    fit.add_argument("--no-evaluate", action="store_true", help="skip the evaluation on the test split")
-    _add_protocol_options(fit, "aligned", "train and test images")
-    _method_param_options(fit)
-    fit.set_defaults(handler=command_fit)
-
-    evaluate = commands.add_parser("evaluate", help="metrics and speed of a model on a test split")
-    evaluate.add_argument("--model", required=True, help="model file, with or without its suffix")
-    evaluate.add_argument("--data", required=True)
-    evaluate.add_argument("--category", default=None)
-    _add_param_option(evaluate, device)
-    evaluate.add_argument("--json", default=None, help="write the metrics and per-image scores here")
-    _add_protocol_options(evaluate, None, "test images")
-    evaluate.set_defaults(handler=command_evaluate)
-
-    predict = commands.add_parser("predict", help="score image files or folders: CSV + heatmap overlays (+ HTML "
-                                                  "report); a rerun into the same --out skips what is scored")
-    predict.add_argument("--model", required=True, help="model file, with or without its suffix")
-    predict.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    predict.add_argument("--out", required=True, help="output folder")
-    _add_param_option(predict, device)
-    predict.add_argument("--batch-size", default=16, metavar="INT",
-                         help=f"images per forward pass ({COMMON_PARAMS.get('batch_size').minimum:g} to "
-                              f"{COMMON_PARAMS.get('batch_size').maximum:g})")
-    predict.add_argument("--report", action="store_true",
-                         help="also write report.html: one self-contained page with the counts, the score histogram, "
-                              "the flagged and worst images' heatmaps and every file's row")
-    predict.add_argument("--worst", default=_WORST.default, metavar="N",
-                         help=f"the report pictures every flagged image and at least the N highest scores "
-                              f"(default {_WORST.default}; {_WORST.maximum:g} pictures at most)")
-    predict.add_argument("--overlays", default="all", choices=OVERLAY_CHOICES,
-                         help="which images get a heatmap overlay PNG in --out (default: all)")
-    predict.add_argument("--restart", action="store_true",
-                         help="score every image again, even those an earlier run into --out scored already")
-    predict.add_argument("--parquet", action="store_true",
-                         help="also write predictions.parquet (the CSV's columns, typed)")
-    predict.add_argument("--engine", default="local", choices=("local", "ray"),
-                         help="local: score here (default); ray: on a Ray cluster, a pool of actors each holding the "
-                              "model (a GPU per actor where there are GPUs); needs the optional extra "
-                              "(pip install \"inspection[ray]\")")
-    predict.add_argument("--address", default=None,
-                         help="with --engine ray: the cluster to join (e.g. ray://head:10001, or auto); without it "
-                              "a local Ray starts on this machine. Every node must see the inputs and --out (a "
-                              "shared file system) or read the inputs by URI (s3://…)")
-    predict.add_argument("--actors", default=None, type=int, metavar="INT",
-                         help="with --engine ray: model copies (default: one per GPU, else one per CPU of the "
-                              "cluster)")
-    predict.set_defaults(handler=command_predict)
-
-    explain = commands.add_parser("explain", help="Grad-CAM of an image's score (which features it depends "
-                                                 "on), written as an overlay PNG")
-    explain.add_argument("--model", required=True, help="model file, with or without its suffix")
-    explain.add_argument("image", help="image file")
-    explain.add_argument("--out", required=True, help="PNG file to write")
-    explain.add_argument("--layer", default=None, help="backbone layer, one of the model's (default: its deepest)")
-    explain.add_argument("--guided", action="store_true", help="Guided Grad-CAM: guided backpropagation's saliency "
-                                                               "times Grad-CAM (finer detail)")
-    explain.add_argument("--cam", action="store_true", help="instead: the class activation map of the model's defect "
-                                                            "classifier (see the classifier command)")
-    _add_param_option(explain, device)
-    explain.set_defaults(handler=command_explain)
-
-    classifier = commands.add_parser("classifier", help="fit a good/defect classifier head on a model's backbone from "
-                                                        "labelled images, kept in the model file (for explain --cam "
-                                                        "and the Inspect page's CAM)")
-    classifier.add_argument("--model", required=True, help="model file, with or without its suffix")
-    classifier.add_argument("--good", nargs="+", required=True, help="folders and/or files of good images")
-    classifier.add_argument("--defect", nargs="+", required=True, help="folders and/or files of defect images")
-    classifier.add_argument("--layer", default=None, help="backbone layer, one of the model's (default: its deepest)")
-    _add_param_option(classifier, device)
-    classifier.set_defaults(handler=command_classifier)
-
-    recalibrate = commands.add_parser("recalibrate", help="set a model's thresholds again from new good images "
-                                                         "(no refit); --undo brings the previous ones back")
-    recalibrate.add_argument("--model", required=True, help="model file, with or without its suffix")
-    recalibrate.add_argument("inputs", nargs="*", help="folders and/or files of new good images")
-    recalibrate.add_argument("--undo", action="store_true", help="restore the thresholds before the last recalibration")
-    recalibrate.set_defaults(handler=command_recalibrate)
-
-    bench = commands.add_parser("bench", help="fit + evaluate each method on each category; results.json/.md")
-    bench.add_argument("--methods", nargs="+", required=True, metavar="METHOD[:NAME=VALUE,…]",
-                       help=f"methods to run ({', '.join(sorted(methods()))}), each optionally with settings of its "
-                            "own, e.g. vae:scoring=residual (the same method may be given with different settings)")
-    bench.add_argument("--data", nargs="+", required=True, help="dataset root(s); categories are looked up in each")
-    bench.add_argument("--categories", nargs="+", required=True)
-    bench.add_argument("--out", required=True, help="output folder")
-    _add_param_option(bench, device)
-    bench.add_argument("--set", nargs="*", metavar="[SCOPE:…]NAME=VALUE",
-                       help="parameter overrides, for all runs or for the runs of one category, one method, or "
-                            "both (e.g. magnetic_tile:resize_mode=full, vae:epochs=100, magnetic_tile:vae:epochs=10)")
-    bench.add_argument("--contention", action="store_true",
-                       help="instead of accuracy: time predict and fit quiet and beside busy neighbours (the first "
-                            "method, each category); writes contention.json and contention.md")
-    _add_protocol_options(bench, "aligned", "train and test images")
-    bench.add_argument("--large-image", default=None, metavar="SIDE",
-                       help="also measure the peak memory of predict on one SIDE×SIDE grayscale PNG (e.g. 9999)")
-    bench.add_argument("--backbones", nargs="+", metavar="BACKBONE",
-                       help="a sweep: run every method at each of these backbones (see `methods`)")
-    bench.add_argument("--sides", nargs="+", type=int, metavar="PIXELS",
-                       help="a sweep: run every method at each input side the backbone sees (the square, or the "
-                            "shorter side in aspect mode); also writes sweep.md and sweep.png")
-    bench.set_defaults(handler=command_bench)
-
-    listing = commands.add_parser("methods", help="list methods, their parameters, and backbones")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=command_methods)
-
-    demo = commands.add_parser("demo", help="generate the built-in demo dataset and print its path")
-    demo.add_argument("--out", default=None, help="root folder (default: the data cache)")
-    demo.set_defaults(handler=command_demo)
+    for add in _COMMANDS:
+        add(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user's error is one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
         configure_threads()

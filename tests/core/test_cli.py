@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from inspection.bench.run import markdown_table, parse_settings
 from inspection.cli import main
 
@@ -149,3 +149,94 @@ def test_the_installed_console_command():
     completed = subprocess.run([command, "methods", "--json"], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert {"patchcore", "padim"} <= set(json.loads(completed.stdout)["methods"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fit --help: the chosen method's own parameters and defaults; the other commands do not import the methods
+
+
+def _help_entry(text: str, option: str) -> str:
+    """`option`'s entry in a --help text (its line and the help lines under it), whitespace collapsed."""
+    lines = text.splitlines()
+    start = next(index for index, line in enumerate(lines)
+                 if line.startswith("  -") and line.split()[0] == option)
+    entry = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.startswith("    "):  # the next option, a blank line or a section title
+            break
+        entry.append(line)
+    return " ".join(" ".join(entry).split())
+
+
+def test_fit_help_of_a_method_shows_its_own_parameters_and_defaults():
+    completed = run_cli("fit", "--method", "patchcore", "--help")
+    assert completed.returncode == 0, completed.stderr
+    text = completed.stdout
+    assert "(default: 4.0)" in _help_entry(text, "--sigma")
+    assert "(default: 'aspect')" in _help_entry(text, "--resize-mode")
+    assert "(default: 256)" in _help_entry(text, "--resize")
+    assert "(default: 224)" in _help_entry(text, "--crop")
+    assert "(default: 0.01)" in _help_entry(text, "--coreset-ratio")
+    # Other methods' options are not listed (AnoGAN's, VAE's, PaDiM's).
+    assert "--epochs" not in text and "--n-features" not in text and "--latent-dim" not in text
+
+
+def test_fit_help_of_another_method_shows_its_defaults_not_the_first_methods():
+    from inspection.registry import get_method
+
+    vae, anogan = get_method("vae").param_set(), get_method("anogan").param_set()
+    crop, resize = vae.get("crop").default, vae.get("resize").default
+    assert (crop, resize) != (anogan.get("crop").default, anogan.get("resize").default)
+    completed = run_cli("fit", "--method", "vae", "--help")
+    assert completed.returncode == 0, completed.stderr
+    assert f"(default: {crop!r})" in _help_entry(completed.stdout, "--crop")
+    assert f"(default: {resize!r})" in _help_entry(completed.stdout, "--resize")
+    assert f"(default: {vae.get('epochs').default!r})" in _help_entry(completed.stdout, "--epochs")
+    assert "--coreset-ratio" not in completed.stdout
+
+
+def test_fit_help_without_a_method_lists_every_option_and_says_where_defaults_differ():
+    completed = run_cli("fit", "--help")
+    assert completed.returncode == 0, completed.stderr
+    text = completed.stdout
+    assert "(default: per method)" in _help_entry(text, "--sigma")  # AnoGAN 2.0, the others 4.0
+    assert "(default: per method)" in _help_entry(text, "--crop")
+    assert "(default: 0)" in _help_entry(text, "--seed")  # every method agrees
+    assert "--epochs" in text and "--n-features" in text and "--coreset-ratio" in text
+    assert "fit --method M --help" in " ".join(text.split())
+
+
+def test_an_option_of_another_method_fails_in_one_line(demo_root, tmp_path):
+    completed = run_cli("fit", "--method", "padim", "--data", str(demo_root), "--out", str(tmp_path / "m"),
+                        "--epochs", "3")
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), completed.stderr
+    assert "parameter(s) ['epochs'] do not apply to method 'padim'" in lines[0]
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+_IMPORTED_METHODS = ("import sys; from inspection.cli import build_parser; build_parser().parse_args(sys.argv[1:]); "
+                     "print(sorted(name for name in sys.modules if name.startswith('inspection.methods.')))")
+
+
+@pytest.mark.parametrize("arguments", [
+    ["demo"],
+    ["predict", "--model", "m", "image.png", "--out", "o"],
+    ["evaluate", "--model", "m", "--data", "d"],
+    ["recalibrate", "--model", "m", "--undo"],
+    ["methods"],
+])
+def test_parsing_a_command_that_needs_no_method_imports_none(arguments):
+    completed = subprocess.run([sys.executable, "-c", _IMPORTED_METHODS, *arguments], cwd=REPO,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
+
+
+def test_parsing_fit_imports_the_methods():
+    """The probe above can see a method import: fit needs them to build its options."""
+    completed = subprocess.run([sys.executable, "-c", _IMPORTED_METHODS, "fit", "--method", "patchcore", "--data",
+                                "d", "--out", "o"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "inspection.methods.patchcore" in completed.stdout
