@@ -52,6 +52,19 @@ def slider_bounds(values: Iterable[float], threshold: float) -> tuple[float, flo
     return round(low - margin, 3), round(high + margin, 3)
 
 
+#: The range of the page's target-FPR field.
+FIELD_RATE_RANGE = (1e-4, 0.9999)
+
+
+def field_rate(rate: float, fallback: float) -> float:
+    """A rate as the target-FPR field holds it: within its range, rounded as it shows it (an unrounded value would
+    read as an edit and move the threshold again); `fallback` when the rate is undefined (NaN)."""
+    if not math.isfinite(rate):
+        return fallback
+    low, high = FIELD_RATE_RANGE
+    return round(float(min(max(rate, low), high)), 4)
+
+
 def format_rate(value: float) -> str:
     """A rate as a percentage; '—' when it is undefined (NaN)."""
     return "—" if value is None or not math.isfinite(value) else f"{value:.1%}"
@@ -93,8 +106,38 @@ class ThresholdLevel:
         return float(self.scale.normalize(self.saved_raw))
 
     @property
+    def set_by_hand(self) -> bool:
+        """Whether the saved threshold of this level was set by hand (saved from this page)."""
+        return self.calibration.image_set_by_hand if self.image_level else self.calibration.pixel_set_by_hand
+
+    @property
     def saved_target_fpr(self) -> float:
-        return float(self.calibration.image_fpr if self.image_level else self.calibration.pixel_fpr)
+        """The target-FPR field's first value: the saved threshold's target; for one set by hand, which had none,
+        what it keeps — the promise on new good parts (image level), the held-out good pixels' rate (pixel level)."""
+        calibration = self.calibration
+        if not self.set_by_hand:
+            return float(calibration.image_fpr if self.image_level else calibration.pixel_fpr)
+        rate = calibration.image_promise_at().promised_fpr if self.image_level else calibration.pixel_fpr
+        return field_rate(rate, FIELD_RATE_RANGE[1])
+
+    @property
+    def saved_words(self) -> str:
+        """How the saved threshold was set and what it keeps, for the page: "set by hand" and its promise on new
+        good parts (from how many held-out good images), or the rule and target of fit."""
+        calibration = self.calibration
+        if self.image_level:
+            if self.set_by_hand:
+                promise = calibration.image_promise_at()
+                return (f"The saved image threshold was set by hand. It promises at most {promise.promised_fpr:.1%} "
+                        f"false alarms on new good parts, on average (split-conformal, from the {promise.n_good} "
+                        f"good images held out from fitting; {promise.n_above} of them score above it).")
+            rule = {"conformal": f"set by the split-conformal rule for a {calibration.image_fpr:.1%} target",
+                    "empirical": "set at fit (empirical rule of files of 0.1)"}.get(calibration.image_rule, "set")
+            return f"The saved image threshold was {rule}: {calibration.describe_image_threshold()}."
+        if self.set_by_hand:
+            return (f"The saved pixel threshold was set by hand: {calibration.pixel_fpr:.2%} of the pixels of the "
+                    f"good images held out from fitting lie above it.")
+        return f"The saved pixel threshold was set by its rule: {calibration.describe_pixel_threshold()}."
 
     @property
     def has_test(self) -> bool:
@@ -137,10 +180,10 @@ class ThresholdLevel:
         """Test images judged wrongly at a raw image threshold: (false alarms, misses), worst first."""
         records = [{"file": file, "type": kind, "score": float(score), "label": int(label)} for file, kind, score, label
                    in zip(self.table.files, self.table.types, self.table.scores, self.table.labels)]
-        false_alarms = sorted((r for r in records if r["label"] == 0 and r["score"] > raw_threshold),
-                              key=lambda r: -r["score"])
-        misses = sorted((r for r in records if r["label"] == 1 and r["score"] <= raw_threshold),
-                        key=lambda r: r["score"])
+        for record in records:
+            record["defect"] = self.calibration.is_defect(record["score"], threshold=raw_threshold)
+        false_alarms = sorted((r for r in records if r["label"] == 0 and r["defect"]), key=lambda r: -r["score"])
+        misses = sorted((r for r in records if r["label"] == 1 and not r["defect"]), key=lambda r: r["score"])
         return false_alarms, misses
 
     def error_caption(self, record: dict[str, Any]) -> str:

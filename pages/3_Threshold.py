@@ -11,7 +11,14 @@ from inspection.model.operating import promise_check
 from inspection.workflows.recalibrate import good_images_in, recalibrate, undo_recalibration
 from inspection_app import caches, page, sidebar
 from inspection_app.charts import roc_figure, score_histogram
-from inspection_app.threshold_view import LEVELS, confusion_rows, format_rate, threshold_level
+from inspection_app.threshold_view import (
+    FIELD_RATE_RANGE,
+    LEVELS,
+    confusion_rows,
+    field_rate,
+    format_rate,
+    threshold_level,
+)
 
 page.page_setup("Threshold", "Where to draw the line between good and defect. The histograms show how the model "
                 "scores good and defect test images; the ROC curve what each threshold costs (false alarms, x) "
@@ -44,9 +51,7 @@ def held_out_rate(normalised: float) -> float:
     """The FPR the target field shows at a threshold: promised on new good images (image level; split-conformal
     from the held-out scores), measured on the held-out good pixels (pixel level)."""
     point_there = view.point(view.raw(normalised))
-    rate = point_there.promised_fpr if image_level else point_there.heldout_fpr
-    # Rounded as the field shows it: an unrounded value would read as an edit and move the threshold again.
-    return round(float(min(max(rate, 1e-4), 0.9999)), 4) if rate == rate else view.saved_target_fpr
+    return field_rate(point_there.promised_fpr if image_level else point_there.heldout_fpr, view.saved_target_fpr)
 
 
 def from_slider() -> None:
@@ -83,13 +88,15 @@ controls.slider("Threshold (model scale: 0.5 = saved)", min_value=low, max_value
 exact_column.number_input("Exact threshold", step=0.01, format="%.3f", key=number_key, on_change=from_number,
                           help="Type a threshold; it may lie outside the slider's range.")
 target_column.number_input(
-    "Target FPR (promised on new good)" if image_level else "Target FPR (held-out good)", min_value=1e-4,
-    max_value=0.9999, step=0.01, format="%.4f", key=fpr_key, on_change=from_target_fpr,
+    "Target FPR (promised on new good)" if image_level else "Target FPR (held-out good)",
+    min_value=FIELD_RATE_RANGE[0], max_value=FIELD_RATE_RANGE[1], step=0.01, format="%.4f", key=fpr_key,
+    on_change=from_target_fpr,
     help="Typing one moves the threshold there; moving the threshold updates it. Image level: the false-alarm "
          "rate promised on new good parts (split-conformal, from the held-out good images). Pixel level: the "
          "false-positive rate on the held-out good pixels.")
 if "fpr_error" in st.session_state:
     st.error(st.session_state["fpr_error"])
+st.caption(view.saved_words)
 threshold_normalised = float(st.session_state[number_key])
 raw_threshold = view.raw(threshold_normalised)
 point = view.point(raw_threshold)
@@ -147,21 +154,24 @@ with saving:
     st.caption(f"Saved threshold: 0.500 (raw {view.saved_raw:.5g}); chosen: {threshold_normalised:.3f} (raw "
                f"{raw_threshold:.5g}). After saving, the chosen threshold is the new 0.5 on every page.")
     if st.button("Save threshold", type="primary", disabled=view.is_saved(raw_threshold), key="save_threshold",
-                 help="Writes the chosen threshold into the model file; every page uses it from now on."):
+                 help="Writes the chosen threshold into the model file; every page uses it from now on. The file "
+                      "then says it was set by hand and states what it keeps on the held-out good images, not the "
+                      "target of fit."):
         with page.user_errors():
             if image_level:
                 save_thresholds(entry.path, image_threshold=raw_threshold)
             else:
                 save_thresholds(entry.path, pixel_threshold=raw_threshold)
-            st.toast("Threshold saved into the model file.")
+            st.toast("Threshold saved into the model file, marked as set by hand.")
             st.rerun()
 
 shifted = check is not None and check[0] == "warning"
 with st.expander("Recalibrate on new good parts (no retraining)", expanded=shifted):
     st.caption("When the pictures change — new lighting, a new camera, a new batch — good parts may score higher "
                "than the ones the model was calibrated on. Point to a folder of recent good parts (at least 10): "
-               "both thresholds are set again from them by the model's own rules; the model itself is unchanged, "
-               "and the old thresholds stay in its file, ready to be brought back.")
+               "both thresholds are set again from them by the model's own rules (those of fit for a threshold set "
+               "by hand); the model itself is unchanged, and the old thresholds stay in its file, ready to be "
+               "brought back.")
     folder = st.text_input("Folder of new good images", key=f"recalibrate-folder-{suffix}",
                            placeholder="/path/to/recent/good/parts")
     if st.button("Recalibrate", disabled=not folder.strip(), key="recalibrate"):

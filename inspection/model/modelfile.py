@@ -142,8 +142,9 @@ def rewrite_header(path: str | os.PathLike, change: Callable[[ModelHeader], None
 
 def save_thresholds(path: str | os.PathLike, image_threshold: float | None = None,
                     pixel_threshold: float | None = None) -> ModelHeader:
-    """Rewrite a model file's thresholds (raw units) atomically, the score scales re-anchored so that they show
-    the new thresholds at 0.5; returns the new header."""
+    """Rewrite a model file's thresholds (raw units), chosen by hand, atomically: the score scales re-anchored so
+    that they show the new thresholds at 0.5, each new threshold marked as set by hand with what it keeps on the
+    held-out good images (`Calibration.set_by_hand`); returns the new header."""
     for name, value in (("image threshold", image_threshold), ("pixel threshold", pixel_threshold)):
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -151,8 +152,9 @@ def save_thresholds(path: str | os.PathLike, image_threshold: float | None = Non
     def change(header: ModelHeader) -> None:
         if header.calibration is None:
             raise ModelFileError(f"{Path(path).name} has no calibration to update")
-        # The scales move with the thresholds: a saved threshold is always shown at 0.5, on every page.
-        header.calibration = header.calibration.with_thresholds(image_threshold, pixel_threshold)
+        # The scales move with the thresholds: a saved threshold is always shown at 0.5, on every page; the file
+        # states what the new threshold does, never the target of the one it replaces.
+        header.calibration = header.calibration.set_by_hand(image_threshold, pixel_threshold)
 
     return rewrite_header(path, change)
 

@@ -14,7 +14,6 @@ import numpy as np
 
 from ..scores.thresholds import (
     clopper_pearson,
-    conformal_promise,
     conformal_threshold,
     rate_above,
     rates_at_threshold,
@@ -82,9 +81,9 @@ def image_operating_point(table: ScoreTable, calibration: Calibration, threshold
     else:
         confusion, fpr, tpr, precision = {}, math.nan, math.nan, math.nan
     good = table.good
-    interval = clopper_pearson(int((good > threshold).sum()), int(good.size))
+    interval = clopper_pearson(int(calibration.is_defect(good, threshold=threshold).sum()), int(good.size))
     return OperatingPoint(float(threshold), fpr, tpr, precision, confusion, calibration.heldout_fpr(threshold),
-                          conformal_promise(calibration.heldout_scores, threshold), interval, int(good.size))
+                          calibration.image_promise_at(threshold).promised_fpr, interval, int(good.size))
 
 
 def promise_check(target_fpr: float, point: OperatingPoint) -> tuple[str, str] | None:
@@ -175,13 +174,16 @@ def pixel_threshold_for_fpr(calibration: Calibration, target_fpr: float) -> floa
 
 
 def promise_report(calibration: Calibration, metrics: Mapping[str, Any]) -> str:
-    """One paragraph: what the image threshold promises, and how it did on the unseen good test images."""
-    words = f"Image threshold: {calibration.image_promise or 'set on the held-out good images'}."
+    """One paragraph: what the image threshold promises (how it was set: a threshold set by hand says so), and how
+    it did on the unseen good test images."""
+    words = f"Image threshold: {calibration.describe_image_threshold()}."
     if metrics.get("n_unseen_good"):
         low, high = metrics["fpr_unseen_good_ci"]
         where = "held-out verification images" if metrics.get("unseen_good_source") else "test images"
         words += (f" On {metrics['n_unseen_good']} unseen good {where}: {metrics['fpr_unseen_good']:.1%} flagged "
                   f"(95 % interval {low:.1%} to {high:.1%}).")
+    if calibration.pixel_set_by_hand:
+        words += f" Pixel threshold {calibration.describe_pixel_threshold()}."
     if "false_boxes_per_good_image" in metrics:
         words += (f" Pixel threshold: {metrics['false_boxes_per_good_image']:.2f} false regions per unseen good "
                   f"image, {metrics.get('pixel_fpr_unseen_good', math.nan):.2%} of their pixels flagged.")

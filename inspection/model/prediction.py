@@ -42,10 +42,10 @@ class Prediction:
 
     @property
     def verdicts(self) -> np.ndarray:
-        """True where an image is a defect at the saved image threshold."""
+        """True where an image is a defect at the saved image threshold (`Calibration.is_defect`, the one rule)."""
         if self.calibration is None:
             raise ValueError("the model is not calibrated: fit it first")
-        return self.raw_scores > self.calibration.image_threshold
+        return np.asarray(self.calibration.is_defect(np.asarray(self.raw_scores)), dtype=bool)
 
     def regions(self, index: int, pixel_threshold: float | None = None, min_area: int = 16) -> list[Region]:
         """Defect regions of image `index` (boxes in working-resolution pixels, normalised scores)."""

@@ -81,7 +81,7 @@ def image_result(prediction: Prediction, index: int, image: np.ndarray, name: st
     """
     calibration = _require_calibration(prediction.calibration)
     raw_score = float(prediction.raw_scores[index])
-    is_defect = raw_score > calibration.image_threshold
+    is_defect = calibration.is_defect(raw_score)
     regions = (prediction.regions(index, pixel_threshold=pixel_threshold, min_area=min_area)
                if is_defect or regions_when_good else [])
     geometry = prediction.geometries[index]
@@ -89,7 +89,7 @@ def image_result(prediction: Prediction, index: int, image: np.ndarray, name: st
     panels = list(prediction.panels[index]) if prediction.panels is not None else []
     return ImageResult(
         name=name, image=image, score=float(prediction.image_scores[index]), raw_score=raw_score,
-        is_defect=bool(is_defect), heatmap=prediction.map_on_original(index),
+        is_defect=is_defect, heatmap=prediction.map_on_original(index),
         regions=regions, boxes=[box_to_original(region, geometry) for region in regions], geometry=geometry,
         reconstruction=reconstruction, colour_max=calibration.colour_max if colour_max is None else colour_max,
         panels=panels)

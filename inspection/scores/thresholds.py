@@ -24,6 +24,8 @@ __all__ = [
     "ConformalThreshold",
     "conformal_threshold",
     "conformal_promise",
+    "ConformalPromise",
+    "promise_at_threshold",
     "clopper_pearson",
     "pixel_threshold_at_fpr",
     "f1_optimal_threshold",
@@ -128,12 +130,39 @@ def conformal_threshold(good_scores: ArrayLike, target_fpr: float) -> ConformalT
     return ConformalThreshold(float(scores[-1]), target_fpr, n, n, 1 / (n + 1))
 
 
+@dataclass(frozen=True)
+class ConformalPromise:
+    """What any threshold promises on new good images, from n held-out good scores: P(new good score > threshold)
+    <= (#held-out above + 1) / (n + 1) (split-conformal), beside the share of held-out scores above it."""
+
+    threshold: float
+    n_good: int
+    n_above: int
+
+    @property
+    def promised_fpr(self) -> float:
+        return float(min(1.0, (self.n_above + 1) / (self.n_good + 1))) if self.n_good else float("nan")
+
+    @property
+    def heldout_fpr(self) -> float:
+        """The share of the held-out good scores above the threshold."""
+        return self.n_above / self.n_good if self.n_good else float("nan")
+
+    def describe(self) -> str:
+        """The promise in words, for the pages and the model file."""
+        return (f"false alarms on new good parts at most {self.promised_fpr:.1%} on average (split-conformal, from "
+                f"{self.n_good} held-out good images, {self.n_above} of them above the threshold)")
+
+
+def promise_at_threshold(good_scores: ArrayLike, threshold: float) -> ConformalPromise:
+    """The split-conformal promise of a threshold chosen any way (by hand, say), from held-out good scores."""
+    scores = np.asarray(good_scores, dtype=np.float64).ravel()
+    return ConformalPromise(float(threshold), int(scores.size), int((scores > threshold).sum()))
+
+
 def conformal_promise(good_scores: ArrayLike, threshold: float) -> float:
     """The split-conformal bound on the FPR of new good images at any threshold: (#held-out above + 1) / (n + 1)."""
-    scores = np.asarray(good_scores, dtype=np.float64).ravel()
-    if scores.size == 0:
-        return float("nan")
-    return float(min(1.0, (int((scores > threshold).sum()) + 1) / (scores.size + 1)))
+    return promise_at_threshold(good_scores, threshold).promised_fpr
 
 
 def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -192,13 +192,16 @@ def unseen_good_rates(calibration: Calibration, scores: np.ndarray, maps: np.nda
     1 %, 5 %, 10 %, the split-conformal threshold from the held-out scores measured the same way."""
     scores = np.asarray(scores, dtype=np.float64)
 
-    def measured(threshold: float) -> dict[str, Any]:
-        flagged = int((scores > threshold).sum())
+    def measured(threshold: float | None) -> dict[str, Any]:
+        flagged = int(calibration.is_defect(scores, threshold=threshold).sum())
         return {"fpr": flagged / scores.size if scores.size else float("nan"),
                 "ci": list(clopper_pearson(flagged, int(scores.size)))}
 
-    saved = measured(calibration.image_threshold)
-    rates: dict[str, Any] = {"fpr_target": calibration.image_fpr, "n_unseen_good": int(scores.size),
+    saved = measured(None)  # the saved threshold
+    # What the saved threshold promises on new good images: its target, or, set by hand, the promise at it.
+    target = (calibration.image_promise_at().promised_fpr if calibration.image_set_by_hand
+              else calibration.image_fpr)
+    rates: dict[str, Any] = {"fpr_target": target, "n_unseen_good": int(scores.size),
                              "fpr_unseen_good": saved["fpr"], "fpr_unseen_good_ci": saved["ci"]}
     if calibration.heldout_scores:
         by_target = []

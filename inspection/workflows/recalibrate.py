@@ -3,19 +3,21 @@
 When the parts or the pictures change (new lighting, a new batch), good parts may score higher than the ones
 the model was calibrated on, and false alarms rise above the target. Scoring a folder of new good images and
 setting the thresholds again by the model's own rules (split-conformal for the verdict; false regions per
-good image, or a pixel FPR, for the mask) fixes that. The file is rewritten atomically; the replaced
-thresholds stay in its history, and `undo_recalibration` brings them back.
+good image, or a pixel FPR, for the mask — those of fit for a threshold that was set by hand) fixes that. The
+file is rewritten atomically; the replaced thresholds stay in its history, and `undo_recalibration` brings them
+back.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..data.images import list_images
 from ..errors import DatasetError, ParameterError
+from ..model.calibration import Calibration
 from ..model.header import ModelHeader
 from ..model.modelfile import resolve_model_path, rewrite_header
 from ..progress import ProgressCallback
@@ -51,23 +53,44 @@ def recalibrate(path: str | os.PathLike, good_images: Sequence[Any], reason: str
                              f"{len(good_images)}")
     path = resolve_model_path(path)
     model = load_model(path)
-    calibration = model.calibration
     prediction = model.predict(good_images, progress=progress)
-    conformal = conformal_threshold(prediction.raw_scores, calibration.image_fpr)
-    if calibration.pixel_rule == "false_regions":
-        pixel_threshold = threshold_at_false_regions(prediction.raw_maps, calibration.false_regions or 0.1)
-    else:
-        pixel_threshold = pixel_threshold_at_fpr(prediction.raw_maps, calibration.pixel_fpr)
     reason = reason or f"recalibrated on {len(good_images)} new good images"
     files = [str(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
              for index, image in enumerate(good_images)]
 
     def change(header: ModelHeader) -> None:
+        rules = model_rules(header.calibration, header.params)
+        conformal = conformal_threshold(prediction.raw_scores, rules["image_fpr"])
+        if rules["pixel_rule"] == "false_regions":
+            pixel_threshold = threshold_at_false_regions(prediction.raw_maps, rules["false_regions"])
+        else:
+            pixel_threshold = pixel_threshold_at_fpr(prediction.raw_maps, rules["pixel_fpr"])
         header.calibration = header.calibration.recalibrated(
             conformal.threshold, pixel_threshold, reason, f"{conformal.describe()}; {reason}",
-            prediction.raw_scores, files, score_quantiles(prediction.raw_maps))
+            prediction.raw_scores, files, score_quantiles(prediction.raw_maps), image_rule="conformal", **rules)
 
     return rewrite_header(path, change)
+
+
+def model_rules(calibration: Calibration, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The rules a recalibration sets the thresholds by: the calibration's own, or, for a threshold set by hand
+    (which has no target), the model's settings of fit (`settings`: the file's parameters)."""
+    if calibration.image_set_by_hand:
+        image_fpr = float(settings.get("image_fpr", 0.05))
+    else:
+        image_fpr = calibration.image_fpr
+    if calibration.pixel_set_by_hand:
+        pixel_rule = str(settings.get("pixel_rule", "pixel_fpr"))  # files of 0.1 set it by pixel FPR
+        pixel_fpr = float(settings.get("pixel_fpr", 0.05))
+        false_regions = float(settings.get("false_regions", 0.1))
+    else:
+        pixel_rule, pixel_fpr, false_regions = calibration.pixel_rule, calibration.pixel_fpr, calibration.false_regions
+    if pixel_rule == "false_regions":
+        false_regions = 0.1 if false_regions is None else false_regions
+    else:
+        false_regions = None
+    return {"image_fpr": image_fpr, "pixel_rule": pixel_rule, "pixel_fpr": pixel_fpr,
+            "false_regions": false_regions}
 
 
 def undo_recalibration(path: str | os.PathLike) -> ModelHeader:

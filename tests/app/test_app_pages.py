@@ -357,6 +357,7 @@ def test_threshold_slider_changes_the_rates_and_saves(models: Path, small_model:
     assert len(at.get("plotly_chart")) == 2  # histogram and ROC
     before = _metrics(at)
     assert set(before) == {"FPR (test)", "TPR (test)", "Precision (test)", "Promised FPR (new good)"}
+    assert any("was set by the split-conformal rule for a 5.0% target" in caption.value for caption in at.caption)
     assert at.slider[0].value == pytest.approx(0.5, abs=1e-3)
     zoomed = (at.slider[0].min, at.slider[0].max)
     slider = _widen(at).slider[0]
@@ -378,6 +379,17 @@ def test_threshold_slider_changes_the_rates_and_saves(models: Path, small_model:
     new_scale = calibration["image_scale"]
     assert (calibration["image_threshold"] - new_scale["offset"]) / new_scale["scale"] == pytest.approx(0.5)
     assert at.slider[0].value == pytest.approx(0.5, abs=1e-3)
+    # The file and the page say it was set by hand, and what it keeps: every held-out good image scores above it.
+    n_held_out = len(calibration["heldout_scores"])
+    assert calibration["image_rule"] == "manual" and calibration["image_fpr"] == 1.0
+    assert calibration["image_promise"].startswith("set by hand; false alarms on new good parts at most 100.0%")
+    words = next(caption.value for caption in at.caption if "set by hand" in caption.value)
+    assert words == ("The saved image threshold was set by hand. It promises at most 100.0% false alarms on new "
+                     f"good parts, on average (split-conformal, from the {n_held_out} good images held out from "
+                     f"fitting; {n_held_out} of them score above it).")
+    assert not any("target" in caption.value for caption in at.caption if "saved image threshold" in caption.value)
+    target = next(widget for widget in at.number_input if widget.label.startswith("Target FPR")).value
+    assert target == 0.9999  # the promise at the saved threshold, within the field's range
 
 
 def test_threshold_exact_number_and_target_fpr_move_the_slider(models: Path, small_model: Path) -> None:
@@ -438,7 +450,7 @@ def test_threshold_lists_false_alarms_and_misses_linking_to_inspect(models: Path
 
 
 def test_threshold_pixel_level(models: Path, small_model: Path) -> None:
-    copy_model(small_model, models)
+    path = copy_model(small_model, models)
     at = run_page("pages/3_Threshold.py", threshold_level="pixel")
     assert_clean(at)
     before = _metrics(at)
@@ -451,6 +463,14 @@ def test_threshold_pixel_level(models: Path, small_model: Path) -> None:
     assert 0 < float(after["Precision (test)"].rstrip("%")) < float(before["Precision (test)"].rstrip("%"))
     confusion = at.dataframe[0].value
     assert confusion["predicted defect"].sum() + confusion["predicted good"].sum() > 1000  # pixel counts
+    rule = "saved pixel threshold was set by its rule: at most 0.1 false defect regions"
+    assert any(rule in caption.value for caption in at.caption)
+    at.button(key="save_threshold").click().run()
+    assert_clean(at)
+    calibration = read_model_info(path)["calibration"]
+    assert calibration["pixel_rule"] == "manual" and calibration["false_regions"] is None
+    assert calibration["image_rule"] == "conformal"  # the other level is untouched
+    assert any(caption.value.startswith("The saved pixel threshold was set by hand: ") for caption in at.caption)
 
 
 def test_threshold_page_of_a_model_without_test_evaluation(models: Path, small_model: Path) -> None:

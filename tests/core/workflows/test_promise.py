@@ -18,7 +18,7 @@ from app_testing import SMALL_PARAMS, copy_model, train_small_model
 from conftest import REPO
 from inspection.errors import InspectionError
 from inspection.model.calibration import Calibration
-from inspection.model.modelfile import read_model_file, read_model_header
+from inspection.model.modelfile import read_model_file, read_model_header, save_thresholds
 from inspection.model.operating import OperatingPoint, image_threshold_for_fpr, promise_check, promise_report
 from inspection.registry import load_model
 from inspection.scores.thresholds import clopper_pearson, conformal_promise, conformal_threshold, threshold_at_fpr
@@ -184,6 +184,29 @@ def test_recalibration_rewrites_only_the_thresholds_and_is_undone(small_model: P
     assert restored.calibration.to_dict() == before.calibration.to_dict()
     with pytest.raises(InspectionError, match="never recalibrated"):
         undo_recalibration(model_path)
+
+
+def test_recalibrating_thresholds_set_by_hand_uses_the_fit_settings_and_undo_brings_them_back(
+        small_model: Path, demo_root: Path, tmp_path: Path) -> None:
+    """A threshold set by hand has no target: a recalibration sets both again by the rules of fit (the model's
+    settings), and its undo brings back the hand-set thresholds and what the file stated of them, exactly."""
+    model_path = copy_model(small_model, tmp_path / "models")
+    fitted = read_model_header(model_path).calibration
+    save_thresholds(model_path, image_threshold=float(np.median(fitted.heldout_scores)),
+                    pixel_threshold=fitted.pixel_threshold * 0.8)
+    before = read_model_header(model_path)
+    assert before.calibration.image_rule == before.calibration.pixel_rule == "manual"
+    brighter = sorted(_brighter_good_images(demo_root, tmp_path / "brighter").glob("*.png"))
+    calibration = recalibrate(model_path, brighter).calibration
+    assert calibration.image_rule == "conformal" and calibration.image_fpr == before.params["image_fpr"]
+    assert calibration.pixel_rule == before.params["pixel_rule"] == "false_regions"
+    assert calibration.false_regions == before.params["false_regions"]
+    assert "set by hand" not in calibration.image_promise and "12 new good images" in calibration.image_promise
+    entry = calibration.history[-1]
+    assert entry["image_rule"] == entry["pixel_rule"] == "manual"
+    restored = undo_recalibration(model_path)
+    assert restored.calibration.to_dict() == before.calibration.to_dict()
+    assert restored.calibration.image_promise.startswith("set by hand")
 
 
 def test_recalibration_needs_enough_images(small_model: Path, demo_root: Path, tmp_path: Path) -> None:
