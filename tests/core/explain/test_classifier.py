@@ -53,7 +53,7 @@ def fitted_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_cam_points_at_the_defect_and_the_head_tells_good_from_defect(fitted_file: Path) -> None:
     model = load_model(fitted_file)
     head = defect_classifier(model)
-    assert head is not None and head.layer == model.layers[-1]
+    assert head is not None and head.layer == model.layer_names[-1]
     assert head.record["n_good"] == head.record["n_defect"] == 10 and head.record["cv_accuracy"] >= 0.9
     found = class_activation_map(model, with_square(999, RED[0].start, RED[1].start))
     assert found.probability > 0.5 and found.cam.shape == (SIZE, SIZE)

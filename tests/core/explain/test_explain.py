@@ -70,7 +70,7 @@ def fitted(request: pytest.FixtureRequest):
 def test_grad_cam_peaks_on_the_anomalous_patch(fitted) -> None:
     image = with_patches((RED, (250, 30, 30)))
     explanation = explain_image(fitted, image, guided=True)
-    assert explanation.layer == default_layer(fitted) == fitted.layers[-1]
+    assert explanation.layer == default_layer(fitted) == fitted.layer_names[-1]
     assert explanation.grad_cam.shape == explanation.guided.shape == (SIZE, SIZE)
     for values in (explanation.grad_cam, explanation.guided):
         assert values.min() >= 0 and values.max() == pytest.approx(1.0)
@@ -95,7 +95,7 @@ def test_a_regions_score_points_at_its_region(fitted) -> None:
 def test_every_layer_and_a_batch_at_once(fitted) -> None:
     images = [with_patches((RED, (250, 30, 30))), with_patches((BLUE, (20, 20, 200)))]
     batch, _ = fitted.preprocessing.batch(images)
-    for layer in fitted.layers:
+    for layer in fitted.layer_names:
         together = grad_cam(fitted, batch, layer, guided=True)
         assert together.grad_cam.shape == together.guided.shape == (2, SIZE, SIZE)
         for index, image in enumerate(images):
@@ -172,10 +172,10 @@ def test_the_cli_writes_an_overlay_png(tmp_path: Path, capsys: pytest.CaptureFix
     for guided in (False, True):
         out = tmp_path / "out" / f"explained-{guided}.png"
         assert main(["explain", "--model", str(model_path), str(image_path), "--out", str(out),
-                     "--layer", model.layers[0], *(["--guided"] if guided else [])]) == 0
+                     "--layer", model.layer_names[0], *(["--guided"] if guided else [])]) == 0
         written = Image.open(out)
         assert written.format == "PNG" and written.size == (3 * SIZE, 2 * SIZE)
-        assert f"at layer {model.layers[0]}" in capsys.readouterr().out
+        assert f"at layer {model.layer_names[0]}" in capsys.readouterr().out
     assert main(["explain", "--model", str(model_path), str(image_path), "--out", str(tmp_path / "x.png"),
                  "--layer", "blocks.9"]) == 2
     assert "is not one of this model's layers" in capsys.readouterr().err

@@ -103,7 +103,7 @@ def test_panels_of_each_method(fitted, demo_dataset):
     dfr, _ = fitted("dfr")
     panels = dfr.predict(images, panels=True).panels[0]
     assert [panel.title for panel in panels] == [f"Feature error, {layer} (stride {stride})" for layer, stride
-                                                 in zip(dfr.layers, dfr.layer_strides())]
+                                                 in zip(dfr.layer_names, dfr.layer_strides())]
     assert all(panel.is_map and panel.value_range == panels[0].value_range for panel in panels)
     assert "no pixel reconstruction" in panels[0].note
 
