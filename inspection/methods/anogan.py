@@ -112,6 +112,7 @@ class AnoGAN(AnomalyModel):
         reconstructs=True, trains_by_gradient=True, variant_param="scoring",
         stages={"epoch": "Training the GAN (generator and discriminator)", "encoder": "Training the encoder x → z"})
     default_overrides = {"resize": 73, "crop": 64}
+    param_rules = (_check_size,)
 
     scoring: str = setting("optimize", "optimize: AnoGAN, z optimised per image; encoder: f-AnoGAN, z = E(x) from an "
                            "encoder trained after the GAN (no optimisation when scoring).", choices=SCORINGS)

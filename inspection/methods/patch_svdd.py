@@ -234,6 +234,7 @@ class PatchSVDD(AnomalyModel):
     # memory, so the nearest-patch search grows with the side to the 4th power; 160 keeps a default fit and
     # evaluation on a small CPU within minutes (bench/learned/). Both remain settings.
     default_overrides = {"resize": WORKING_SIDE, "crop": WORKING_SIDE}
+    param_rules = (_check_patch_sizes,)
 
     lambda_svdd: float = setting(1e-3, "λ: weight of the SVDD' loss (nearby patches embed close together) against "
                                  "relative-position classification. Class-sensitive: objects (bottle, screw, …) like "

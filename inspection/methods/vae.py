@@ -97,6 +97,7 @@ class VAE(AnomalyModel):
                             "reconstructions",
         reconstructs=True, trains_by_gradient=True, variant_param="scoring", stages={"epoch": "Training the VAE"})
     default_overrides = {"resize": 146, "crop": 128}
+    param_rules = (_check_size,)
 
     scoring: str = setting("projection", "projection: the paper's iterative energy-based projection, map = |x₀ − "
                            "x_T|; residual: the plain VAE, map = |x − f(x)|.", choices=SCORINGS)

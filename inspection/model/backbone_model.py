@@ -23,6 +23,9 @@ def _check_layers(values: Mapping[str, Any]) -> None:
         get_backbone_spec(values["backbone"]).resolve_layers(values["layers"])
 
 
+_BACKBONE_PARAMS = ("backbone", "weights", "layers")
+
+
 class BackboneModel(AnomalyModel):
     """An AnomalyModel that scores the intermediate features of a pretrained backbone."""
 
@@ -49,8 +52,12 @@ class BackboneModel(AnomalyModel):
         declared = super().param_set()
         if "layers" not in cls.default_overrides:
             declared = declared.with_defaults(layers=default_layers)
-        return ParamSet(tuple(replace(param, help=f"{param.help} The default {default_layers} means {examples}.")
-                              if param.name == "layers" else param for param in declared), declared.rules)
+        said = [replace(param, help=f"{param.help} The default {default_layers} means {examples}.")
+                if param.name == "layers" else param for param in declared]
+        # The backbone's settings come after the method's own, in forms and --help as in the model file.
+        backbone = [param for param in said if param.name in _BACKBONE_PARAMS]
+        return ParamSet(tuple(param for param in said if param.name not in _BACKBONE_PARAMS) + tuple(backbone),
+                        declared.rules)
 
     @property
     def layer_names(self) -> tuple[str, ...]:
