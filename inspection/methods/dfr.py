@@ -81,11 +81,13 @@ class DFR(BackboneModel):
                               "keep `variance` of the features' variance.", minimum=0, maximum=4096)
     variance: float = setting(0.9, "Share of the features' variance kept by the PCA-chosen bottleneck.",
                               minimum=0.01, maximum=0.999999)
-    epochs: int = setting(20, "Passes over the good images' feature vectors.", minimum=1, maximum=100_000)
+    epochs: int = setting(20, "Passes over the good images' feature vectors; more fit the good features more "
+                          "closely, at a proportional cost in fit time (bench/longer/).", minimum=1, maximum=100_000)
     batch_positions: int = setting(4096, "Feature vectors (image positions) per training step.",
                                    minimum=2, maximum=1 << 22)
     feature_memory_mib: int = setting(512, "Memory for the good feature vectors the autoencoder trains on; beyond "
-                                      "it, a seeded random share of each image's positions is kept.",
+                                      "it, a seeded random share of each image's positions is kept. Lower it when "
+                                      "fitting runs out of memory.",
                                       minimum=1, maximum=1 << 20)
     learning_rate: float = setting(1e-3, "Adam's learning rate.", minimum=1e-6, maximum=1.0)
     sigma: float = map_blur(4.0)

@@ -33,9 +33,11 @@ class PaDiM(BackboneModel):
                             "fixed grid of positions (use full to keep the whole part)",
         stages={"covariance": "Estimating the Gaussians"})
 
-    n_features: int = setting(100, "d: number of randomly chosen feature channels kept.", minimum=1, maximum=4096)
-    epsilon: float = setting(0.01, "Added to the covariance's diagonal (εI) so it can be inverted.",
-                             minimum=0.0, maximum=10.0)
+    n_features: int = setting(100, "d: number of randomly chosen feature channels kept. More describe the surface "
+                              "better, at a cost growing with d² in memory and time per position.", minimum=1,
+                              maximum=4096)
+    epsilon: float = setting(0.01, "Added to the covariance's diagonal (εI) so it can be inverted; raise it when few "
+                             "good images make the covariances unstable.", minimum=0.0, maximum=10.0)
     sigma: float = map_blur(4.0)
 
     def __post_init__(self) -> None:
