@@ -112,12 +112,16 @@ class ParamSet:
                         for param in self.params)
         return ParamSet(changed, self.rules)
 
-    def resolve(self, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Defaults overlaid with `values`, each coerced and checked, then the rules; unknown names are refused."""
-        values = dict(values or {})
+    def refuse_unknown(self, values: Mapping[str, Any]) -> None:
+        """ParameterError naming the names in `values` that are not declared here."""
         unknown = sorted(set(values) - set(self.names()))
         if unknown:
             raise ParameterError(f"unknown parameter(s) {unknown}; known: {self.names()}")
+
+    def resolve(self, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults overlaid with `values`, each coerced and checked, then the rules; unknown names are refused."""
+        values = dict(values or {})
+        self.refuse_unknown(values)
         resolved = {param.name: param.coerce(values.get(param.name, param.default)) for param in self.params}
         for rule in self.rules:
             rule(resolved)
@@ -184,7 +188,8 @@ class Estimator:
         declared = {param.name: param for param in cls._declared}
         for name, value in list(vars(cls).items()):
             if isinstance(value, Param) and not value.name:
-                kind = _KINDS.get(str(getattr(annotations.get(name), "__name__", annotations.get(name))))
+                annotation = annotations.get(name)
+                kind = _KINDS.get(annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""))
                 if kind is None:
                     raise TypeError(f"{cls.__name__}.{name}: a parameter is annotated int, float, str or bool, "
                                     f"not {annotations.get(name)!r}")
@@ -232,7 +237,9 @@ class Estimator:
     def from_params(cls: type[E], values: Mapping[str, Any] | None = None) -> E:
         """A new estimator from a mapping of settings (a form, a file's header): names that are not parameters are
         refused with ParameterError, like wrong values, before anything is built."""
-        return cls(**cls.param_set().resolve(values))
+        values = dict(values or {})
+        cls.param_set().refuse_unknown(values)
+        return cls(**values)  # the constructor checks every value
 
 
 def clone(estimator: E) -> E:

@@ -117,8 +117,8 @@ class ThresholdLevel:
         calibration = self.calibration
         if not self.set_by_hand:
             return float(calibration.image_fpr if self.image_level else calibration.pixel_fpr)
-        rate = calibration.image_promise_at().promised_fpr if self.image_level else calibration.pixel_fpr
-        return field_rate(rate, FIELD_RATE_RANGE[1])
+        return field_rate(calibration.image_target_fpr if self.image_level else calibration.pixel_fpr,
+                          FIELD_RATE_RANGE[1])
 
     @property
     def saved_words(self) -> str:
@@ -178,10 +178,10 @@ class ThresholdLevel:
 
     def errors_at(self, raw_threshold: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Test images judged wrongly at a raw image threshold: (false alarms, misses), worst first."""
-        records = [{"file": file, "type": kind, "score": float(score), "label": int(label)} for file, kind, score, label
-                   in zip(self.table.files, self.table.types, self.table.scores, self.table.labels)]
-        for record in records:
-            record["defect"] = self.calibration.is_defect(record["score"], threshold=raw_threshold)
+        flagged = self.calibration.is_defect(self.table.scores, threshold=raw_threshold)
+        records = [{"file": file, "type": kind, "score": float(score), "label": int(label), "defect": bool(defect)}
+                   for file, kind, score, label, defect in zip(self.table.files, self.table.types, self.table.scores,
+                                                               self.table.labels, flagged)]
         false_alarms = sorted((r for r in records if r["label"] == 0 and r["defect"]), key=lambda r: -r["score"])
         misses = sorted((r for r in records if r["label"] == 1 and not r["defect"]), key=lambda r: r["score"])
         return false_alarms, misses

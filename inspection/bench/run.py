@@ -110,7 +110,7 @@ def bench_one(method: str, data_root: str, category: str, params: dict[str, Any]
     model = result.model
     peak_mib = peak_rss_mib()
     row = {"method": method, "label": run_label(model, own_settings or {}), "category": category,
-           "backbone": model.get_params().get("backbone", "-"),
+           "backbone": getattr(model, "backbone", "-"),
            "params": model.get_params(), "preprocessing": model.preprocessing.to_dict(),
            "fit_seconds": round(model.info.fit_seconds, 2), "total_seconds": round(total_seconds, 2),
            "peak_memory_mib": round(peak_mib, 1),

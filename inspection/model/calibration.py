@@ -249,6 +249,12 @@ class Calibration:
     def pixel_set_by_hand(self) -> bool:
         return self.pixel_rule == MANUAL
 
+    @property
+    def image_target_fpr(self) -> float:
+        """The false-alarm rate on new good parts the saved image threshold stands for: its rule's target, or, for a
+        threshold set by hand (which had none), the split-conformal promise at it."""
+        return self.image_promise_at().promised_fpr if self.image_set_by_hand else self.image_fpr
+
     def image_promise_at(self, image_threshold: float | None = None) -> ConformalPromise:
         """The split-conformal promise on new good parts at a raw threshold (the saved one by default), from the
         held-out good images."""

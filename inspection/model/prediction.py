@@ -45,7 +45,7 @@ class Prediction:
         """True where an image is a defect at the saved image threshold (`Calibration.is_defect`, the one rule)."""
         if self.calibration is None:
             raise ValueError("the model is not calibrated: fit it first")
-        return np.asarray(self.calibration.is_defect(np.asarray(self.raw_scores)), dtype=bool)
+        return self.calibration.is_defect(self.raw_scores)
 
     def regions(self, index: int, pixel_threshold: float | None = None, min_area: int = 16) -> list[Region]:
         """Defect regions of image `index` (boxes in working-resolution pixels, normalised scores)."""

@@ -198,10 +198,7 @@ def unseen_good_rates(calibration: Calibration, scores: np.ndarray, maps: np.nda
                 "ci": list(clopper_pearson(flagged, int(scores.size)))}
 
     saved = measured(None)  # the saved threshold
-    # What the saved threshold promises on new good images: its target, or, set by hand, the promise at it.
-    target = (calibration.image_promise_at().promised_fpr if calibration.image_set_by_hand
-              else calibration.image_fpr)
-    rates: dict[str, Any] = {"fpr_target": target, "n_unseen_good": int(scores.size),
+    rates: dict[str, Any] = {"fpr_target": calibration.image_target_fpr, "n_unseen_good": int(scores.size),
                              "fpr_unseen_good": saved["fpr"], "fpr_unseen_good_ci": saved["ci"]}
     if calibration.heldout_scores:
         by_target = []

@@ -18,6 +18,7 @@ from typing import Any
 from ..data.images import list_images
 from ..errors import DatasetError, ParameterError
 from ..model.calibration import Calibration
+from ..model.common_params import COMMON_PARAMS
 from ..model.header import ModelHeader
 from ..model.modelfile import resolve_model_path, rewrite_header
 from ..progress import ProgressCallback
@@ -75,18 +76,19 @@ def recalibrate(path: str | os.PathLike, good_images: Sequence[Any], reason: str
 def model_rules(calibration: Calibration, settings: Mapping[str, Any]) -> dict[str, Any]:
     """The rules a recalibration sets the thresholds by: the calibration's own, or, for a threshold set by hand
     (which has no target), the model's settings of fit (`settings`: the file's parameters)."""
+    defaults = COMMON_PARAMS.defaults()
     if calibration.image_set_by_hand:
-        image_fpr = float(settings.get("image_fpr", 0.05))
+        image_fpr = float(settings.get("image_fpr", defaults["image_fpr"]))
     else:
         image_fpr = calibration.image_fpr
     if calibration.pixel_set_by_hand:
         pixel_rule = str(settings.get("pixel_rule", "pixel_fpr"))  # files of 0.1 set it by pixel FPR
-        pixel_fpr = float(settings.get("pixel_fpr", 0.05))
-        false_regions = float(settings.get("false_regions", 0.1))
+        pixel_fpr = float(settings.get("pixel_fpr", defaults["pixel_fpr"]))
+        false_regions = float(settings.get("false_regions", defaults["false_regions"]))
     else:
         pixel_rule, pixel_fpr, false_regions = calibration.pixel_rule, calibration.pixel_fpr, calibration.false_regions
     if pixel_rule == "false_regions":
-        false_regions = 0.1 if false_regions is None else false_regions
+        false_regions = defaults["false_regions"] if false_regions is None else false_regions
     else:
         false_regions = None
     return {"image_fpr": image_fpr, "pixel_rule": pixel_rule, "pixel_fpr": pixel_fpr,

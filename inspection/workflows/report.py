@@ -249,7 +249,7 @@ def report_html(model: AnomalyModel, summary: BatchSummary, pictures: Sequence[P
         raise ValueError("the model has no calibration (thresholds): retrain it")
     rows = summary.rows
     name = model_name or model.info.display_name or model.name
-    backbone = model.get_params().get("backbone")
+    backbone = getattr(model, "backbone", None)
     described = f"{model.name}" + (f"/{backbone}" if backbone else "")
     flagged = summary.flagged
     shown_flagged = sum(picture.row["verdict"] == "defect" for picture in pictures)
