@@ -66,15 +66,24 @@ def _counted(backbone: str, side: int) -> tuple[int, int]:
     return cost.parameters, cost.mult_adds
 
 
+def run_variant(row: dict[str, Any]) -> str:
+    """The run's label without the grid's own settings (side, backbone): "patchcore (layers=16,32)" for the row
+    "patchcore (layers=16,32, side=192)", so that two variants of one method stay apart in the table and plot."""
+    label = row.get("label", row["method"])
+    name, _, inside = label.partition(" (")
+    kept = [part for part in inside.rstrip(")").split(", ") if part and not part.startswith(("side=", "backbone="))]
+    return f"{name} ({', '.join(kept)})" if kept else name
+
+
 def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
-    """One line per run, grouped by category and method, sorted by backbone and side."""
+    """One line per run, grouped by category and method variant, sorted by backbone and side."""
     costs = backbone_mult_adds(rows)
     lines = ["| category | method | backbone | side | params M | mult-adds M | image AUROC | pixel AUROC | AUPRO | "
              "ms/img b1 | ms/img b16 | fit s | peak MiB |", "|" + "---|" * 13]
-    for row in sorted(rows, key=lambda r: (r["category"], r["method"], r["backbone"], row_side(r))):
+    for row in sorted(rows, key=lambda r: (r["category"], run_variant(r), r["backbone"], row_side(r))):
         parameters, mult_adds = costs.get((row["backbone"], row_side(row)), (0, 0))
         flag = " ⚠" if under_load(row) else ""
-        lines.append(f"| {row['category']} | {row['method']} | {row['backbone']} | {row_side(row)} | "
+        lines.append(f"| {row['category']} | {run_variant(row)} | {row['backbone']} | {row_side(row)} | "
                      f"{parameters / 1e6:.1f} | {mult_adds / 1e6:.0f} | {row['image_auroc']:.4f} | "
                      f"{row['pixel_auroc']:.4f} | {row['aupro']:.4f} | {row['predict_ms_per_image']:.1f}{flag} | "
                      f"{row['predict_ms_per_image_batch16']:.1f} | {row['fit_seconds']:.1f} | "
@@ -83,8 +92,8 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def method_and_backbone(row: dict[str, Any]) -> str:
-    """The sweep plot's default series: one line per method × backbone."""
-    return f"{row['method']} · {row['backbone']}"
+    """The sweep plot's default series: one line per method variant × backbone."""
+    return f"{run_variant(row)} · {row['backbone']}"
 
 
 def sweep_plot(rows: Sequence[dict[str, Any]], path: Path,
@@ -100,9 +109,11 @@ def sweep_plot(rows: Sequence[dict[str, Any]], path: Path,
     metrics = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
     figure, axes = plt.subplots(len(categories), len(metrics), figsize=(5 * len(metrics), 4 * len(categories)),
                                 squeeze=False)
-    # Colour by backbone, line style by method, so that a method's lines and a backbone's lines are told apart.
+    # Colour by backbone, line style by method variant, so that a variant's lines and a backbone's lines are told
+    # apart.
     colours = {backbone: f"C{index}" for index, backbone in enumerate(sorted({row["backbone"] for row in rows}))}
-    styles = {method: style for method, style in zip(sorted({row["method"] for row in rows}), ("-o", "--s", ":^"))}
+    variants = sorted({run_variant(row) for row in rows})
+    styles = {variant: ("-o", "--s", ":^", "-.D")[index % 4] for index, variant in enumerate(variants)}
     names = sorted({series(row) for row in rows})
     for row_index, category in enumerate(categories):
         for column, (key, metric_title) in enumerate(metrics):
@@ -113,7 +124,7 @@ def sweep_plot(rows: Sequence[dict[str, Any]], path: Path,
                     continue
                 points = sorted((row_side(row), row["predict_ms_per_image"], row[key]) for row in members)
                 colour = colours[members[0]["backbone"]] if series is method_and_backbone else f"C{index}"
-                axis.plot([p[1] for p in points], [p[2] for p in points], styles[members[0]["method"]],
+                axis.plot([p[1] for p in points], [p[2] for p in points], styles[run_variant(members[0])],
                           color=colour, label=name)
                 for side, milliseconds, value in points:
                     axis.annotate(str(side), (milliseconds, value), textcoords="offset points", xytext=(3, 3),

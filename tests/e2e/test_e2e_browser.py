@@ -477,3 +477,38 @@ def test_the_html_report_opens_offline_in_chromium_and_lists_every_image(browser
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     report.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
     report.close()
+
+
+def test_a_crack_on_a_kolektor_frame_is_boxed_where_the_ground_truth_is(page, tmp_path: Path) -> None:
+    """KolektorSDD, a tall frame with a thin crack: PatchCore fitted from the command line with the feature levels
+    that find most of these cracks (layers 16,32: bench/ksdd), the dataset opened as a local folder; on the Inspect
+    page a cracked frame is judged DEFECT, a region is drawn, and the mask the boxes outline overlaps the crack's
+    ground truth (the page's own IoU)."""
+    from conftest import require_shared, run_cli
+
+    category = require_shared() / "data" / "ksdd" / "commutator"
+    work = tmp_path / "ksdd"
+    work.mkdir()
+    with running_app(work) as fresh:
+        fitted = run_cli("fit", "--method", "patchcore", "--data", str(category.parent), "--category",
+                         category.name, "--layers", "16,32", "--out", str(fresh["models"] / "commutator.safetensors"))
+        assert fitted.returncode == 0, fitted.stderr
+        open_page(page, fresh, "")
+        page.get_by_text("Local folder").click()
+        wait_idle(page)
+        path_box = page.locator('[data-testid="stTextInput"]').filter(has_text="type a folder path").locator("input")
+        path_box.fill(str(category))
+        path_box.press("Enter")
+        wait_idle(page)
+        # The sidebar's link keeps the session (and so the chosen folder); a new address would start a new one.
+        page.locator('[data-testid="stSidebarNavLink"]', has_text="Inspect").click()
+        wait_idle(page)
+        choose(page, "Type", "crack")
+        choose(page, "Image", "crack/kos29_Part0.jpg")
+        assert_no_errors(page, "Inspect on a KolektorSDD crack")
+        assert metric(page, "Verdict") == "DEFECT"
+        assert int(metric(page, "Defect regions")) >= 1
+        overlap = metric(page, "Mask vs ground truth")
+        assert overlap.startswith("IoU ") and float(overlap.split()[1]) > 0, overlap
+        screenshot(page, "inspect-ksdd")
+        assert "Traceback" not in fresh["log"].read_text()

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import run_cli
-from inspection.bench.sweep import expand_grid, row_side, side_settings, sweep_table
+from inspection.bench.sweep import expand_grid, row_side, run_variant, side_settings, sweep_table
 from inspection.data.preprocess import Preprocessing
 from inspection.results.image import ImageResult
 
@@ -71,3 +71,15 @@ def test_the_legend_mentions_hatching_only_when_something_was_not_inspected():
     assert result.fully_inspected
     heatmap[0, 0] = np.nan
     assert not result.fully_inspected
+
+
+def test_two_variants_of_one_method_stay_apart():
+    rows = [{"category": "c", "method": "patchcore", "label": label, "backbone": "efficientnet_lite0", "side": 192,
+             "preprocessing": {"mode": "aspect", "resize": 192, "crop": 192}, "image_auroc": 0.9, "pixel_auroc": 0.8,
+             "aupro": 0.7, "predict_ms_per_image": 12.5, "predict_ms_per_image_batch16": 5.0, "fit_seconds": 3.0,
+             "peak_memory_mib": 900.0} for label in ("patchcore (side=192)", "patchcore (layers=16,32, side=192)")]
+    assert [run_variant(row) for row in rows] == ["patchcore", "patchcore (layers=16,32)"]
+    assert run_variant({"method": "padim", "label": "padim (backbone=b, side=64)"}) == "padim"
+    table = sweep_table(rows)
+    assert "| c | patchcore | efficientnet_lite0 | 192 |" in table
+    assert "| c | patchcore (layers=16,32) | efficientnet_lite0 | 192 |" in table

@@ -114,6 +114,8 @@ def test_every_evaluation_reports_the_promise_on_unseen_good_images(small_model:
     assert low <= metrics["fpr_unseen_good"] <= high
     good = [record["score"] for record in header.info["test_scores"] if record["label"] == 0]
     assert metrics["fpr_unseen_good"] == pytest.approx(np.mean(np.array(good) > calibration.image_threshold))
+    defects = [record["score"] for record in header.info["test_scores"] if record["label"] == 1]
+    assert metrics["defects_flagged"] == pytest.approx(np.mean(np.array(defects) > calibration.image_threshold))
     assert [row["target"] for row in metrics["fpr_unseen_good_by_target"]] == list(CHECKED_FPR_TARGETS)
     for row in metrics["fpr_unseen_good_by_target"]:
         threshold = image_threshold_for_fpr(calibration, row["target"])
