@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from inspection.results.image import image_result, unfamiliar_notes
+from inspection.results.image import VERDICT_HELP, image_result, unfamiliar_notes
 from inspection_app import caches, page, sidebar, training
 from inspection_app.browse import sample_label
 from inspection_app.jobs import MANAGER
@@ -30,7 +30,7 @@ if not entries:
     if st.button(f"Train a first model on {target}", type="primary", key="train_default", disabled=running,
                  icon=":material/rocket_launch:"):
         training.start_training(training.default_training_request(dataset))
-training.training_monitor()
+training.training_monitor(entry, tied=True)  # a finished training's summary only while its model is chosen
 
 origin = page.kept_radio(st, "Images", ["upload", "dataset"], "home_origin", horizontal=True,
                          format_func={"upload": "Upload", "dataset": "Pick from the dataset"}.get)
@@ -86,25 +86,28 @@ if images and entry is not None:
                 result = image_result(prediction, 0, image, name)
                 results.append(result)
                 picture, facts = st.columns([3, 2])
-                picture.image(result.overlay(), caption=f"{name}: heatmap and defect regions", width="stretch")
+                picture.image(result.overlay(), caption=f"{name}: heatmap and defect regions" + (
+                    " (not to be trusted: unlike the training data)" if result.unlike_training else ""),
+                    width="stretch")
                 facts.subheader(name)
                 score_column, verdict_column = facts.columns(2)
                 score_column.metric("Anomaly score", f"{result.score:.3f}",
                                     help="On the model's scale, where its saved image threshold is 0.5.")
-                verdict_column.metric("Verdict", result.verdict,
-                                      help="DEFECT when the score is above the saved threshold (0.5).")
+                verdict_column.metric("Verdict", result.verdict, help=VERDICT_HELP)
                 facts.caption(f"Threshold 0.5 (saved) · raw score {result.raw_score:.4g} · model {entry.name}")
                 for note in unfamiliar_notes(result, prediction.calibration, model.info if model else {},
                                              dataset.category if dataset is not None else None):
                     facts.warning(note, icon=":material/help:")
                 if result.regions:
                     facts.dataframe(result.region_rows(brief=True), hide_index=True, width="stretch")
+                elif result.unlike_training:
+                    facts.caption("No verdict and no regions: the model cannot judge a picture unlike its data.")
                 elif result.is_defect:
                     facts.caption("No region above the pixel threshold (the defect is spread thinly).")
                 else:
                     facts.caption("Good part: no defect regions are drawn.")
     if results:
-        page.colorbar(results[0].colour_max)
+        page.colorbar(results[0].colour_max, uninspected=not all(result.fully_inspected for result in results))
     if len(results) > 1:
         st.subheader("Summary")
         st.dataframe([{"image": result.name, "score": round(result.score, 3), "verdict": result.verdict,

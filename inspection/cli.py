@@ -421,8 +421,8 @@ def command_predict(args: argparse.Namespace) -> int:
         print(f"note: the earlier results in {out} were made with another model or other thresholds: every image "
               "was scored again", file=sys.stderr)
     if summary.scored == 0:
-        raise ParameterError(f"none of the {summary.failed} input(s) could be read as an image (reasons in "
-                             f"{summary.csv_path})")
+        raise ParameterError(f"none of the {summary.failed} input(s) could be scored: unreadable, or an image the "
+                             f"model cannot judge (reasons in {summary.csv_path})")
     written = [str(summary.csv_path)] + (["overlays"] if args.overlays != "none" else [])
     if args.parquet:
         written.append(str(write_parquet(summary.out / PARQUET_NAME, summary.rows)))
@@ -431,9 +431,10 @@ def command_predict(args: argparse.Namespace) -> int:
                                         inputs=[str(name) for name in args.inputs], batch_size=batch_size).path))
     earlier = f" ({summary.skipped} already scored by an earlier run: skipped)" if summary.skipped else ""
     where = f" ({engine.description})" if args.engine == "ray" and engine.description else ""
+    unlike = f", {summary.unlike} unlike the training data (no verdict)" if summary.unlike else ""
     print(f"scored {summary.scored} image(s){earlier}{where}: {summary.flagged} defect(s) at threshold "
-          f"{model.calibration.normalized_image_threshold:.3f} (normalised); {summary.failed} unreadable; "
-          f"wrote {', '.join(written)}")
+          f"{model.calibration.normalized_image_threshold:.3f} (normalised){unlike}; {summary.failed} not scored "
+          f"(unreadable, or not an image the model can judge: reasons in the CSV); wrote {', '.join(written)}")
     return 0
 
 

@@ -28,6 +28,19 @@ class ImageLoadError(InspectionError, ValueError):
     what = "This image cannot be used"
 
 
+class ImageSizeError(ImageLoadError):
+    """An image was read but is too small, or too long and thin, for a model to judge; the message states the limit."""
+
+    what = "This model cannot judge this image"
+
+
+class FolderNotFoundError(InspectionError, FileNotFoundError):
+    """A folder the user named (typed in the app, given on the command line) does not exist; the message is its
+    path, so that the one line reads "Folder not found: /the/path"."""
+
+    what = "Folder not found"
+
+
 class DatasetError(InspectionError, ValueError):
     """A dataset folder is missing, empty or malformed; the message says which and what is expected."""
 

@@ -14,16 +14,17 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from inspection.data.demo import default_demo_root
-from inspection.errors import ParameterError
+from inspection.errors import FolderNotFoundError, ParameterError
 from inspection.model.base import AnomalyModel
 from inspection.outputs import check_output_folder
-from inspection.results.image import verdict_label
+from inspection.results.image import VERDICT_WORDS
 from inspection.results.pictures import THRESHOLD
 from inspection.workflows.batch import BatchSummary, collect_inputs, score_files
 from inspection.workflows.report import Picture, ranked, write_report
 
 from .charts import score_histogram
 from .library import ModelEntry, slugify
+from .tables import EMPTY_CELL  # noqa: F401 - the page shows it in the cells an unreadable file has no value for
 
 #: The app writes overlays of the images judged defects only; the report draws the worst good ones itself.
 APP_OVERLAYS = "defects"
@@ -52,7 +53,7 @@ def check_folder(text: str) -> Path:
         raise ParameterError("no folder given: type the path of a folder of images")
     folder = Path(text.strip()).expanduser()
     if not folder.exists():
-        raise ParameterError(f"{folder}: folder not found")
+        raise FolderNotFoundError(str(folder))  # "Folder not found: /the/path"
     if not folder.is_dir():
         raise ParameterError(f"{folder} is not a folder: type the path of a folder of images")
     return folder
@@ -98,8 +99,9 @@ def run_batch(model: AnomalyModel, entry: ModelEntry, folder_text: str, worst: i
 
 def table(summary: BatchSummary) -> pd.DataFrame:
     """One row per file, highest score first and unreadable files last, for a sortable table (numbers stay
-    numbers; empty cells where a file could not be read)."""
-    rows = [{"file": row["file"], "score": round(row["score"], 3), "verdict": verdict_label(row["verdict"] == "defect"),
+    numbers; missing values where a file could not be read: the page shows them as EMPTY_CELL)."""
+    rows = [{"file": row["file"], "score": round(row["score"], 3),
+             "verdict": VERDICT_WORDS.get(row["verdict"], row["verdict"]),
              "regions": row["regions"], "largest region (px)": row["largest_region_area"], "error": ""}
             for row in ranked(summary.rows)]
     rows += [{"file": row["file"], "score": None, "verdict": "unreadable", "regions": None,
@@ -118,4 +120,4 @@ def histogram(summary: BatchSummary) -> go.Figure:
 def picture_caption(picture: Picture) -> str:
     """`file: score 0.812 · DEFECT`."""
     row = picture.row
-    return f"{row['file']}: score {row['score']:.3f} · {verdict_label(row['verdict'] == 'defect')}"
+    return f"{row['file']}: score {row['score']:.3f} · {VERDICT_WORDS.get(row['verdict'], row['verdict'])}"

@@ -79,6 +79,12 @@ def sample_label(sample: Sample) -> str:
     return f"{sample.split}/{sample.defect_type}/{sample.path.name}"
 
 
+def grid_caption(sample: Sample) -> str:
+    """A thumbnail's caption in the dataset grid: split and type, then the file ('train/good · 003.png'), so that
+    good training images and good test images are told apart when both splits are shown."""
+    return f"{sample.split}/{sample.defect_type} · {sample.path.name}"
+
+
 def default_compare_samples(dataset: Dataset, per_type: int = 1) -> list[Sample]:
     """A few test images: the first of each type (good first), for a quick comparison."""
     chosen: list[Sample] = []

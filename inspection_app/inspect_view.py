@@ -1,6 +1,6 @@
 """What the Inspect page shows beyond the pictures: the mask slider's range, the mask's overlap with the ground
-truth in words and rows, the method's panels arranged in rows, the choices of a Grad-CAM explanation, the defect
-classifier fitted from the page."""
+truth in words and rows, the main pictures' layout (tall frames side by side), the method's panels arranged in
+rows, the choices of a Grad-CAM explanation, the defect classifier fitted from the page."""
 
 from __future__ import annotations
 
@@ -27,8 +27,21 @@ def mask_slider_range(result: ImageResult) -> tuple[float, float]:
     return 0.0, float(math.ceil(max(highest, result.colour_max, 1.0) * 1.02 * 100) / 100)
 
 
-def overlap_summary(overlap: dict[str, Any]) -> tuple[str, str]:
-    """(the metric's value, its help) for a mask compared with its ground truth."""
+def lowest_score(heatmap: np.ndarray) -> float | None:
+    """The lowest inspected score of a heatmap (the colour bar marks scores below 0), None when nothing was
+    inspected."""
+    finite = heatmap[np.isfinite(heatmap)]
+    return float(finite.min()) if finite.size else None
+
+
+def overlap_summary(overlap: dict[str, Any], marked_share: float) -> tuple[str, str]:
+    """(the metric's value, its help) for a mask compared with its ground truth; `marked_share` is the share of the
+    image's pixels in the mask. Against an empty ground truth (a good image) an IoU is 0 whatever the mask marks
+    (or undefined when it marks nothing): the value is then the share of the image wrongly marked."""
+    if not overlap["truth_regions"]:
+        return f"false-positive area {marked_share:.2%}", (
+            "The ground truth has no defect (a good image): every pixel in the mask is a false positive. Share of "
+            f"the image wrongly marked: {marked_share:.2%}, in {overlap['false_regions']} region(s).")
     found = sum(region["found"] for region in overlap["truth_regions"])
     value = "—" if math.isnan(overlap["iou"]) else f"IoU {overlap['iou']:.2f}"
     return value, (f"Ground-truth regions found: {found} of {len(overlap['truth_regions'])} (at least half of their "
@@ -44,6 +57,18 @@ def truth_rows(overlap: dict[str, Any]) -> list[dict[str, Any]]:
 
 #: Panels shown side by side on the Inspect page.
 PANELS_PER_ROW = 3
+
+#: A frame this many times taller than wide (or more) is "tall": the Inspect page lays its four main pictures
+#: (original, heatmap, mask, ground truth) in one row, so that a 500 × 1250 frame does not make the page four
+#: screens tall with the defect below the fold.
+TALL_RATIO = 1.3
+
+
+def picture_rows(shape: Sequence[int]) -> list[int]:
+    """How the Inspect page lays out its four main pictures for an image of `shape` (height, width, …): the number
+    of columns of each row — one row of four for a tall frame (`TALL_RATIO`), two rows of two otherwise."""
+    height, width = int(shape[0]), int(shape[1])
+    return [4] if width > 0 and height / width > TALL_RATIO else [2, 2]
 
 
 def is_wide(panel: Panel) -> bool:

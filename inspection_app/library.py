@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from inspection.data.preprocess import Preprocessing
 from inspection.errors import ModelFileError
 from inspection.features.backbones import BACKBONES
 from inspection.model.header import ModelHeader
@@ -47,6 +48,7 @@ class ModelEntry:
     data_path: str = ""  # the dataset (category folder) it was trained and evaluated on
     modified: float = 0.0  # file mtime: part of every cache key, so a rewritten file is never served stale
     protocol: str = "aligned"  # the evaluation protocol it was trained and evaluated under
+    resize: str = ""  # resize mode and working size, e.g. "aspect 256" (`describe_resize`)
 
     @property
     def label(self) -> str:
@@ -57,10 +59,11 @@ class ModelEntry:
         return f"{self.name} ({', '.join(parts)})"
 
     def row(self) -> dict[str, Any]:
-        """A table row: name, method, backbone, category, date and the headline test metrics."""
-        return {"name": self.name, "category": self.category or "—", "method": self.method,
-                "backbone": self.backbone or "—", "protocol": self.protocol, **metric_cells(self.metrics),
-                "created": format_created(self.created), "file": self.path.name}
+        """A table row: name, date, category, method, backbone, resize mode and size, and the headline test
+        metrics (the columns are described by `tables.MODEL_COLUMNS`)."""
+        return {"name": self.name, "created": format_created(self.created), "category": self.category or "—",
+                "method": self.method, "backbone": self.backbone or "—", "resize": self.resize or "—",
+                "protocol": self.protocol, **metric_cells(self.metrics), "file": self.path.name}
 
 
 def format_created(created: str) -> str:
@@ -74,6 +77,20 @@ def format_created(created: str) -> str:
     return moment.strftime("%Y-%m-%d %H:%M")
 
 
+def describe_resize(preprocessing: Preprocessing) -> str:
+    """The resize mode and working size in a few characters, as the tables and column headers show them:
+    'center_crop 256→224' (shorter side to 256, centre 224 × 224), 'full 224' (the whole image to 224 × 224),
+    'aspect 256' (shorter side to 256, aspect kept), 'tiles 448 (224 px)' (shorter side to 448, 224 px tiles)."""
+    mode, resize, crop = preprocessing.mode, preprocessing.resize, preprocessing.crop
+    if mode == "center_crop":
+        return f"{mode} {resize}→{crop}"
+    if mode == "full":
+        return f"{mode} {crop}"
+    if mode == "tiles":
+        return f"{mode} {resize} ({crop} px)"
+    return f"{mode} {resize}"
+
+
 def entry_from_header(path: Path, header: ModelHeader) -> ModelEntry:
     """A ModelEntry from a model file's typed header."""
     info = header.info
@@ -81,7 +98,7 @@ def entry_from_header(path: Path, header: ModelHeader) -> ModelEntry:
                       backbone=header.backbone.name if header.backbone is not None else "",
                       category=info.category, created=info.created, metrics=dict(info.metrics),
                       data_path=info.data_path, modified=path.stat().st_mtime,
-                      protocol=info.alignment_protocol().name)
+                      protocol=info.alignment_protocol().name, resize=describe_resize(header.preprocessing))
 
 
 @dataclass(frozen=True)

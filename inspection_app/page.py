@@ -61,13 +61,30 @@ def user_errors() -> Iterator[None]:
         show_error(error)
 
 
-def colorbar(vmax: float, key: str = "colorbar", uninspected: bool = True) -> None:
+def calm_label(lowest: float | None = None) -> str:
+    """The colour bar's left label: "0 calm", or "≤ 0 calm" when the heatmaps above have scores below 0 (`lowest`,
+    their lowest score): those are drawn in 0's colour, and the bar must not suggest that the scale starts at 0."""
+    return "≤ 0 calm" if lowest is not None and lowest < 0 else "0 calm"
+
+
+def colorbar_with_floor(vmax: float, lowest: float | None = None) -> Any:
+    """The colour bar's figure (charts.colorbar_figure), its left label honest about scores below 0."""
+    figure = colorbar_figure(vmax)
+    ticks = list(figure.layout.xaxis.ticktext)
+    figure.update_xaxes(ticktext=[calm_label(lowest), *ticks[1:]])
+    return figure
+
+
+def colorbar(vmax: float, key: str = "colorbar", uninspected: bool = True, lowest: float | None = None) -> None:
     """The colour scale of the heatmaps above it (up to `vmax`), with what its colours mean; the grey hatching
-    explained only when some heatmap above has parts the model did not inspect."""
-    st.plotly_chart(colorbar_figure(vmax), config={"displayModeBar": False}, key=key)
-    st.caption(f"Heatmap colours: 0 is a calm good surface; the middle colour (0.5) is the model's saved pixel "
-               f"threshold — above it a pixel belongs to a defect; the top ({vmax:.2g}) is a high score of the "
-               "model's defects when it was tested."
+    explained only when some heatmap above has parts the model did not inspect. `lowest`, the heatmaps' lowest
+    score when known: below 0, the bar's left end reads "≤ 0" and the caption says so."""
+    below = lowest is not None and lowest < 0
+    st.plotly_chart(colorbar_with_floor(vmax, lowest), config={"displayModeBar": False}, key=key)
+    st.caption("Heatmap colours: " + (f"0 and below (down to {lowest:.2g} here) is a calm good surface, all in the "
+                                      "same colour" if below else "0 is a calm good surface")
+               + f"; the middle colour (0.5) is the model's saved pixel threshold — above it a pixel belongs to a "
+               f"defect; the top ({vmax:.2g}) is a high score of the model's defects when it was tested."
                + (" Grey hatching: not inspected (outside the crop)." if uninspected else ""))
 
 

@@ -16,8 +16,9 @@ from inspection.errors import friendly_error
 
 from .caches import cached_dataset, cached_demo_root
 from .library import ModelEntry, list_models, models_dir
+from .model_choice import choice_note, dataset_key, followed_choice
 from .page import kept_radio, kept_selectbox, kept_text_input
-from .sources import DataSource, folder_categories, known_datasets
+from .sources import DataSource, folder_categories, known_datasets, load_last_folder, save_last_folder
 
 SOURCE_KINDS = {"demo": "Demo dataset", "folder": "Local folder", "download": "Download MVTec AD"}
 
@@ -31,6 +32,7 @@ def data_source_picker() -> Dataset | None:
     """Sidebar: demo, a local folder (typed or chosen) or a downloaded MVTec AD category → the Dataset."""
     sidebar = st.sidebar
     sidebar.header("Data")
+    _reopen_last_folder()
     kind = kept_radio(sidebar, "Source", list(SOURCE_KINDS), "source_kind", format_func=SOURCE_KINDS.get,
                       horizontal=False, help="Where the images come from.")
     try:
@@ -45,7 +47,35 @@ def data_source_picker() -> Dataset | None:
     sidebar.caption(f"**{dataset.category}** ({dataset.layout} layout): {counts['train']['good']} training images, "
                     f"{sum(counts['test'].values())} test images")
     st.session_state["dataset_root"] = str(dataset.root)
+    _remember_folder(source)
     return dataset
+
+
+def _reopen_last_folder() -> None:
+    """In a new session (a new browser tab), open again the local folder that was opened last."""
+    if st.session_state.get("_last_folder_offered"):
+        return
+    st.session_state["_last_folder_offered"] = True
+    if "source_kind" in st.session_state or "_kept_source_kind" in st.session_state:
+        return  # the session has its source already (set by a link, or by a test)
+    last = load_last_folder()
+    if last is None:
+        return
+    values = {"source_kind": "folder", "source_path": last.root, "source_found": ""}
+    if last.category:
+        values["source_category"] = last.category
+    for key, value in values.items():
+        st.session_state[key] = value
+        st.session_state[f"_kept_{key}"] = value
+    st.session_state["_last_folder_saved"] = (last.root, last.category)
+
+
+def _remember_folder(source: DataSource) -> None:
+    """Remember a local folder that opened, for the next session (written only when it changes)."""
+    if source.kind != "folder" or st.session_state.get("_last_folder_saved") == (source.root, source.category):
+        return
+    if save_last_folder(source):
+        st.session_state["_last_folder_saved"] = (source.root, source.category)
 
 
 def _source_of_kind(sidebar: Any, kind: str) -> DataSource | None:
@@ -118,36 +148,38 @@ def model_entries() -> list[ModelEntry]:
     return entries
 
 
-def default_model_for(entries: Sequence[ModelEntry], dataset: Dataset | None) -> ModelEntry | None:
-    """The model a page starts with: the newest one made on the open dataset, else the newest one."""
-    if not entries:
-        return None
-    if dataset is not None:
-        for entry in entries:  # newest first
-            if entry.data_path and Path(entry.data_path).resolve() == Path(dataset.root).resolve():
-                return entry
-        for entry in entries:
-            if entry.category and entry.category == dataset.category:
-                return entry
-    return entries[0]
-
-
 def model_picker(entries: Sequence[ModelEntry], container: Any = None, key: str = "model",
                  dataset: Dataset | None = None) -> ModelEntry | None:
-    """Sidebar select box of trained models (newest first, the open dataset's first pick); None when none."""
+    """Sidebar select box of trained models that follows the open dataset (its newest model whenever it
+    changes; the user's own pick while it stays), with a note when the choice was not made on it."""
     container = container or st.sidebar
     if not entries:
         return None
     by_path = {str(entry.path): entry for entry in entries}
+    made_for = f"_model_for_{key}"  # the dataset the current choice was made with
     pending = st.session_state.pop(f"_pending_{key}", None)
     if pending in by_path:  # chosen elsewhere in the previous run (e.g. a model just trained)
         st.session_state[key] = pending
-    default = default_model_for(entries, dataset)
-    chosen = kept_selectbox(container, "Model", list(by_path), key, default=str(default.path),
+        st.session_state.pop(made_for, None)
+    current = st.session_state.get(key, st.session_state.get(f"_kept_{key}"))
+    choice = followed_choice(entries, dataset, current, st.session_state.get(made_for))
+    # Set before the widget is drawn: a widget's state can only be changed before it is drawn in a run.
+    st.session_state[key] = st.session_state[f"_kept_{key}"] = choice
+    if dataset is not None:
+        st.session_state[made_for] = dataset_key(dataset)
+    chosen = kept_selectbox(container, "Model", list(by_path), key, default=choice,
                             format_func=lambda path: by_path[path].label,
-                            help=f"Trained models in {models_dir()}; the newest one of the open dataset comes "
-                                 "first.")
-    return by_path.get(chosen)
+                            help=f"Trained models in {models_dir()}. Opening another dataset selects its newest "
+                                 "model; a model you pick stays while the dataset does.")
+    entry = by_path.get(chosen)
+    note = choice_note(entries, dataset, entry)
+    if note is not None:
+        kind, text = note
+        if kind == "none":
+            container.info(text, icon=":material/info:")
+        else:
+            container.caption(text)
+    return entry
 
 
 def open_model_dataset(entry: ModelEntry) -> None:
@@ -176,6 +208,7 @@ def inspect_model_image(entry: ModelEntry, relative: str, defect_type: str) -> N
                        ("inspect_file", f"{defect_type}/{name}"), ("model", str(entry.path))):
         st.session_state[key] = value
         st.session_state[f"_kept_{key}"] = value
+    st.session_state.pop("_model_for_model", None)  # this model on purpose, whatever dataset opens with it
 
 
 def require_model(dataset: Dataset | None = None) -> ModelEntry:
@@ -193,3 +226,4 @@ def select_model(path: str | Path, key: str = "model") -> None:
     # The picker may already be drawn in this run, when its state can no longer be set: it applies this next run.
     st.session_state[f"_pending_{key}"] = str(path)
     st.session_state[f"_kept_{key}"] = str(path)
+    st.session_state.pop(f"_model_for_{key}", None)  # chosen on purpose: kept whatever dataset is open

@@ -26,7 +26,7 @@ from inspection.model.operating import (
     recorded_test_scores,
 )
 from inspection.scores.metrics import image_auroc
-from inspection.scores.thresholds import ScoreScale
+from inspection.scores.thresholds import ScoreScale, conformal_threshold
 
 LEVELS = ("image", "pixel")
 
@@ -112,13 +112,35 @@ class ThresholdLevel:
 
     @property
     def saved_target_fpr(self) -> float:
-        """The target-FPR field's first value: the saved threshold's target; for one set by hand, which had none,
-        what it keeps — the promise on new good parts (image level), the held-out good pixels' rate (pixel level)."""
+        """The target-FPR field's first value. Image level: the saved threshold's target; for one set by hand,
+        which had none, what it keeps — the promise on new good parts. Pixel level: the rate the field shows as the
+        threshold moves, the held-out good pixels' rate above the saved threshold — not the target of fit, which a
+        threshold set by false regions per good image never aimed at (5 % beside a measured 0.2 %)."""
         calibration = self.calibration
+        if not self.image_level:
+            return field_rate(calibration.heldout_pixel_fpr(), field_rate(calibration.pixel_fpr, FIELD_RATE_RANGE[1]))
         if not self.set_by_hand:
-            return float(calibration.image_fpr if self.image_level else calibration.pixel_fpr)
-        return field_rate(calibration.image_target_fpr if self.image_level else calibration.pixel_fpr,
-                          FIELD_RATE_RANGE[1])
+            return float(calibration.image_fpr)
+        return field_rate(calibration.image_target_fpr, FIELD_RATE_RANGE[1])
+
+    def target_note(self, target_fpr: float, raw_threshold: float) -> str | None:
+        """Why the image threshold promises more than the target field asks, when it does: the held-out good images
+        are too few for that target (the words of `ConformalThreshold.describe`, as the model file and the Train
+        page state them). None at pixel level, when the target is kept, or when the threshold is not the one the
+        target sets (moved since)."""
+        heldout = self.calibration.heldout_scores
+        if not self.image_level or not heldout:
+            return None
+        try:
+            conformal = conformal_threshold(heldout, float(target_fpr))
+        except ValueError:
+            return None
+        # The field rounds to 4 decimals: a promise that rounds to the target keeps it.
+        if field_rate(conformal.promised_fpr, math.nan) <= target_fpr or not math.isclose(
+                conformal.threshold, raw_threshold, rel_tol=1e-9, abs_tol=1e-12):
+            return None
+        return (f"{conformal.describe()}. More held-out good images would keep it: a larger hold-out share when "
+                "training, or a recalibration on a larger folder of good parts (below).")
 
     @property
     def saved_words(self) -> str:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
 from inspection.data.datasets import Dataset
 from inspection.data.demo import DEMO_CATEGORY
 from inspection.errors import InspectionError
+from inspection.model.header import ModelHeader
 from inspection.model.modelfile import read_model_header
-from inspection.model.operating import promise_report
+from inspection.model.operating import promise_report, recorded_test_scores
 from inspection.registry import get_method
+from inspection.scores.thresholds import clopper_pearson
 
 from .caches import cached_demo_root
 from .charts import loss_figure
@@ -53,8 +57,53 @@ def start_training(request: TrainingRequest) -> str | None:
     return job_id
 
 
-def _monitor_body() -> None:
-    """Progress of the session's job, another session's running job, or how the session's last job ended."""
+def current_metrics(header: ModelHeader) -> dict[str, Any]:
+    """The metrics of a model file with what its thresholds do measured at the thresholds it has now: a threshold
+    saved by hand (or recalibrated) since training makes the rates recorded at training wrong. The image rate on
+    the unseen good images is measured again from their recorded scores; the false regions of a pixel threshold
+    changed since, which the scores do not tell, are left out."""
+    metrics: dict[str, Any] = dict(header.info.metrics or {})
+    calibration = header.calibration
+    if calibration is None:
+        return metrics
+    good = recorded_test_scores(header.info).good
+    if metrics.get("n_unseen_good") and good.size:
+        flagged = int(calibration.is_defect(good).sum())
+        metrics.update(n_unseen_good=int(good.size), fpr_unseen_good=flagged / good.size,
+                       fpr_unseen_good_ci=list(clopper_pearson(flagged, int(good.size))))
+    if calibration.pixel_set_by_hand or calibration.history:
+        metrics.pop("false_boxes_per_good_image", None)
+        metrics.pop("pixel_fpr_unseen_good", None)
+    return metrics
+
+
+def trained_summary(header: ModelHeader) -> str:
+    """What a just-trained model's thresholds promise and do, at the thresholds its file holds now."""
+    if header.calibration is None:
+        return ""
+    return promise_report(header.calibration, current_metrics(header))
+
+
+def same_model(path: str | os.PathLike | None, other: str | os.PathLike | None) -> bool:
+    """Whether two model paths name the same file."""
+    if not path or not other:
+        return False
+    try:
+        return Path(path).resolve() == Path(other).resolve()
+    except (OSError, RuntimeError):
+        return str(path) == str(other)
+
+
+def shows_trained_summary(result_path: str | None, selected: str | os.PathLike | None, tied: bool) -> bool:
+    """Whether the summary of the session's finished training is shown: always where it is not tied to a model
+    choice (the Train page), else only while the chosen model is the model it made (the home page: never the
+    summary of one model above the results of another)."""
+    return bool(result_path) and (not tied or same_model(result_path, selected))
+
+
+def _monitor_body(selected: str | None = None, tied: bool = False) -> None:
+    """Progress of the session's job, another session's running job, or how the session's last job ended (a
+    finished one's summary only while `selected` is its model, when `tied`)."""
     job_id = st.session_state.get("job_id")
     state = MANAGER.state(job_id) if job_id else None
     active = MANAGER.active()
@@ -77,13 +126,15 @@ def _monitor_body() -> None:
             select_model(state.result_path)
         st.rerun(scope="app")  # refresh the model lists and pickers of the whole page
     if state.status == "done":
+        if not shows_trained_summary(state.result_path, selected, tied):
+            return
         st.success(f"Trained **{state.request.display_name}** in {state.elapsed:.0f} s → "
                    f"`{Path(state.result_path).name}`", icon=":material/check_circle:")
         try:
             header = read_model_header(state.result_path)
         except InspectionError:  # deleted or replaced since: the models table says what is there now
             return
-        st.caption(promise_report(header.calibration, header.info.get("metrics") or {}))
+        st.caption(trained_summary(header))
     elif state.status == "cancelled":
         st.warning(f"Training {state.request.display_name!r} was stopped; nothing was saved.")
     else:
@@ -94,15 +145,18 @@ def _monitor_body() -> None:
 _polling_monitor = st.fragment(run_every=1.0)(_monitor_body)
 
 
-def training_monitor() -> None:
-    """Progress of this session's training (or of one started elsewhere), live while one runs."""
+def training_monitor(selected: Any = None, *, tied: bool = False) -> None:
+    """Progress of this session's training (or of one started elsewhere), live while one runs. `tied`: the
+    summary of a finished training shows only while `selected` (the chosen model: a ModelEntry or a path) is
+    the model it made, with the thresholds that model has now."""
     job_id = st.session_state.get("job_id")
     state = MANAGER.state(job_id) if job_id else None
     unseen = state is not None and st.session_state.get("job_seen") != state.job_id
+    chosen = str(getattr(selected, "path", selected)) if selected is not None else None
     if MANAGER.active() is not None or unseen:
-        _polling_monitor()
+        _polling_monitor(chosen, tied)
     else:
-        _monitor_body()
+        _monitor_body(chosen, tied)
 
 
 def wait_note() -> None:

@@ -10,7 +10,15 @@ from inspection.data.datasets import LAYOUT_MVTEC, list_categories, load_sample_
 from inspection.errors import DatasetError
 from inspection.results.image import mask_picture
 from inspection_app import caches, page, sidebar
-from inspection_app.browse import SPLITS, count_rows, filter_samples, page_count, page_items, sample_details
+from inspection_app.browse import (
+    SPLITS,
+    count_rows,
+    filter_samples,
+    grid_caption,
+    page_count,
+    page_items,
+    sample_details,
+)
 
 page.page_setup("Dataset", "The images a model learns from (train: good only) and is tested on (test: good and "
                 "defect types, with ground-truth masks where the dataset has them).")
@@ -76,7 +84,7 @@ for start in range(0, len(shown), columns_per_row):
     for column, sample in zip(columns, shown[start: start + columns_per_row]):
         with column, page.user_errors():
             st.image(caches.cached_thumbnail(str(sample.path), sample.path.stat().st_mtime),
-                     caption=f"{sample.defect_type} · {sample.path.name}", width="stretch")
+                     caption=grid_caption(sample), width="stretch")
             if st.button("Enlarge", key=f"enlarge-{sample.path}", icon=":material/zoom_in:",
                          help=f"Enlarge {sample.path.name}"):
                 st.session_state["dataset_selected"] = str(sample.path)

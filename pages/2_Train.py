@@ -22,7 +22,7 @@ from inspection_app.library import (
     unique_model_path,
     validate_name,
 )
-from inspection_app.tables import backbone_cost_rows, resize_mode_cost_rows
+from inspection_app.tables import EMPTY_CELL, MODEL_COLUMNS, backbone_cost_rows, resize_mode_cost_rows
 
 page.page_setup("Train", "Fit a model on the good training images of the chosen dataset, calibrate its thresholds on "
                 "held-out good images, evaluate it on the test split and save it to the models folder.")
@@ -130,7 +130,8 @@ st.subheader("Trained models")
 if not entries:
     st.caption(f"No model in `{models_dir()}` yet.")
 else:
-    st.dataframe([entry.row() for entry in entries], hide_index=True, width="stretch")
+    st.dataframe([entry.row() for entry in entries], hide_index=True, width="stretch", column_config=MODEL_COLUMNS,
+                 placeholder=EMPTY_CELL)
     st.caption("Metrics measured on the test split at training time; ms / image: one preprocessed image, batch 1.")
     by_path = {str(entry.path): entry for entry in entries}
     chosen = st.selectbox("Model to rename or delete", list(by_path), key="manage_model",

@@ -100,6 +100,9 @@ st.caption(view.saved_words)
 threshold_normalised = float(st.session_state[number_key])
 raw_threshold = view.raw(threshold_normalised)
 point = view.point(raw_threshold)
+target_note = view.target_note(st.session_state[fpr_key], raw_threshold)
+if target_note:  # a target the held-out good images cannot support: say why the promise is weaker
+    st.info(target_note, icon=":material/info:")
 
 metrics = st.columns(4)
 metrics[0].metric("FPR (test)", format_rate(point.fpr), help="Share of good test images (pixels) flagged as defect.")

@@ -13,6 +13,7 @@ from inspection.explain.classifier import defect_classifier
 from inspection.explain.classifier import unavailable_reason as classifier_unavailable
 from inspection.explain.gradcam import DIFFERENCE, explanation_note, unavailable_reason
 from inspection.results.image import (
+    VERDICT_HELP,
     defect_mask_on_original,
     image_result,
     mask_picture,
@@ -30,9 +31,11 @@ from inspection_app.inspect_view import (
     fit_classifier_on_dataset,
     is_wide,
     layer_labels,
+    lowest_score,
     mask_slider_range,
     overlap_summary,
     panel_rows,
+    picture_rows,
     truth_rows,
 )
 from inspection_app.uploads import UPLOAD_TYPES, content_digest, decode_upload, max_upload_mb
@@ -111,26 +114,26 @@ overlap = compare_masks(mask, ground_truth) if ground_truth is not None else Non
 
 figures = st.columns(5 if overlap is not None else 4)
 figures[0].metric("Anomaly score", f"{result.score:.3f}", help="The saved image threshold is 0.5 on this scale.")
-figures[1].metric("Verdict", result.verdict)
+figures[1].metric("Verdict", result.verdict, help=VERDICT_HELP)
 figures[2].metric("Defect regions", len(result.regions))
 figures[3].metric("Defect area", f"{mask.mean():.2%}", help="Share of the image's pixels in the mask.")
 if overlap is not None:
-    value, explanation = overlap_summary(overlap)
+    value, explanation = overlap_summary(overlap, float(mask.mean()))
     figures[4].metric("Mask vs ground truth", value, help=explanation)
 for note in unfamiliar_notes(result, calibration, model.info, dataset.category if dataset is not None else None):
     st.warning(note, icon=":material/help:")
 
-top = st.columns(2)
-top[0].image(image, caption=f"{name} · original {image.shape[1]}×{image.shape[0]}", width="stretch")
-top[1].image(result.overlay(), caption="Heatmap and defect regions (boxes labelled with their peak score)",
-             width="stretch")
-bottom = st.columns(2)
-bottom[0].image(mask_picture(image, mask), caption=f"Defect mask at {threshold:.2f}", width="stretch")
+# Two rows of two; a tall frame (taller than wide) in one row of four, so that the four fit on a screen or two.
+cells = [cell for per_row in picture_rows(image.shape) for cell in st.columns(per_row)]
+cells[0].image(image, caption=f"{name} · original {image.shape[1]}×{image.shape[0]}", width="stretch")
+cells[1].image(result.overlay(), caption="Heatmap and defect regions (boxes labelled with their peak score)" + (
+    " — not to be trusted: the image is unlike the training data" if result.unlike_training else ""), width="stretch")
+cells[2].image(mask_picture(image, mask), caption=f"Defect mask at {threshold:.2f}", width="stretch")
 if ground_truth is not None:
-    bottom[1].image(mask_picture(image, ground_truth, color=(40, 200, 80)),
-                    caption="Ground truth" + (" (good: no defect)" if sample.label == 0 else ""), width="stretch")
+    cells[3].image(mask_picture(image, ground_truth, color=(40, 200, 80)),
+                   caption="Ground truth" + (" (good: no defect)" if sample.label == 0 else ""), width="stretch")
 else:
-    bottom[1].caption("No ground truth for this image (an upload, or a defect without a mask).")
+    cells[3].caption("No ground truth for this image (an upload, or a defect without a mask).")
 if result.panels:  # the method's own views (its reconstruction among them when it makes one), in its order
     st.subheader(f"What {model.label} sees")
     for row in panel_rows(result.panels):
@@ -144,7 +147,7 @@ elif result.reconstruction is not None:
     st.image(result.reconstruction, caption="Reconstruction (working resolution)", width=420)
 else:
     st.caption(f"No reconstruction: {model.capabilities.no_reconstruction_reason}.")
-page.colorbar(result.colour_max, uninspected=not result.fully_inspected)
+page.colorbar(result.colour_max, uninspected=not result.fully_inspected, lowest=lowest_score(result.heatmap))
 
 st.subheader("Defect regions")
 if result.regions:

@@ -12,8 +12,8 @@ from inspection.results.image import image_result
 from inspection.workflows.evaluate import evaluate
 from inspection_app import caches, page, sidebar
 from inspection_app.browse import default_compare_samples, sample_label
-from inspection_app.compare_view import common_colour_max, default_compare_models
-from inspection_app.tables import evaluation_row, metric_rows
+from inspection_app.compare_view import column_header, common_colour_max, default_compare_models
+from inspection_app.tables import EMPTY_CELL, MODEL_COLUMNS, evaluation_row, metric_rows
 from inspection_app.uploads import UPLOAD_TYPES, content_digest, decode_upload, max_upload_mb, upload_label
 
 page.page_setup("Compare", "Several models side by side on the same images. Every heatmap is drawn on one colour "
@@ -62,7 +62,7 @@ n_columns = max(len(chosen) + 1, 4)  # at least 4, so that one model does not gi
 header = st.columns(n_columns)
 header[0].markdown("**Image**")
 for column, entry in zip(header[1:], chosen):
-    column.markdown(f"**{entry.name}**  \n{entry.method}/{entry.backbone or '—'}")
+    column.markdown(column_header(entry))
 all_inspected = True
 for name, key, image in images:
     row = st.columns(n_columns)
@@ -79,7 +79,8 @@ st.subheader("Metrics and speed")
 measured = st.session_state.get("compare_measured")
 measured_here = measured is not None and dataset is not None and measured[0] == str(dataset.root) and \
     {row["name"] for row in measured[1]} >= {entry.name for entry in chosen}
-st.dataframe(metric_rows(chosen), hide_index=True, width="stretch")
+st.dataframe(metric_rows(chosen), hide_index=True, width="stretch", column_config=MODEL_COLUMNS,
+             placeholder=EMPTY_CELL)
 splits = {entry.data_path for entry in chosen}
 if measured_here:
     st.caption("Above: as measured at training time. Below: all measured now on the same split.")
@@ -112,6 +113,6 @@ if dataset is not None and dataset.test:
         st.session_state["compare_measured"] = (str(dataset.root), rows)
         st.rerun()
     if measured_here:
-        st.dataframe(measured[1], hide_index=True, width="stretch")
+        st.dataframe(measured[1], hide_index=True, width="stretch", placeholder=EMPTY_CELL)
         st.caption(f"All measured now on the same {len(dataset.test)} test images of {dataset.category!r}, "
                    "on this machine.")

@@ -58,7 +58,7 @@ with page.user_errors():
 
 st.subheader("Every image")
 st.caption("Highest score first; click a column to sort by it.")
-st.dataframe(batch_view.table(summary), hide_index=True, width="stretch")
+st.dataframe(batch_view.table(summary), hide_index=True, width="stretch", placeholder=batch_view.EMPTY_CELL)
 st.plotly_chart(batch_view.histogram(summary), key="batch_histogram")
 
 st.subheader(f"The {len(run.pictures)} highest scores")

@@ -347,11 +347,25 @@ def load_image(
     a 100 Mpx line-camera frame then costs a few hundred MB once, not gigabytes in every later step. JPEG
     files are decoded at a reduced scale straight away (Pillow's draft mode).
     """
+    return load_image_with_size(source, name=name, max_pixels=max_pixels, max_side=max_side)[0]
+
+
+def load_image_with_size(
+    source: ImageSource,
+    *,
+    name: str | None = None,
+    max_pixels: int | None = None,
+    max_side: int | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """`load_image`, and the file's own (height, width) after EXIF orientation: what the image measures before any
+    shrink to `max_side` (areas are reported in it, and the smallest image a model judges is checked on it)."""
     label = _source_label(source, name)
     limit = _resolve_limit(max_pixels)
     with _opened(source, label, limit) as (image, stream):
+        width, height = image.size
+        size = (width, height) if _exif_orientation(image) in (5, 6, 7, 8) else (height, width)
         if _is_wide_multichannel(image):
-            return _shrink(_wide_to_rgb_uint8(_decode_wide_with_cv2(image, stream, label)), max_side)
+            return _shrink(_wide_to_rgb_uint8(_decode_wide_with_cv2(image, stream, label)), max_side), size
         if max_side is not None and image.format == "JPEG" and max(image.size) > max_side:
             # The DCT decoder scales by 1/2, 1/4 or 1/8 while decoding: never below the size asked for.
             scale = max(image.size) / max_side
@@ -361,13 +375,13 @@ def load_image(
             # Shrink in the file's own mode first: a 100 Mpx grey frame never becomes a 300 MB RGB array.
             orientation = _exif_orientation(image)  # the shrunk copy carries no EXIF
             scale = max_side / max(image.size)
-            size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+            shrunk_size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
             # An integer box reduction (cheap), then an exact box resample to the final size.
             reduced = image.reduce(max(image.size) // max_side) if max(image.size) >= 2 * max_side else image
-            shrunk = _to_rgb_uint8(reduced.resize(size, Image.Resampling.BOX), label)
-            return np.ascontiguousarray(_apply_orientation(shrunk, orientation))
+            shrunk = _to_rgb_uint8(reduced.resize(shrunk_size, Image.Resampling.BOX), label)
+            return np.ascontiguousarray(_apply_orientation(shrunk, orientation)), size
         oriented = ImageOps.exif_transpose(image)
-        return _shrink(_to_rgb_uint8(oriented, label), max_side)
+        return _shrink(_to_rgb_uint8(oriented, label), max_side), size
 
 
 def _shrink(image: np.ndarray, max_side: int | None) -> np.ndarray:

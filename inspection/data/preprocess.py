@@ -8,12 +8,14 @@ the border a crop never saw marked as not inspected (NaN).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
+
+from ..errors import ImageSizeError
 
 #: Input normalisations by name: (mean, std) applied to RGB in [0, 1]. Each set of backbone weights names
 #: the one it was trained with.
@@ -52,6 +54,14 @@ VARIABLE_SIZE_MODES = ("aspect", "tiles")
 INTENSITY_MODES = ("none", "standardize", "robust")
 _STANDARD_MEAN, _STANDARD_STD = 128.0, 48.0
 _IQR_PER_STD = 1.349
+
+#: Images are decoded for display and scoring at most this large (longer side, px): far above any model's working
+#: resolution, and a 100 Mpx frame's heatmap then costs megabytes, not gigabytes. (Here, below the models, because
+#: the smallest image a model judges is stated at this size: `Preprocessing.check_inspectable`.)
+DISPLAY_MAX_SIDE = 4096
+
+# cv2.remap needs every side of its source and destination below SHRT_MAX (32767).
+_REMAP_MAX_SIDE = 32766
 
 
 @dataclass(frozen=True)
@@ -128,11 +138,46 @@ class Preprocessing:
         """The working size of modes with a fixed one (in aspect and tiles modes: the model's tile/short side)."""
         return self.crop, self.crop
 
+    @property
+    def working_side(self) -> int:
+        """The side an image side is scaled to: its shorter side to `resize`, or (full mode) each side to `crop`."""
+        return self.crop if self.mode == "full" else self.resize
+
+    @property
+    def min_side(self) -> int:
+        """The smallest image side (px) the model judges: one pixel of the image per cell of its coarsest features."""
+        # An image side becomes `working_side` px, cut by the deepest stride (`multiple`) into working_side / multiple
+        # cells of the coarsest feature grid. A side with fewer pixels than that leaves cells with no pixel of the
+        # image at all — the model would judge the interpolation of the resize, not the part.
+        return max(1, -(-self.working_side // self.multiple))
+
+    def check_inspectable(self, height: int, width: int, name: str | None = None) -> None:
+        """Refuse, in one line (ImageSizeError), an image too small or too long and thin for the model to judge.
+
+        The rule: each side at least `min_side` px once the longer side is at most DISPLAY_MAX_SIDE (the size large
+        images are scored at), i.e. at least `min_side` px on each side and a shape of at most 1 : DISPLAY_MAX_SIDE /
+        `min_side` — the same verdict for a file and for its copy shrunk for scoring.
+        """
+        need, short, long = self.min_side, min(height, width), max(height, width)
+        if short >= need and short * DISPLAY_MAX_SIDE >= need * long:  # integers: no rounding at the limit
+            return
+        label = f"{name}: " if name else ""
+        works = (f"it works at {self.crop} × {self.crop} px" if self.mode == "full"
+                 else f"it works at {self.resize} px on the shorter side")
+        why = f"{works}, with its coarsest features {self.multiple} px apart"
+        if short < need:
+            raise ImageSizeError(f"{label}image is {width} × {height} px; this model needs at least {need} px on each "
+                                 f"side ({why}: a smaller side leaves some of them without a pixel of the image)")
+        raise ImageSizeError(f"{label}image is {width} × {height} px ({long / short:.4g}:1); this model needs at "
+                             f"least {need} px on each side once the longer side is shrunk to {DISPLAY_MAX_SIDE} px, "
+                             f"the size large images are scored at: sides of at most {DISPLAY_MAX_SIDE / need:.4g}:1 "
+                             f"({why})")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Preprocessing":
+    def from_dict(cls, values: dict) -> Preprocessing:
         return cls(**values)
 
     def geometry(self, height: int, width: int) -> Geometry:
@@ -153,8 +198,10 @@ class Preprocessing:
         return Geometry(height, width, resized_h, resized_w,
                         (resized_h - self.crop) // 2, (resized_w - self.crop) // 2, self.crop, self.crop)
 
-    def apply_geometry(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
-        """Resize and crop an H×W×C uint8 image to the working size (area interpolation when shrinking)."""
+    def apply_geometry(self, image: np.ndarray, name: str | None = None) -> tuple[np.ndarray, Geometry]:
+        """Resize and crop an H×W×C uint8 image to the working size (area interpolation when shrinking); an image the
+        model cannot judge is refused (`check_inspectable`, its message naming `name`)."""
+        self.check_inspectable(*image.shape[:2], name=name)
         geometry = self.geometry(*image.shape[:2])
         shrinking = geometry.resized_height * geometry.resized_width < image.shape[0] * image.shape[1]
         resized = cv2.resize(image, (geometry.resized_width, geometry.resized_height),
@@ -236,12 +283,35 @@ def map_to_original(anomaly_map: np.ndarray, geometry: Geometry) -> np.ndarray:
     # Working-grid coordinates of each original pixel centre, one axis at a time (the transform is separable).
     u = ((np.arange(geometry.original_width) + 0.5) * geometry.scale_x - 0.5 - geometry.offset_x).astype(np.float32)
     v = ((np.arange(geometry.original_height) + 0.5) * geometry.scale_y - 0.5 - geometry.offset_y).astype(np.float32)
-    map_x = np.broadcast_to(u[None, :], (geometry.original_height, geometry.original_width))
-    map_y = np.broadcast_to(v[:, None], (geometry.original_height, geometry.original_width))
-    placed = cv2.remap(anomaly_map, np.ascontiguousarray(map_x), np.ascontiguousarray(map_y),
-                       interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    placed = np.empty((geometry.original_height, geometry.original_width), np.float32)
+    # A long thin image's working map can pass cv2.remap's limit of 32767 px a side: remap it block by block, each
+    # block with the source rows and columns its pixels read (one block, the whole map, for every usual size).
+    for rows, (top, bottom) in _remap_blocks(v, seen_h):
+        for cols, (left, right) in _remap_blocks(u, seen_w):
+            shape = (rows.stop - rows.start, cols.stop - cols.start)
+            map_x = np.broadcast_to(u[cols][None, :] - np.float32(left), shape)
+            map_y = np.broadcast_to(v[rows][:, None] - np.float32(top), shape)
+            placed[rows, cols] = cv2.remap(anomaly_map[top:bottom, left:right], np.ascontiguousarray(map_x),
+                                           np.ascontiguousarray(map_y), interpolation=cv2.INTER_LINEAR,
+                                           borderMode=cv2.BORDER_REPLICATE)
     # A pixel is inspected when its centre falls inside the working grid's extent [-0.5, size - 0.5].
     outside_x = (u < -0.5) | (u > seen_w - 0.5)
     outside_y = (v < -0.5) | (v > seen_h - 0.5)
     placed[outside_y[:, None] | outside_x[None, :]] = np.nan
     return placed
+
+
+def _remap_blocks(coords: np.ndarray, source_size: int) -> list[tuple[slice, tuple[int, int]]]:
+    """Runs of destination pixels (ascending source `coords`) and the source span [start, stop) each run reads, both
+    within cv2.remap's limit; a margin of a pixel each side, as cv2 rounds coordinates to 1/32 px."""
+    first = np.clip(np.floor(coords).astype(np.int64) - 1, 0, max(source_size - 1, 0))
+    last = np.clip(np.floor(coords).astype(np.int64) + 2, 0, max(source_size - 1, 0))  # the pixel after, inclusive
+    blocks, start = [], 0
+    while start < len(coords):  # a loop over blocks (one for every usual size), not over pixels
+        source_start = int(first[start])
+        stop = min(int(np.searchsorted(last, source_start + _REMAP_MAX_SIDE, side="left")),
+                   start + _REMAP_MAX_SIDE, len(coords))
+        stop = max(stop, start + 1)
+        blocks.append((slice(start, stop), (source_start, int(last[stop - 1]) + 1)))
+        start = stop
+    return blocks

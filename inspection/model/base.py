@@ -29,7 +29,7 @@ import torch
 from .. import __version__
 from ..data.preprocess import RESIZE_MODES, Geometry, Preprocessing, normalization_tensors
 from ..device import resolve_device
-from ..errors import InspectionError, ModelFileError, ParameterError
+from ..errors import InspectionError, ModelFileError, ParameterError, WeightsNotFoundError
 from ..params import ParamSet
 from ..progress import Progress, ProgressCallback, no_progress
 from . import modes
@@ -37,6 +37,7 @@ from .batching import item_name, iter_batches, split_holdout
 from .calibration import Calibration
 from .capabilities import Capabilities
 from .common_params import CommonParams
+from .familiarity import BANK_TENSOR, INFO_KEY, Familiarity, describe_images, nearest_distance, read_familiarity
 from .header import BackboneRecord, ModelHeader, ModelInfo
 from .modelfile import parse_header, read_model_file, resolve_model_path, write_model_file
 from .prediction import Prediction
@@ -65,6 +66,10 @@ class AnomalyModel(CommonParams, ABC):
         self.info = ModelInfo()
         #: Tensors of parts attached to the file after fitting (`ATTACHED_PREFIX`), kept when it is saved again.
         self.attached: dict[str, torch.Tensor] = {}
+        #: The good training images' vectors and the line beyond which an image is unlike them (`familiarity`);
+        #: None for files made before the check, or when the descriptor's weights were missing at fit.
+        self.familiarity: Familiarity | None = None
+        self.familiarity_bank: torch.Tensor | None = None
 
     def _preprocessing(self, normalization: str) -> Preprocessing:
         return Preprocessing(self.resize_mode, self.resize, self.crop, normalization, self.intensity,
@@ -200,12 +205,20 @@ class AnomalyModel(CommonParams, ABC):
 
         with torch.enable_grad() if self.capabilities.trains_by_gradient else torch.no_grad():
             self._fit_batches(batches, len(fit_images), progress)
+        self._fit_familiarity_bank(fit_images)
         calibration_images = [images[i] for i in holdout_index] if len(holdout_index) else fit_images
         progress(Progress("calibrate", 0, len(calibration_images)))
         prediction = self.predict(calibration_images)
         self.calibration = Calibration.from_good(
             prediction.raw_scores, prediction.raw_maps, self.image_fpr, self.pixel_fpr,
             [item_name(item) for item in calibration_images], self.pixel_rule, self.false_regions)
+        if self.familiarity_bank is not None:
+            # Held-out images are measured against the bank they are not in; without any, each training image
+            # against the others.
+            distances = (prediction.familiarity_distances if len(holdout_index) else
+                         nearest_distance(self.familiarity_bank, self.familiarity_bank, exclude_self=True))
+            self.familiarity = Familiarity.from_heldout(distances)
+            self.info.extra[INFO_KEY] = self.familiarity.to_dict()
         progress(Progress("calibrate", len(calibration_images), len(calibration_images)))
         self.info.update(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -215,6 +228,31 @@ class AnomalyModel(CommonParams, ABC):
                           "the fitting images (no held-out images: thresholds are optimistic)",
             fit_seconds=round(time.perf_counter() - started, 3))
         return self
+
+    @torch.no_grad()
+    def _fit_familiarity_bank(self, fit_images: Sequence[Any]) -> None:
+        """The vectors of the good training images (`familiarity`); none, with the reason kept in the model's
+        info, when the descriptor's weights are missing."""
+        self.familiarity, self.familiarity_bank = None, None
+        self.info.extra.pop(INFO_KEY, None)
+        self.info.extra.pop(f"{INFO_KEY}_unavailable", None)
+        vectors = []
+        try:
+            for tensor, geometries, _ in iter_batches(fit_images, self.preprocessing, self.batch_size):
+                vectors.append(self._describe(tensor.to(self.torch_device), geometries))
+        except WeightsNotFoundError as error:
+            self.info.extra[f"{INFO_KEY}_unavailable"] = str(error).splitlines()[0]
+            return
+        self.familiarity_bank = torch.cat(vectors).cpu()
+
+    def _describe(self, images: torch.Tensor, geometries: Sequence[Geometry] | None) -> torch.Tensor:
+        """The familiarity vectors of a normalised batch: of each image's own part in aspect mode (not padding)."""
+        rgb = self.unit_range(images).clamp(0, 1)
+        if self.preprocessing.mode != "aspect" or not geometries:
+            return describe_images(rgb)
+        content = modes.content_sizes(images, [geometry.seen for geometry in geometries]).tolist()
+        return torch.cat([describe_images(rgb[row:row + 1, :, :height, :width])
+                          for row, (height, width) in enumerate(content)])
 
     def predict(self, images: Sequence[Any], batch_size: int | None = None,
                 progress: ProgressCallback | None = None, panels: bool = False) -> Prediction:
@@ -231,14 +269,18 @@ class AnomalyModel(CommonParams, ABC):
         geometries: list[Any] = [None] * count
         reconstructions: list[Any] = [None] * count
         image_panels: list[list[Panel]] = [[] for _ in range(count)]
+        distances = np.full(count, np.nan)
         done = 0
         for tensor, batch_geometries, indices in iter_batches(images, self.preprocessing,
                                                               batch_size or self.batch_size):
             batch_maps, batch_scores, batch_reconstruction, batch_panels = self._predict_batch(
                 tensor, panels, batch_geometries)
+            batch_distances = self._familiarity_distances(tensor, batch_geometries)
             for row, index in enumerate(indices):  # batches of varying sizes come out of order
                 maps[index], scores[index], geometries[index] = batch_maps[row], batch_scores[row], \
                     batch_geometries[row]
+                if batch_distances is not None:
+                    distances[index] = batch_distances[row]
                 if batch_reconstruction is not None:
                     reconstructions[index] = batch_reconstruction[row]
                 if panels and batch_panels:
@@ -250,7 +292,15 @@ class AnomalyModel(CommonParams, ABC):
         size = self.preprocessing.size
         return Prediction(
             modes.stack_maps(maps, size), scores, geometries, self.calibration,
-            modes.stack_maps(reconstructions, size) if has_reconstructions else None, image_panels if panels else None)
+            modes.stack_maps(reconstructions, size) if has_reconstructions else None, image_panels if panels else None,
+            distances if self.familiarity_bank is not None else None, self.familiarity)
+
+    @torch.no_grad()
+    def _familiarity_distances(self, images: torch.Tensor, geometries: Sequence[Geometry]) -> np.ndarray | None:
+        """Each image's distance to the nearest good training image (`familiarity`); None without a bank."""
+        if self.familiarity_bank is None:
+            return None
+        return nearest_distance(self._describe(images.to(self.torch_device), geometries), self.familiarity_bank)
 
     def predict_tensor(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Score an already normalised batch: (maps [B,H,W] float32, scores [B], reconstructions or None)."""
@@ -295,7 +345,8 @@ class AnomalyModel(CommonParams, ABC):
     def save(self, path: str | os.PathLike) -> Path:
         """Write one file: learned tensors + settings, preprocessing, seed, calibration and metadata."""
         self._require_fitted()
-        return write_model_file(path, {**self._state(), **self.attached}, self.header().to_dict())
+        bank = {} if self.familiarity_bank is None else {BANK_TENSOR: self.familiarity_bank}
+        return write_model_file(path, {**self._state(), **self.attached, **bank}, self.header().to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None) -> AnomalyModel:
@@ -322,7 +373,8 @@ class AnomalyModel(CommonParams, ABC):
             device_now = model.torch_device
             model.attached = {name: tensor for name, tensor in tensors.items() if name.startswith(ATTACHED_PREFIX)}
             model._load_state({name: tensor.to(device_now) for name, tensor in tensors.items()
-                               if not name.startswith(ATTACHED_PREFIX)})
+                               if not name.startswith(ATTACHED_PREFIX) and name != BANK_TENSOR})
+            model.familiarity, model.familiarity_bank = read_familiarity(header.info.extra, tensors)
         except InspectionError as error:  # missing weights, tensors that do not fit, …: say which file
             if path.name in str(error):
                 raise

@@ -44,7 +44,10 @@ def iter_batches(items: Sequence[Any], preprocessing: Preprocessing, batch_size:
     """
 
     def prepare(item: Any) -> tuple[np.ndarray, Geometry]:
-        return preprocessing.apply_geometry(decode(item))
+        # An image the model cannot judge (too small, too long and thin) is refused naming its file, as load_image
+        # names an unreadable one.
+        name = item_name(item)
+        return preprocessing.apply_geometry(decode(item), name=None if name == "<array>" else name)
 
     def emit(group: list[tuple[int, np.ndarray, Geometry]]) -> tuple[torch.Tensor, list[Geometry], list[int]]:
         indices, images, geometries = zip(*group)

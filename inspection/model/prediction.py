@@ -9,6 +9,7 @@ import numpy as np
 from ..data.preprocess import Geometry, map_to_original
 from ..scores.regions import Region, find_regions
 from .calibration import Calibration
+from .familiarity import Familiarity
 from .views import Panel
 
 
@@ -25,6 +26,17 @@ class Prediction:
     reconstructions: np.ndarray | None = None  # [N, H, W, 3] uint8, for methods that reconstruct
     #: Per image, what the method shows of its work (`views.Panel`, in display order); None unless asked for.
     panels: list[list[Panel]] | None = None
+    #: [N] cosine distance of each image to the nearest good training image (`familiarity`); None when the model
+    #: has no familiarity check (made before it, or without the descriptor's weights).
+    familiarity_distances: np.ndarray | None = None
+    familiarity: Familiarity | None = None
+
+    @property
+    def unlike_training(self) -> np.ndarray:
+        """True where an image is unlike the training data (`Familiarity.is_unlike`); all False without a check."""
+        if self.familiarity is None or self.familiarity_distances is None:
+            return np.zeros(len(self.raw_scores), bool)
+        return self.familiarity.is_unlike(self.familiarity_distances)
 
     @property
     def anomaly_maps(self) -> np.ndarray:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.preprocess import DISPLAY_MAX_SIDE as DISPLAY_MAX_SIDE  # where the scoring paths have read it from
 from ..data.preprocess import Geometry
 from ..model.calibration import Calibration
 from ..model.prediction import Prediction
@@ -17,13 +18,25 @@ from ..model.views import Panel
 from ..scores.regions import MIN_REGION_AREA, Region
 from .pictures import box_to_original, colorize_range, draw_boxes, mask_overlay, overlay
 
-#: Images are decoded for display and scoring at most this large (longer side, px): far above any model's working
-#: resolution, and a 100 Mpx frame's heatmap then costs megabytes, not gigabytes.
-DISPLAY_MAX_SIDE = 4096
+#: The verdict for an image the model cannot judge: a picture unlike its training data (`model.familiarity`). One
+#: word, as GOOD and DEFECT are, so that it fits where they do; the page's note says the rest.
+UNLIKE_TRAINING = "UNLIKE"
+#: The verdicts as `predict`'s CSV writes them, and as the pages show them.
+VERDICT_WORDS = {"good": "GOOD", "defect": "DEFECT", "unlike": UNLIKE_TRAINING}
+#: What the pages say a verdict means.
+VERDICT_HELP = ("DEFECT when the score is above the saved threshold (0.5), GOOD below it; UNLIKE when the picture is "
+                "unlike the training data — too far from every training image for either to be said (a picture "
+                "of another part, a blank or a test pattern).")
 
-def verdict_label(is_defect: bool) -> str:
+
+def verdict_label(is_defect: bool, unlike_training: bool = False) -> str:
     """The word a page shows for a verdict."""
-    return "DEFECT" if is_defect else "GOOD"
+    return UNLIKE_TRAINING if unlike_training else "DEFECT" if is_defect else "GOOD"
+
+
+def verdict_word(is_defect: bool, unlike_training: bool = False) -> str:
+    """The verdict as `predict`'s CSV writes it: good, defect or unlike."""
+    return "unlike" if unlike_training else "defect" if is_defect else "good"
 
 
 @dataclass
@@ -42,10 +55,23 @@ class ImageResult:
     reconstruction: np.ndarray | None = None  # working resolution RGB, for methods that reconstruct
     colour_max: float = 1.0  # the top of the heatmap's colour scale (the threshold 0.5 is its middle)
     panels: list[Panel] = field(default_factory=list)  # the method's views, when the prediction was asked for them
+    #: (height, width) of the file itself when `image` is a copy shrunk for display and scoring (DISPLAY_MAX_SIDE):
+    #: what areas are reported in. None: `image` is the file at its own size.
+    original_size: tuple[int, int] | None = None
+    #: True when the picture is unlike the training data (`model.familiarity`): no GOOD or DEFECT can be said.
+    unlike_training: bool = False
+    #: Its distance to the nearest training image and the line beyond which it is unlike them (None: no check).
+    familiarity_distance: float | None = None
+    familiarity_threshold: float | None = None
 
     @property
     def verdict(self) -> str:
-        return verdict_label(self.is_defect)
+        return verdict_label(self.is_defect, self.unlike_training)
+
+    @property
+    def verdict_word(self) -> str:
+        """The verdict as `predict`'s CSV writes it."""
+        return verdict_word(self.is_defect, self.unlike_training)
 
     @property
     def fully_inspected(self) -> bool:
@@ -60,30 +86,48 @@ class ImageResult:
         return draw_boxes(blended, self.boxes, [f"{region.max_score:.2f}" for region in self.regions])
 
     def region_rows(self, brief: bool = False) -> list[dict[str, Any]]:
-        """A table of the regions, the most telling columns first: peak score, area and box in original pixels,
-        mean score (not when `brief`)."""
-        scale = self.geometry.scale_x * self.geometry.scale_y
+        """A table of the regions, the most telling columns first: peak score, area and box in the file's own pixels
+        (also when it was shrunk for display and scoring), mean score (not when `brief`)."""
+        geometry = self.geometry
+        height, width = self.original_size or (geometry.original_height, geometry.original_width)
+        # One working pixel in the file's pixels: through the resize, then back through any shrink for display.
+        pixel_area = (height / geometry.resized_height) * (width / geometry.resized_width)
         rows = [{"region": index + 1, "max score": round(region.max_score, 2),
-                 "area (px)": int(round(region.area / scale)), "box": f"{box[0]},{box[1]} – {box[2]},{box[3]}",
+                 "area (px)": int(round(region.area * pixel_area)), "box": self._box_text(box),
                  "mean score": round(region.mean_score, 2)}
                 for index, (region, box) in enumerate(zip(self.regions, self.boxes))]
         return [{key: value for key, value in row.items() if key != "mean score"} for row in rows] if brief else rows
 
+    def _box_text(self, box: tuple[int, int, int, int]) -> str:
+        """A box of `boxes` (the shown image's pixels) as the table shows it: in the file's own pixels."""
+        if self.original_size is not None:
+            height, width = self.original_size
+            factor_y, factor_x = height / self.image.shape[0], width / self.image.shape[1]
+            box = (int(np.floor(box[0] * factor_x)), int(np.floor(box[1] * factor_y)),
+                   min(width, int(np.ceil(box[2] * factor_x))), min(height, int(np.ceil(box[3] * factor_y))))
+        return f"{box[0]},{box[1]} – {box[2]},{box[3]}"
+
 
 def image_result(prediction: Prediction, index: int, image: np.ndarray, name: str,
                  pixel_threshold: float | None = None, min_area: int = MIN_REGION_AREA,
-                 regions_when_good: bool = False, colour_max: float | None = None) -> ImageResult:
+                 regions_when_good: bool = False, colour_max: float | None = None,
+                 original_size: tuple[int, int] | None = None) -> ImageResult:
     """Everything the pages show about image `index` of a prediction (raw thresholds; the saved ones by default).
 
     Defect regions are listed only for images judged defects, unless `regions_when_good`: a part that passes
     has no defects to outline, only spots below the verdict (the Inspect page shows those on request). The
     colour scale reaches the model's own colour maximum unless `colour_max` sets a common one (Compare).
+    `original_size` (height, width): the file's own size when `image` is a copy shrunk for display and scoring.
     """
     calibration = _require_calibration(prediction.calibration)
     raw_score = float(prediction.raw_scores[index])
     is_defect = calibration.is_defect(raw_score)
+    unlike = bool(prediction.unlike_training[index])
+    # A picture unlike the training data has no defects to outline: its map is shown, but nothing is boxed.
     regions = (prediction.regions(index, pixel_threshold=pixel_threshold, min_area=min_area)
-               if is_defect or regions_when_good else [])
+               if (is_defect and not unlike) or regions_when_good else [])
+    distance = (None if prediction.familiarity_distances is None
+                else float(prediction.familiarity_distances[index]))
     geometry = prediction.geometries[index]
     reconstruction = prediction.reconstructions[index] if prediction.reconstructions is not None else None
     panels = list(prediction.panels[index]) if prediction.panels is not None else []
@@ -92,7 +136,8 @@ def image_result(prediction: Prediction, index: int, image: np.ndarray, name: st
         is_defect=is_defect, heatmap=prediction.map_on_original(index),
         regions=regions, boxes=[box_to_original(region, geometry) for region in regions], geometry=geometry,
         reconstruction=reconstruction, colour_max=calibration.colour_max if colour_max is None else colour_max,
-        panels=panels)
+        panels=panels, original_size=original_size, unlike_training=unlike, familiarity_distance=distance,
+        familiarity_threshold=None if prediction.familiarity is None else prediction.familiarity.threshold)
 
 
 def defect_mask_on_original(result: ImageResult, calibration: Calibration,
@@ -131,18 +176,28 @@ def _require_calibration(calibration: Calibration | None) -> Calibration:
 
 def unfamiliar_notes(result: ImageResult, calibration: Calibration, info: Mapping[str, Any],
                      dataset_category: str | None = None) -> list[str]:
-    """Plain words when an image is unlike what the model was made for: a score far beyond any it saw, or a
-    model of another category than the images' dataset."""
+    """Plain words when an image is unlike what the model was made for: beyond its familiarity line (the verdict
+    then says so too), a model of another category than the images' dataset, or — for models made before the
+    familiarity check — a score far beyond any it saw."""
     notes = []
     category = str(info.get("category") or "")
+    of_category = f" ({category})" if category else ""
+    if result.unlike_training:
+        notes.append(f"This picture is unlike the model's training images{of_category}: its distance to the nearest "
+                     f"of them is {result.familiarity_distance:.2f}, beyond the model's line of "
+                     f"{result.familiarity_threshold:.2f}. The model cannot say whether it is GOOD or a DEFECT, and "
+                     "its heatmap is not to be trusted. Is it a picture of this part, under the same camera and light "
+                     "as the training images?")
     if dataset_category and category and dataset_category != category:
         notes.append(f"This model was trained on {category!r} images; these come from {dataset_category!r}. Its "
-                     "scores mean little here: train a model on this dataset (Train page).")
+                     "scores mean little here: choose a model of this dataset in the sidebar, or train one (Train "
+                     "page).")
     seen = [float(record["score"]) for record in info.get("test_scores") or []] + list(calibration.heldout_scores)
-    if seen:
+    if seen and not result.unlike_training and result.familiarity_distance is None:
         highest = float(calibration.image_scale.normalize(max(seen)))
         if result.score > 2 * max(highest, 1.0):
             notes.append(f"This image scores {result.score:.1f}, more than twice the highest score the model saw "
                          f"in its evaluation ({highest:.1f}): it may not show the kind of part the model was "
-                         f"trained on{f' ({category})' if category else ''}.")
+                         f"trained on{of_category}. (Models trained since the familiarity check came say so "
+                         "in their verdict: train this one again to get it.)")
     return notes

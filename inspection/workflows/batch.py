@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..data.images import IMAGE_EXTENSIONS, list_images, load_image
+from ..data.images import IMAGE_EXTENSIONS, list_images, load_image_with_size
 from ..data.uris import is_uri, list_uri_images, read_uri, uri_key, uri_name
 from ..errors import ImageLoadError, ModelFileError, ParameterError
 from ..model.base import AnomalyModel
@@ -59,6 +59,7 @@ class BatchSummary:
     skipped: int = 0
     rows: tuple[dict[str, Any], ...] = field(default=(), repr=False)
     restarted: bool = False  # results of an earlier run were there but made with another model (or thresholds)
+    unlike: int = 0  # images unlike the training data: neither good nor defect (`model.familiarity`)
 
     @property
     def out(self) -> Path:
@@ -200,31 +201,33 @@ class Task:
 Engine = Callable[[AnomalyModel, Sequence[Task], Path, int, str], Iterable[tuple[Task, dict[str, Any]]]]
 
 
-def read_source(source: str) -> np.ndarray:
-    """The image at a path or URI, as every scoring path reads it (shrunk to the display size)."""
+def read_source(source: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image at a path or URI, as every scoring path reads it (shrunk to the display size), and the file's own
+    (height, width)."""
     if is_uri(source):
-        return load_image(read_uri(source), name=source, max_side=DISPLAY_MAX_SIDE)
-    return load_image(Path(source), max_side=DISPLAY_MAX_SIDE)
+        return load_image_with_size(read_uri(source), name=source, max_side=DISPLAY_MAX_SIDE)
+    return load_image_with_size(Path(source), max_side=DISPLAY_MAX_SIDE)
 
 
 def _error_row(task: Task, error: Exception) -> dict[str, Any]:
     return {**(task.key or {"path": task.source}), "file": task.name, "error": str(error)}
 
 
-def _scored_rows(model: AnomalyModel, batch: Sequence[tuple[Task, np.ndarray]], out: Path, overlays: str
-                 ) -> list[tuple[Task, dict[str, Any]]]:
-    """One forward pass over decoded images: each one's row, and its overlay picture written when asked for."""
-    prediction = model.predict([image for _, image in batch])
+def _scored_rows(model: AnomalyModel, batch: Sequence[tuple[Task, np.ndarray, tuple[int, int]]], out: Path,
+                 overlays: str) -> list[tuple[Task, dict[str, Any]]]:
+    """One forward pass over decoded images: each one's row (areas in the file's own pixels, also when it was decoded
+    shrunk), and its overlay picture written when asked for."""
+    prediction = model.predict([image for _, image, _ in batch])
     rows = []
-    for position, (task, image) in enumerate(batch):
-        result = image_result(prediction, position, image, task.name)
+    for position, (task, image, size) in enumerate(batch):
+        result = image_result(prediction, position, image, task.name, original_size=size)
         overlay = ""
         if overlays == "all" or (overlays == "defects" and result.is_defect):
             overlay = task.overlay
             cv2.imwrite(str(out / overlay), result.overlay()[:, :, ::-1])  # BGR
         areas = [row["area (px)"] for row in result.region_rows(brief=True)]
         rows.append((task, {**(task.key or {"path": task.source}), "file": task.name, "score": result.score,
-                            "raw_score": result.raw_score, "verdict": "defect" if result.is_defect else "good",
+                            "raw_score": result.raw_score, "verdict": result.verdict_word,
                             "regions": len(result.regions), "largest_region_area": max(areas, default=0),
                             "overlay": overlay, "error": ""}))
     return rows
@@ -233,21 +236,37 @@ def _scored_rows(model: AnomalyModel, batch: Sequence[tuple[Task, np.ndarray]], 
 def score_tasks(model: AnomalyModel, tasks: Sequence[Task], out: Path, overlays: str
                 ) -> Iterator[tuple[Task, dict[str, Any]]]:
     """Score one chunk of files: the readable ones in forward passes of at most `_CHUNK_PIXELS` decoded pixels
-    (large images then cost one pass's memory), each unreadable one as a row naming why. Every engine scores its
-    chunks through this, so that the same chunks give the same scores wherever they run."""
-    batch: list[tuple[Task, np.ndarray]] = []
+    (large images then cost one pass's memory), each unreadable one — or one the model cannot judge, too small or
+    too long and thin (`Preprocessing.check_inspectable`) — as a row naming why. Every engine scores its chunks
+    through this, so that the same chunks give the same scores wherever they run."""
+    batch: list[tuple[Task, np.ndarray, tuple[int, int]]] = []
+    working: list[tuple[int, int]] = []  # each image's working size (its map's)
     for task in tasks:
         try:
-            image = read_source(task.source)
+            image, size = read_source(task.source)
+            # Judged on the file's own size, so that the message names what the user has (not the shrunk copy).
+            model.preprocessing.check_inspectable(*size, name=task.source)
         except ImageLoadError as error:  # one bad file is reported and skipped; the rest are scored
             yield task, _error_row(task, error)
             continue
-        batch.append((task, image))
-        if sum(item.shape[0] * item.shape[1] for _, item in batch) >= _CHUNK_PIXELS:
+        geometry = model.preprocessing.geometry(*image.shape[:2])
+        if batch and _stacked_pixels([*working, (geometry.height, geometry.width)]) > _CHUNK_PIXELS:
             yield from _scored_rows(model, batch, out, overlays)
-            batch = []
+            batch, working = [], []
+        batch.append((task, image, size))
+        working.append((geometry.height, geometry.width))
+        if sum(item.shape[0] * item.shape[1] for _, item, _ in batch) >= _CHUNK_PIXELS:
+            yield from _scored_rows(model, batch, out, overlays)
+            batch, working = [], []
     if batch:
         yield from _scored_rows(model, batch, out, overlays)
+
+
+def _stacked_pixels(sizes: Sequence[tuple[int, int]]) -> int:
+    """The map pixels one forward pass over images of these working sizes holds: a prediction stacks maps of
+    different sizes into one array as large as the largest of each side (a long wide frame and a long tall one
+    together would make it square: the pass is split instead)."""
+    return len(sizes) * max(height for height, _ in sizes) * max(width for _, width in sizes)
 
 
 def chunks(tasks: Sequence[Task], batch_size: int) -> list[Sequence[Task]]:
@@ -335,7 +354,8 @@ def score_files(model: AnomalyModel, files: Sequence[tuple[Source, str]], out: P
         csv_path = write_csv(out / CSV_NAME, [csv_row(row) for row in finished], PREDICTION_FIELDS)
     failed = sum(bool(row.get("error")) for row in finished)
     return BatchSummary(scored=len(finished) - failed, flagged=sum(row.get("verdict") == "defect" for row in finished),
-                        failed=failed, csv_path=csv_path, skipped=skipped, rows=tuple(finished), restarted=restarted)
+                        failed=failed, csv_path=csv_path, skipped=skipped, rows=tuple(finished), restarted=restarted,
+                        unlike=sum(row.get("verdict") == "unlike" for row in finished))
 
 
 def _stem(source: Source) -> str:

@@ -44,8 +44,10 @@ class Evaluation:
 TIMING_BATCH = 16
 
 
-def _median_ms(calls: Sequence[Callable[[], object]], warmup: int, budget_s: float, minimum: int) -> float:
-    """Median wall time of `calls` run in turn, in ms, after up to `warmup` of them.
+def _median_ms(calls: Sequence[Callable[[], object]], warmup: int, budget_s: float, minimum: int,
+               after_call: Callable[[], None] | None = None) -> float:
+    """Median wall time of `calls` run in turn, in ms, after up to `warmup` of them; `after_call` runs after each
+    call (warm-up ones too), outside the time measured.
 
     Warm-up stops early when it has taken a quarter of the budget (a slow call has nothing worth warming up),
     and measuring stops once the budget is spent and `minimum` calls were measured: a method that takes
@@ -54,6 +56,8 @@ def _median_ms(calls: Sequence[Callable[[], object]], warmup: int, budget_s: flo
     started = time.perf_counter()
     for call in calls[:warmup]:
         call()
+        if after_call is not None:
+            after_call()
         if time.perf_counter() - started > budget_s / 4:
             break
     times: list[float] = []
@@ -64,13 +68,34 @@ def _median_ms(calls: Sequence[Callable[[], object]], warmup: int, budget_s: flo
         begun = time.perf_counter()
         call()  # predict_tensor returns numpy arrays: the device is synchronised inside
         times.append((time.perf_counter() - begun) * 1000)
+        if after_call is not None:
+            after_call()
     return statistics.median(times)
 
 
 def time_prediction(model: AnomalyModel, items: Sequence[Any], repeats: int = 20, warmup: int = 3,
-                    budget_s: float = 20.0) -> dict[str, float]:
-    """Median ms per image: decoding alone, and prediction at batch size 1 and in batches of `TIMING_BATCH`."""
+                    budget_s: float | None = None, progress: ProgressCallback | None = None) -> dict[str, float]:
+    """Median ms per image: decoding alone, and prediction at batch size 1 and in batches of `TIMING_BATCH`.
+
+    `budget_s` bounds each of the two measurements (default: a second per repeat, 20 s at the default 20); the
+    batch is timed 3 times at 15 repeats or more, once (after its warm-up) under 10. `progress` hears "timing"
+    after every call timed, counted in images predicted (a batch call is `TIMING_BATCH` of them), so a slow
+    method's timing shows how far it is."""
+    budget_s = float(repeats) if budget_s is None else budget_s
     items = list(items)
+    single_count = min(repeats, len(items))
+    batch_calls = min(3, max(1, repeats // 5))  # 3 at the default; a short timing measures one batch
+    singles_end = min(warmup, single_count) + single_count  # at most this many single calls, warm-up included
+    total, done, reported = singles_end + (1 + batch_calls) * TIMING_BATCH, 0, -1
+
+    def report(step: int) -> None:
+        nonlocal done, reported
+        done = min(max(done, step), total)
+        if progress is not None and done != reported:
+            reported = done
+            progress(Progress("timing", done, total))
+
+    report(0)
     decode_ms, tensors = [], []
     for item in items[:max(repeats, TIMING_BATCH)]:
         started = time.perf_counter()
@@ -79,14 +104,20 @@ def time_prediction(model: AnomalyModel, items: Sequence[Any], repeats: int = 20
         tensors.append(model.preprocessing.batch([image])[0])
     singles = tensors[:repeats]
     single_ms = _median_ms([lambda tensor=tensor: model.predict_tensor(tensor) for tensor in singles], warmup,
-                           budget_s, minimum=min(3, len(singles)))
+                           budget_s, minimum=min(3, len(singles)),
+                           after_call=lambda: report(min(done + 1, singles_end)))
+    report(singles_end)  # the budget may have cut the single calls short
     # Fewer images than a batch: the batch repeats them (speed does not depend on which images they are). A batch
     # holds images of one working size (aspect and tiles modes vary it): those of the first image's.
     same_size = [tensor for tensor in tensors if tensor.shape == tensors[0].shape]
     batch = torch.cat([same_size[index % len(same_size)] for index in range(TIMING_BATCH)])
     estimated_batch_s = single_ms * TIMING_BATCH / 1000
     batch_warmup = 1 if estimated_batch_s < budget_s / 4 else 0  # warming up a call of many seconds gains nothing
-    batch_ms = _median_ms([lambda: model.predict_tensor(batch)] * 3, batch_warmup, budget_s, minimum=1)
+    if not batch_warmup:
+        report(done + TIMING_BATCH)
+    batch_ms = _median_ms([lambda: model.predict_tensor(batch)] * batch_calls, batch_warmup, budget_s, minimum=1,
+                          after_call=lambda: report(done + TIMING_BATCH))
+    report(total)
     return {"predict_ms_per_image": single_ms, f"predict_ms_per_image_batch{TIMING_BATCH}": batch_ms / TIMING_BATCH,
             "decode_ms_per_image": statistics.median(decode_ms)}
 
@@ -142,6 +173,8 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
         if not good.all():  # what the saved image threshold catches: the verdict a line would give each defect
             metrics["defects_flagged"] = float(np.mean(model.calibration.is_defect(prediction.raw_scores[~good])))
         metrics.update(unseen_good_rates(model.calibration, prediction.raw_scores[good], prediction.raw_maps[good]))
+    if prediction.familiarity is not None:
+        metrics.update(unlike_training_rates(prediction, labels))
     evaluation = Evaluation(metrics)
 
     if masks.any():
@@ -157,12 +190,23 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
          "score": float(score)}
         for sample, score in zip(samples, prediction.raw_scores)]
     if timing_repeats:
-        if progress is not None:
-            progress(Progress("timing", 0, 1))
         # The files as they are: a protocol's move is part of the data, not of what inspection costs.
-        metrics.update(time_prediction(model, [sample.path for sample in samples], timing_repeats))
+        metrics.update(time_prediction(model, [sample.path for sample in samples], timing_repeats,
+                                       progress=progress))
     metrics["device"] = describe_device(model.torch_device)
     return evaluation
+
+
+def unlike_training_rates(prediction: Any, labels: np.ndarray) -> dict[str, Any]:
+    """How often the model's own test images are called unlike the training data (`model.familiarity`): all of
+    them, with the 95 % interval, and the good and defect ones apart, beside the rate the check promises."""
+    unlike = prediction.unlike_training
+    count = int(unlike.sum())
+    return {"unlike_training_rate": prediction.familiarity.promised_fpr,
+            "unlike_training_own_test": count / len(unlike),
+            "unlike_training_own_test_ci": list(clopper_pearson(count, len(unlike))),
+            "unlike_training_own_good": float(np.mean(unlike[labels == 0])) if (labels == 0).any() else None,
+            "unlike_training_own_defect": float(np.mean(unlike[labels == 1])) if (labels == 1).any() else None}
 
 
 #: The image FPR targets whose promise is checked on unseen good images by every evaluation.

@@ -4,13 +4,15 @@ lower priority (`train_in_process`), so that inspection beside it keeps its spee
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pickle
 import queue
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..data.datasets import Dataset, open_dataset
 from ..data.protocol import AlignmentProtocol
@@ -40,6 +42,9 @@ COMMON_STAGE_LABELS = {
 VERIFICATION_FRACTION, VERIFICATION_MINIMUM, VERIFICATION_MIN_IMAGES = 0.1, 10, 40
 VERIFICATION_SOURCE = "verification share of the good training images (no test split)"
 
+#: How many images an evaluation times the prediction on (`evaluate`'s default: the CLI's and the bench's).
+DEFAULT_TIMING_REPEATS = 20
+
 
 def stage_label(method: str, stage: str) -> str:
     """A readable name of a progress stage of `method`'s training, e.g. 'Selecting the memory bank (coreset)'."""
@@ -47,7 +52,7 @@ def stage_label(method: str, stage: str) -> str:
         labels = {**COMMON_STAGE_LABELS, **get_method(method).capabilities.stages}
     except ValueError:
         labels = COMMON_STAGE_LABELS
-    return labels.get(stage, stage.replace("_", " ").capitalize() or "Starting")
+    return labels.get(stage, stage.replace("_", " ").capitalize() or "Starting the training process")
 
 
 def model_path(out: str | os.PathLike) -> Path:
@@ -70,10 +75,11 @@ def verification_split(dataset: Dataset, seed: int) -> tuple[Dataset, bool]:
 
 
 def fit_on_dataset(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback | None = None,
-                   evaluate_test: bool = True) -> Evaluation | None:
+                   evaluate_test: bool = True, timing_repeats: int = DEFAULT_TIMING_REPEATS) -> Evaluation | None:
     """Fit on the train split (good images), then evaluate on the test split when there is one (both under the
     dataset's protocol, which the model records). Without a test split, a verification share of the good images
-    is held out and the thresholds are measured on it (`verification_split`)."""
+    is held out and the thresholds are measured on it (`verification_split`). The prediction is timed on
+    `timing_repeats` test images (0: not timed)."""
     verifying = False
     if evaluate_test:
         dataset, verifying = verification_split(dataset, model.seed)
@@ -82,7 +88,7 @@ def fit_on_dataset(model: AnomalyModel, dataset: Dataset, progress: ProgressCall
                       protocol=dataset.protocol.to_dict())
     if not (evaluate_test and dataset.test):
         return None
-    evaluation = evaluate(model, dataset, progress=progress)
+    evaluation = evaluate(model, dataset, progress=progress, timing_repeats=timing_repeats)
     if verifying:
         evaluation.metrics["unseen_good_source"] = VERIFICATION_SOURCE
     record_evaluation(model, dataset, evaluation)
@@ -104,7 +110,8 @@ class TrainingResult:
 
 def train(method: str, params: dict[str, Any], data: str | os.PathLike, category: str | None = None,
           out: str | os.PathLike | None = None, *, evaluate_test: bool = True, display_name: str = "",
-          progress: ProgressCallback | None = None, protocol: AlignmentProtocol | None = None) -> TrainingResult:
+          progress: ProgressCallback | None = None, protocol: AlignmentProtocol | None = None,
+          timing_repeats: int = DEFAULT_TIMING_REPEATS) -> TrainingResult:
     """Fit `method` with `params` on a dataset's good images, evaluate it, and save it to `out` (when given);
     under `protocol` (default: aligned) the train and test images are moved by it."""
     progress = progress or no_progress
@@ -114,7 +121,8 @@ def train(method: str, params: dict[str, Any], data: str | os.PathLike, category
     dataset = open_dataset(data, category)
     if protocol is not None:
         dataset = dataset.with_protocol(protocol)
-    evaluation = fit_on_dataset(model, dataset, progress=progress, evaluate_test=evaluate_test)
+    evaluation = fit_on_dataset(model, dataset, progress=progress, evaluate_test=evaluate_test,
+                                timing_repeats=timing_repeats)
     if display_name:
         model.info.display_name = display_name
     path = None
@@ -165,10 +173,95 @@ def _train_process(arguments: dict[str, Any], messages: Any, stop: Any, niceness
         messages.put(("error", error))
 
 
+class _PipeMessages:
+    """The training process's end of its message pipe: each message one pickle, sent at once."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream, self._lock = stream, threading.Lock()
+
+    def put(self, message: tuple[str, Any]) -> None:
+        with self._lock:
+            pickle.dump(message, self._stream, protocol=pickle.HIGHEST_PROTOCOL)
+            self._stream.flush()
+
+
+def serve_training_process() -> None:
+    """The main of a training process (`python -m inspection.workflows.train_job NICENESS`): reads `train`'s
+    arguments, a pickle, from stdin, and sends pickled messages to stdout — what the training itself prints goes to
+    stderr. Anything more on stdin, or its end (the app stopped or exited), asks the training to stop."""
+    messages = _PipeMessages(os.fdopen(os.dup(sys.stdout.fileno()), "wb"))
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # prints of libraries must not corrupt the messages
+    arguments = pickle.load(sys.stdin.buffer)
+    stop = threading.Event()
+
+    def watch_stdin() -> None:
+        try:
+            sys.stdin.buffer.read(1)
+        finally:
+            stop.set()
+
+    threading.Thread(target=watch_stdin, name="stop-watch", daemon=True).start()
+    _train_process(arguments, messages, stop, int(sys.argv[1]) if len(sys.argv) > 1 else TRAINING_NICENESS)
+
+
+def _read_messages(stream: BinaryIO, inbox: queue.Queue) -> None:
+    """In the caller: each message of a training process into `inbox`, then ("ended", None) at the pipe's end."""
+    try:
+        while True:
+            inbox.put(pickle.load(stream))
+    except (EOFError, OSError, pickle.UnpicklingError):
+        pass
+    finally:
+        inbox.put(("ended", None))
+
+
+def _start_training_process(arguments: dict[str, Any], niceness: int) -> subprocess.Popen:
+    """A fresh Python running `serve_training_process`, with this process's import path.
+
+    Not multiprocessing's spawn: it re-runs the parent's `__main__` file in the child, and under `streamlit run`
+    that is the page script, which ran the whole page in the new process (seconds of imports, warnings of a
+    Streamlit without its runtime in the log) before the training began."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])  # the same `inspection` as this process's
+    env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+    worker = subprocess.Popen([sys.executable, "-m", "inspection.workflows.train_job", str(niceness)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    assert worker.stdin is not None
+    pickle.dump(arguments, worker.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+    worker.stdin.flush()
+    return worker
+
+
+def _end_training_process(worker: subprocess.Popen, grace: float = _STOP_GRACE_SECONDS) -> None:
+    """Ask a training process to stop (a no-op when it has finished), then wait for it; ended by force when it
+    overruns `grace` seconds."""
+    try:
+        if worker.stdin is not None:
+            worker.stdin.close()
+    except OSError:  # it has ended already
+        pass
+    try:
+        worker.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait(timeout=5)
+    if worker.stdout is not None:
+        worker.stdout.close()
+
+
+def _exit_code(worker: subprocess.Popen) -> int | None:
+    """A process's exit code once it has ended (None when it has not within a few seconds)."""
+    try:
+        return worker.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def train_in_process(method: str, params: dict[str, Any], data: str | os.PathLike, category: str | None = None,
                      out: str | os.PathLike | None = None, *, evaluate_test: bool = True, display_name: str = "",
                      progress: ProgressCallback | None = None, protocol: AlignmentProtocol | None = None,
-                     niceness: int = TRAINING_NICENESS) -> tuple[Path | None, dict[str, Any]]:
+                     niceness: int = TRAINING_NICENESS,
+                     timing_repeats: int = DEFAULT_TIMING_REPEATS) -> tuple[Path | None, dict[str, Any]]:
     """`train` in a new process of lower priority; returns (file written, test metrics).
 
     `progress` is called here with the process's reports. When it raises (e.g. a user stopped the training),
@@ -176,37 +269,32 @@ def train_in_process(method: str, params: dict[str, Any], data: str | os.PathLik
     previous file whole — and the exception goes on.
     """
     progress = progress or no_progress
-    context = multiprocessing.get_context("spawn")
-    messages, stop = context.Queue(), context.Event()
     arguments = {"method": method, "params": dict(params), "data": str(data), "category": category,
                  "out": None if out is None else str(out), "evaluate_test": evaluate_test,
-                 "display_name": display_name, "protocol": protocol}
-    worker = context.Process(target=_train_process, args=(arguments, messages, stop, niceness), daemon=True,
-                             name="inspection-training")
-    worker.start()
+                 "display_name": display_name, "protocol": protocol, "timing_repeats": timing_repeats}
+    worker = _start_training_process(arguments, niceness)
+    inbox: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_messages, args=(worker.stdout, inbox), name="training-messages",
+                     daemon=True).start()
+    finished = False
     try:
         while True:
-            try:
-                # A process that has just ended may still have its last message in the pipe: one more look.
-                kind, payload = messages.get(timeout=0.5 if worker.is_alive() else 2.0)
-            except queue.Empty:
-                if not worker.is_alive():
-                    raise RuntimeError("the training process ended unexpectedly (exit code "
-                                       f"{worker.exitcode})") from None
-                continue
+            kind, payload = inbox.get()
             if kind == "progress":
                 progress(payload)
             elif kind == "done":
+                finished = True
                 path, metrics = payload
                 return (None if path is None else Path(path)), metrics
             elif kind == "stopped":
                 raise TrainingStopped("the training was stopped before it saved anything")
+            elif kind == "ended":
+                raise RuntimeError(f"the training process ended unexpectedly (exit code {_exit_code(worker)})")
             else:
                 raise payload
     finally:
-        stop.set()
-        worker.join(timeout=_STOP_GRACE_SECONDS)
-        if worker.is_alive():
-            worker.terminate()
-            worker.join(timeout=5)
-        messages.close()
+        if finished:  # the file is written: the process's exit (a second or so) need not hold the caller
+            threading.Thread(target=_end_training_process, args=(worker,), name="training-exit",
+                             daemon=True).start()
+        else:
+            _end_training_process(worker)

@@ -185,7 +185,7 @@ def test_dataset_page_counts_filters_pages_and_enlarges(models: Path) -> None:
 def test_dataset_page_with_a_bad_folder_is_a_message(models: Path, tmp_path: Path) -> None:
     at = run_page("pages/1_Dataset.py", source_kind="folder", source_path=str(tmp_path / "nowhere"))
     assert not at.exception
-    assert "folder not found" in at.sidebar.error[0].value
+    assert at.sidebar.error[0].value == f"Folder not found: {tmp_path / 'nowhere'}"
     assert "Choose a dataset" in at.info[0].value
 
 

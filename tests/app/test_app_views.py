@@ -13,7 +13,7 @@ from PIL import Image
 from app_testing import train_small_model
 from inspection.data.datasets import open_dataset
 from inspection.data.images import load_image
-from inspection.errors import DatasetError, ImageLoadError
+from inspection.errors import DatasetError, FolderNotFoundError, ImageLoadError
 from inspection.model.calibration import Calibration
 from inspection.model.modelfile import read_model_info
 from inspection.model.operating import (
@@ -268,7 +268,7 @@ def test_data_sources(demo_root: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="neither a dataset"):
         folder_categories(tmp_path / "empty")
-    with pytest.raises(DatasetError, match="folder not found"):
+    with pytest.raises(FolderNotFoundError, match="missing"):
         folder_categories(tmp_path / "missing")
     with pytest.raises(DatasetError, match="no folder given"):
         folder_categories("  ")

@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from app_testing import train_small_model
 from conftest import REPO
@@ -195,6 +197,14 @@ def choose(page, label: str, option: str) -> None:
     page.keyboard.type(option)  # long lists only draw the options in view: filter first
     page.get_by_role("option", name=option, exact=True).click()
     wait_idle(page)
+
+
+def sidebar_model(page) -> str:
+    """The model the sidebar's picker shows (a select box shows its value in a text field, not as text)."""
+    box = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text="Model").first
+    shown = box.locator("input")
+    return " ".join([box.inner_text(), shown.input_value() if shown.count() else "",
+                     shown.get_attribute("aria-label") or "" if shown.count() else ""])
 
 
 # --------------------------------------------------------------------------------------------------- test
@@ -511,4 +521,56 @@ def test_a_crack_on_a_kolektor_frame_is_boxed_where_the_ground_truth_is(page, tm
         overlap = metric(page, "Mask vs ground truth")
         assert overlap.startswith("IoU ") and float(overlap.split()[1]) > 0, overlap
         screenshot(page, "inspect-ksdd")
+        assert "Traceback" not in fresh["log"].read_text()
+
+
+def test_what_the_app_cannot_judge_it_says_so(page, tmp_path: Path) -> None:
+    """A bottle model and a KolektorSDD frame: the verdict is "unlike the training data", not DEFECT; a 1 × 1 image
+    gets one line, no score; opening KolektorSDD as a local folder selects its own model."""
+    from conftest import require_shared, run_cli
+
+    shared = require_shared() / "data"
+    ksdd = shared / "ksdd" / "commutator"
+    work = tmp_path / "judge"
+    work.mkdir()
+    with running_app(work) as fresh:
+        for data, category, extra in ((shared / "ksdd", "commutator", ("--resize", "128")),
+                                      (shared / "mvtec_ad", "bottle", ())):  # bottle last: the newest model
+            fitted = run_cli("fit", "--method", "patchcore", "--data", str(data), "--category", category, *extra,
+                             "--out", str(fresh["models"] / f"{category}.safetensors"))
+            assert fitted.returncode == 0, fitted.stderr
+        open_page(page, fresh, "")
+        assert "bottle" in sidebar_model(page)
+        frame = Path(shutil.copyfile(ksdd / "test" / "crack" / "kos29_Part0.jpg", tmp_path / "frame.jpg"))
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(frame)])
+        page.locator(".st-key-result-0 [data-testid='stMetricValue']").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        assert_no_errors(page, "Home with a KolektorSDD frame and a bottle model")
+        assert metric(page, "Verdict", ".st-key-result-0") == "UNLIKE"
+        assert page.locator('[data-testid="stAlertContentWarning"]',
+                            has_text="unlike the model's training images").count() == 1
+        screenshot(page, "unlike-training")
+
+        tiny = tmp_path / "tiny.png"
+        Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(tiny)])
+        page.locator('[data-testid="stAlertContentError"]', has_text="1 × 1 px").wait_for(timeout=60_000)
+        wait_idle(page)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+        # One box, one line (the box's icon is named in its text: not a line of the message).
+        lines = [line for line in errors[0].splitlines() if line.strip() not in ("", "warning", "error")]
+        assert len(errors) == 1 and len(lines) == 1, errors
+        # The tiny image's own result holds the line and no score or verdict (the uploader keeps the frame too).
+        tiny_result = page.locator('[class*="st-key-result-"]').filter(has=page.locator(
+            '[data-testid="stAlertContentError"]', has_text="1 × 1 px"))
+        assert tiny_result.count() == 1 and tiny_result.locator('[data-testid="stMetric"]').count() == 0
+
+        page.get_by_text("Local folder").click()
+        wait_idle(page)
+        path_box = page.locator('[data-testid="stTextInput"]').filter(has_text="type a folder path").locator("input")
+        path_box.fill(str(ksdd))
+        path_box.press("Enter")
+        wait_idle(page)
+        assert "commutator" in sidebar_model(page)
         assert "Traceback" not in fresh["log"].read_text()

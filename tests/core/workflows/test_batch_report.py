@@ -222,7 +222,7 @@ def test_the_batch_page_says_clearly_what_is_wrong_with_a_folder(models: Path, s
     copy_model(small_model, models)
     empty = tmp_path / "empty"
     empty.mkdir()
-    for typed, expected in ((str(tmp_path / "nowhere"), "folder not found"), (str(empty), "no images in")):
+    for typed, expected in ((str(tmp_path / "nowhere"), "Folder not found: "), (str(empty), "no images in")):
         at = run_batch_page(batch_folder=typed)
         at.button(key="batch_start").click().run()
         assert not at.exception
