@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from inspection.data.datasets import Dataset
 from inspection.model.base import AnomalyModel
+from inspection.progress import Progress
 from inspection.results.pictures import SCALE_MAX
 
 from .library import ModelEntry
@@ -26,6 +28,18 @@ def column_header(entry: ModelEntry) -> str:
 
 
 def common_colour_max(models: Iterable[AnomalyModel]) -> float:
-    """One colour scale for several models: up to the highest of their colour maxima."""
+    """One colour scale for several models: up to the lowest of their colour maxima. Every map is on its model's
+    scale (0.5 at its threshold), so a shared top only decides how far above the threshold the colours run out;
+    the highest top (one model's far-off scores) would leave the others' defects pale, the lowest keeps every
+    model's defects in the warm colours (higher scores saturate at the top colour)."""
     maxima = [model.calibration.colour_max for model in models if model.calibration is not None]
-    return max(maxima, default=SCALE_MAX * 2)
+    return min(maxima, default=SCALE_MAX * 2)
+
+
+def measure_progress(bar: Any, index: int, count: int, text: str) -> Callable[[Progress], None]:
+    """A progress callback for model `index` of `count` measured in turn: its steps move one bar across its share
+    (no empty bar while a model is evaluated and timed)."""
+    def report(update: Progress) -> None:
+        share = update.step / update.total if update.total else 0.0
+        bar.progress(min(1.0, (index + share) / count), text=f"{text}: {update.stage} {update.step}/{update.total}")
+    return report

@@ -12,7 +12,7 @@ from inspection.results.image import image_result
 from inspection.workflows.evaluate import evaluate
 from inspection_app import caches, page, sidebar
 from inspection_app.browse import default_compare_samples, sample_label
-from inspection_app.compare_view import column_header, common_colour_max, default_compare_models
+from inspection_app.compare_view import column_header, common_colour_max, default_compare_models, measure_progress
 from inspection_app.tables import EMPTY_CELL, MODEL_COLUMNS, evaluation_row, metric_rows
 from inspection_app.uploads import UPLOAD_TYPES, content_digest, decode_upload, max_upload_mb, upload_label
 
@@ -92,9 +92,11 @@ else:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def measure(path: str, modified: float, root: str) -> dict[str, Any]:
-    """Metrics and speed of a model on a dataset's test split, measured now (cached per model file version)."""
-    return evaluate(caches.cached_model(path, modified), open_dataset(root), timing_repeats=10).metrics
+def measure(path: str, modified: float, root: str, _progress: Any = None) -> dict[str, Any]:
+    """Metrics and speed of a model on a dataset's test split, measured now (cached per model file version;
+    `_progress`, left out of the cache key, hears each step)."""
+    return evaluate(caches.cached_model(path, modified), open_dataset(root), timing_repeats=10,
+                    progress=_progress).metrics
 
 
 if dataset is not None and dataset.test:
@@ -104,10 +106,12 @@ if dataset is not None and dataset.test:
                        expanded=True) as status:
             progress = st.progress(0.0)
             for index, entry in enumerate(chosen):
-                progress.progress(index / len(chosen), text=f"Evaluating {entry.name} ({index + 1} of {len(chosen)})")
+                text = f"Evaluating {entry.name} ({index + 1} of {len(chosen)})"
+                progress.progress(index / len(chosen), text=text)
                 with page.user_errors():
-                    rows.append(evaluation_row(entry.name, measure(str(entry.path), entry.modified,
-                                                                   str(dataset.root))))
+                    rows.append(evaluation_row(entry.name, measure(
+                        str(entry.path), entry.modified, str(dataset.root),
+                        measure_progress(progress, index, len(chosen), text))))
             progress.progress(1.0, text="Done")
             status.update(label="Measured", state="complete", expanded=False)
         st.session_state["compare_measured"] = (str(dataset.root), rows)
