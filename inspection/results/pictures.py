@@ -100,8 +100,8 @@ def draw_boxes(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], la
         cv2.rectangle(canvas, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), (0, 0, 0), thickness + 2)
         cv2.rectangle(canvas, (x0, y0), (max(x0, x1 - 1), max(y0, y1 - 1)), color, thickness)
         if index < len(labels):
-            # Labels stay readable where the picture is shown small (Compare's columns): about 4 % of its longer side.
-            scale = max(0.5, max(image.shape[:2]) / 600)
+            # Labels stay readable where the picture is shown small (Compare's columns): 4-6 % of its longer side.
+            scale = max(0.7, max(image.shape[:2]) / 600)
             (text_w, text_h), _ = cv2.getTextSize(labels[index], cv2.FONT_HERSHEY_SIMPLEX, scale, thickness + 2)
             if y0 - 4 - text_h >= 0:  # above the box
                 origin = (x0, y0 - 4)
