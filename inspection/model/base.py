@@ -37,7 +37,15 @@ from .batching import item_name, iter_batches, split_holdout
 from .calibration import Calibration
 from .capabilities import Capabilities
 from .common_params import CommonParams
-from .familiarity import BANK_TENSOR, INFO_KEY, Familiarity, describe_images, nearest_distance, read_familiarity
+from .familiarity import (
+    BANK_TENSOR,
+    INFO_KEY,
+    Familiarity,
+    describe_images,
+    nearest_distance,
+    read_familiarity,
+    squeeze_picture,
+)
 from .header import BackboneRecord, ModelHeader, ModelInfo
 from .modelfile import parse_header, read_model_file, resolve_model_path, write_model_file
 from .prediction import Prediction
@@ -250,9 +258,10 @@ class AnomalyModel(CommonParams, ABC):
         rgb = self.unit_range(images).clamp(0, 1)
         if self.preprocessing.mode != "aspect" or not geometries:
             return describe_images(rgb)
+        # Each image's own part squeezed apart (their sizes differ), then one forward pass for the batch.
         content = modes.content_sizes(images, [geometry.seen for geometry in geometries]).tolist()
-        return torch.cat([describe_images(rgb[row:row + 1, :, :height, :width])
-                          for row, (height, width) in enumerate(content)])
+        return describe_images(torch.cat([squeeze_picture(rgb[row:row + 1, :, :height, :width])
+                                          for row, (height, width) in enumerate(content)]))
 
     def predict(self, images: Sequence[Any], batch_size: int | None = None,
                 progress: ProgressCallback | None = None, panels: bool = False) -> Prediction:

@@ -45,6 +45,13 @@ INFO_KEY = "familiarity"
 _CHUNK = 8192
 
 
+def squeeze_picture(rgb: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] RGB → the same pictures squeezed to DESCRIPTOR_SIDE × DESCRIPTOR_SIDE (what `describe_images`
+    sees; pictures of different sizes are squeezed one by one, then described in one batch)."""
+    return F.interpolate(rgb.float(), size=(DESCRIPTOR_SIDE, DESCRIPTOR_SIDE), mode="bilinear",
+                         align_corners=False, antialias=rgb.device.type == "cpu")
+
+
 def describe_images(rgb: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] RGB in [0, 1] → [B, C] unit vectors: each channel's average over the whole picture.
 
@@ -52,8 +59,7 @@ def describe_images(rgb: torch.Tensor) -> torch.Tensor:
     when the backbone's ImageNet weights are missing."""
     extractor, resolved = shared_feature_extractor(DESCRIPTOR_BACKBONE, (DESCRIPTOR_LAYER,), "", 0,
                                                    str(rgb.device))
-    squeezed = F.interpolate(rgb.float(), size=(DESCRIPTOR_SIDE, DESCRIPTOR_SIDE), mode="bilinear",
-                             align_corners=False, antialias=rgb.device.type == "cpu")
+    squeezed = rgb.float() if rgb.shape[-2:] == (DESCRIPTOR_SIDE, DESCRIPTOR_SIDE) else squeeze_picture(rgb)
     mean, std = normalization_tensors(resolved.normalization, rgb.device)
     features = next(iter(extractor((squeezed - mean) / std).values()))
     return F.normalize(features.mean(dim=(2, 3)), dim=1)

@@ -199,12 +199,23 @@ def choose(page, label: str, option: str) -> None:
     wait_idle(page)
 
 
+def open_local_folder(page, folder: Path) -> None:
+    """Sidebar: Source → Local folder, then type the folder's path."""
+    page.get_by_text("Local folder").click()
+    wait_idle(page)
+    path_box = page.locator('[data-testid="stTextInput"]').filter(has_text="type a folder path").locator("input")
+    path_box.fill(str(folder))
+    path_box.press("Enter")
+    wait_idle(page)
+
+
 def sidebar_model(page) -> str:
     """The model the sidebar's picker shows (a select box shows its value in a text field, not as text)."""
     box = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text="Model").first
-    shown = box.locator("input")
-    return " ".join([box.inner_text(), shown.input_value() if shown.count() else "",
-                     shown.get_attribute("aria-label") or "" if shown.count() else ""])
+    field = box.locator("input")
+    if not field.count():
+        return box.inner_text()
+    return " ".join([box.inner_text(), field.input_value(), field.get_attribute("aria-label") or ""])
 
 
 # --------------------------------------------------------------------------------------------------- test
@@ -423,12 +434,7 @@ def test_first_use_with_a_local_folder_open_trains_on_it_and_says_when_a_model_d
     own = Path(shutil.copytree(generate_demo_dataset(tmp_path / "demo"), work / "line3" / "panels"))
     with running_app(work) as fresh:
         open_page(page, fresh, "")
-        page.get_by_text("Local folder").click()
-        wait_idle(page)
-        path_box = page.locator('[data-testid="stTextInput"]').filter(has_text="type a folder path").locator("input")
-        path_box.fill(str(own))
-        path_box.press("Enter")
-        wait_idle(page)
+        open_local_folder(page, own)
         upload = Path(shutil.copyfile(own / "test" / "hole" / "000.png", tmp_path / "part.png"))
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(upload)])
         page.locator('[data-testid="stAlertContentInfo"]', has_text="Training a first model").wait_for(timeout=60_000)
@@ -504,12 +510,7 @@ def test_a_crack_on_a_kolektor_frame_is_boxed_where_the_ground_truth_is(page, tm
                          category.name, "--layers", "16,32", "--out", str(fresh["models"] / "commutator.safetensors"))
         assert fitted.returncode == 0, fitted.stderr
         open_page(page, fresh, "")
-        page.get_by_text("Local folder").click()
-        wait_idle(page)
-        path_box = page.locator('[data-testid="stTextInput"]').filter(has_text="type a folder path").locator("input")
-        path_box.fill(str(category))
-        path_box.press("Enter")
-        wait_idle(page)
+        open_local_folder(page, category)
         # The sidebar's link keeps the session (and so the chosen folder); a new address would start a new one.
         page.locator('[data-testid="stSidebarNavLink"]', has_text="Inspect").click()
         wait_idle(page)
@@ -566,11 +567,6 @@ def test_what_the_app_cannot_judge_it_says_so(page, tmp_path: Path) -> None:
             '[data-testid="stAlertContentError"]', has_text="1 × 1 px"))
         assert tiny_result.count() == 1 and tiny_result.locator('[data-testid="stMetric"]').count() == 0
 
-        page.get_by_text("Local folder").click()
-        wait_idle(page)
-        path_box = page.locator('[data-testid="stTextInput"]').filter(has_text="type a folder path").locator("input")
-        path_box.fill(str(ksdd))
-        path_box.press("Enter")
-        wait_idle(page)
+        open_local_folder(page, ksdd)
         assert "commutator" in sidebar_model(page)
         assert "Traceback" not in fresh["log"].read_text()
