@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import streamlit as st
 
 from inspection.data.datasets import Dataset
@@ -15,7 +16,7 @@ from inspection.model.header import ModelHeader
 from inspection.model.modelfile import read_model_header
 from inspection.model.operating import promise_report, recorded_test_scores
 from inspection.registry import get_method
-from inspection.scores.thresholds import clopper_pearson
+from inspection.workflows.evaluate import unseen_good_rates
 
 from .caches import cached_demo_root
 from .charts import loss_figure
@@ -68,9 +69,8 @@ def current_metrics(header: ModelHeader) -> dict[str, Any]:
         return metrics
     good = recorded_test_scores(header.info).good
     if metrics.get("n_unseen_good") and good.size:
-        flagged = int(calibration.is_defect(good).sum())
-        metrics.update(n_unseen_good=int(good.size), fpr_unseen_good=flagged / good.size,
-                       fpr_unseen_good_ci=list(clopper_pearson(flagged, int(good.size))))
+        rates = unseen_good_rates(calibration, good, np.empty(0))  # as `evaluate` measures them, image level only
+        metrics.update({key: rates[key] for key in ("n_unseen_good", "fpr_unseen_good", "fpr_unseen_good_ci")})
     if calibration.pixel_set_by_hand or calibration.history:
         metrics.pop("false_boxes_per_good_image", None)
         metrics.pop("pixel_fpr_unseen_good", None)
