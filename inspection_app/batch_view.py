@@ -18,6 +18,7 @@ from inspection.errors import FolderNotFoundError, ParameterError
 from inspection.model.base import AnomalyModel
 from inspection.outputs import check_output_folder
 from inspection.results.image import VERDICT_WORDS
+from inspection.results.numbers import round_score, score_text
 from inspection.results.pictures import THRESHOLD
 from inspection.workflows.batch import BatchSummary, collect_inputs, score_files
 from inspection.workflows.report import Picture, ranked, write_report
@@ -100,7 +101,7 @@ def run_batch(model: AnomalyModel, entry: ModelEntry, folder_text: str, worst: i
 def table(summary: BatchSummary) -> pd.DataFrame:
     """One row per file, highest score first and unreadable files last, for a sortable table (numbers stay
     numbers; missing values where a file could not be read: the page shows them as EMPTY_CELL)."""
-    rows = [{"file": row["file"], "score": round(row["score"], 3),
+    rows = [{"file": row["file"], "score": round_score(row["score"]),
              "verdict": VERDICT_WORDS.get(row["verdict"], row["verdict"]),
              "regions": row["regions"], "largest region (px)": row["largest_region_area"], "error": ""}
             for row in ranked(summary.rows)]
@@ -120,4 +121,4 @@ def histogram(summary: BatchSummary) -> go.Figure:
 def picture_caption(picture: Picture) -> str:
     """`file: score 0.812 · DEFECT`."""
     row = picture.row
-    return f"{row['file']}: score {row['score']:.3f} · {VERDICT_WORDS.get(row['verdict'], row['verdict'])}"
+    return f"{row['file']}: score {score_text(row['score'])} · {VERDICT_WORDS.get(row['verdict'], row['verdict'])}"

@@ -17,6 +17,7 @@ from inspection.explain.gradcam import Box, explanation_layers
 from inspection.model.base import AnomalyModel
 from inspection.model.views import Panel
 from inspection.results.image import ImageResult
+from inspection.results.numbers import score_text
 
 
 def mask_slider_range(result: ImageResult) -> tuple[float, float]:
@@ -108,7 +109,8 @@ def explain_targets(result: ImageResult) -> dict[str, Box | None]:
     box, in working-resolution pixels), labelled as the regions table numbers them."""
     targets: dict[str, Box | None] = {"the image score": None}
     for index, region in enumerate(result.regions):
-        targets[f"region {index + 1} (max {region.max_score:.2f})"] = (region.x0, region.y0, region.x1, region.y1)
+        label = f"region {index + 1} (max {score_text(region.max_score)})"
+        targets[label] = (region.x0, region.y0, region.x1, region.y1)
     return targets
 
 

@@ -25,6 +25,7 @@ from inspection.model.operating import (
     pixel_threshold_for_fpr,
     recorded_test_scores,
 )
+from inspection.results.numbers import score_text
 from inspection.scores.metrics import image_auroc
 from inspection.scores.thresholds import ScoreScale, conformal_threshold
 
@@ -211,7 +212,7 @@ class ThresholdLevel:
     def error_caption(self, record: dict[str, Any]) -> str:
         """A short caption of a wrongly judged test image: its type, file stem and score on the model's scale."""
         stem = record["file"].rsplit("/", 1)[-1].rsplit(".", 1)[0]
-        return f"{record['type']}/{stem} · score {float(self.scale.normalize(record['score'])):.2f}"
+        return f"{record['type']}/{stem} · score {score_text(self.scale.normalize(record['score']))}"
 
     def raw(self, normalised: float) -> float:
         return float(self.scale.denormalize(normalised))

@@ -20,6 +20,7 @@ from inspection.results.image import (
     panel_picture,
     unfamiliar_notes,
 )
+from inspection.results.numbers import score_text
 from inspection.scores.metrics import compare_masks
 from inspection_app import caches, page, sidebar
 from inspection_app.browse import SPLITS, filter_samples
@@ -113,7 +114,7 @@ if sample is not None and (sample.label == 0 or sample.mask_path is not None):
 overlap = compare_masks(mask, ground_truth) if ground_truth is not None else None
 
 figures = st.columns(5 if overlap is not None else 4)
-figures[0].metric("Anomaly score", f"{result.score:.3f}", help="The saved image threshold is 0.5 on this scale.")
+figures[0].metric("Anomaly score", score_text(result.score), help="The saved image threshold is 0.5 on this scale.")
 figures[1].metric("Verdict", result.verdict, help=VERDICT_HELP)
 figures[2].metric("Defect regions", len(result.regions))
 figures[3].metric("Defect area", f"{mask.mean():.2%}", help="Share of the image's pixels in the mask.")
@@ -128,7 +129,7 @@ cells = [cell for per_row in picture_rows(image.shape) for cell in st.columns(pe
 cells[0].image(image, caption=f"{name} · original {image.shape[1]}×{image.shape[0]}", width="stretch")
 cells[1].image(result.overlay(), caption="Heatmap and defect regions (boxes labelled with their peak score)" + (
     " — not to be trusted: the image is unlike the training data" if result.unlike_training else ""), width="stretch")
-cells[2].image(mask_picture(image, mask), caption=f"Defect mask at {threshold:.2f}", width="stretch")
+cells[2].image(mask_picture(image, mask), caption=f"Defect mask at {score_text(threshold)}", width="stretch")
 if ground_truth is not None:
     cells[3].image(mask_picture(image, ground_truth, color=(40, 200, 80)),
                    caption="Ground truth" + (" (good: no defect)" if sample.label == 0 else ""), width="stretch")

@@ -9,6 +9,7 @@ import streamlit as st
 
 from inspection.data.datasets import open_dataset
 from inspection.results.image import image_result
+from inspection.results.numbers import score_text
 from inspection.workflows.evaluate import evaluate
 from inspection_app import caches, page, sidebar
 from inspection_app.browse import default_compare_samples, sample_label
@@ -71,7 +72,8 @@ for name, key, image in images:
         with column:
             with page.user_errors():
                 result = image_result(caches.predict_image(entry, image, key), 0, image, name, colour_max=colour_max)
-                st.image(result.overlay(), caption=f"score {result.score:.3f} · {result.verdict}", width="stretch")
+                caption = f"score {score_text(result.score)} · {result.verdict}"
+                st.image(result.overlay(), caption=caption, width="stretch")
                 all_inspected = all_inspected and result.fully_inspected
 page.colorbar(colour_max, uninspected=not all_inspected)
 

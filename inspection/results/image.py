@@ -16,6 +16,7 @@ from ..model.calibration import Calibration
 from ..model.prediction import Prediction
 from ..model.views import Panel
 from ..scores.regions import MIN_REGION_AREA, Region
+from .numbers import round_score, score_text
 from .pictures import box_to_original, colorize_range, draw_boxes, mask_overlay, overlay
 
 #: The verdict for an image the model cannot judge: a picture unlike its training data (`model.familiarity`). One
@@ -83,7 +84,7 @@ class ImageResult:
         blended = overlay(self.image, self.heatmap, vmax=self.colour_max)
         if not with_boxes or not self.boxes:
             return blended
-        return draw_boxes(blended, self.boxes, [f"{region.max_score:.2f}" for region in self.regions])
+        return draw_boxes(blended, self.boxes, [score_text(region.max_score) for region in self.regions])
 
     def region_rows(self, brief: bool = False) -> list[dict[str, Any]]:
         """A table of the regions, the most telling columns first: peak score, area and box in the file's own pixels
@@ -92,9 +93,9 @@ class ImageResult:
         height, width = self.original_size or (geometry.original_height, geometry.original_width)
         # One working pixel in the file's pixels: through the resize, then back through any shrink for display.
         pixel_area = (height / geometry.resized_height) * (width / geometry.resized_width)
-        rows = [{"region": index + 1, "max score": round(region.max_score, 2),
+        rows = [{"region": index + 1, "max score": round_score(region.max_score),
                  "area (px)": int(round(region.area * pixel_area)), "box": self._box_text(box),
-                 "mean score": round(region.mean_score, 2)}
+                 "mean score": round_score(region.mean_score)}
                 for index, (region, box) in enumerate(zip(self.regions, self.boxes))]
         return [{key: value for key, value in row.items() if key != "mean score"} for row in rows] if brief else rows
 

@@ -29,6 +29,7 @@ from ..data.images import load_image
 from ..errors import ImageLoadError
 from ..model.base import AnomalyModel
 from ..results.image import DISPLAY_MAX_SIDE, VERDICT_WORDS, image_result
+from ..results.numbers import score_text
 from ..results.pictures import DEFECT_COLOR, GOOD_COLOR, THRESHOLD, colorbar
 from ..scores.histogram import histogram_range
 from .batch import BatchSummary
@@ -220,7 +221,7 @@ def _figure(picture: Picture) -> str:
     name = _escape(row["file"])
     regions = f" · {row['regions']} region{'s' if row['regions'] != 1 else ''}" if row["verdict"] == "defect" else ""
     caption = (f'{name}<br><span class="{row["verdict"]}">{VERDICT_WORDS.get(row["verdict"], row["verdict"])}</span> · '
-               f'score {row["score"]:.3f}{regions}')
+               f'score {score_text(row["score"])}{regions}')
     if picture.image is None:
         body = '<div class="none">no picture: the file is gone or changed</div>'
     else:
@@ -235,7 +236,7 @@ def _table_row(number: int, row: dict[str, Any]) -> str:
                 f'<td class="text">{_escape(row["error"])}</td></tr>')
     verdict = row["verdict"]
     return (f'<tr><td class="number">{number}</td><td class="text">{_escape(row["file"])}</td>'
-            f'<td class="number">{row["score"]:.3f}</td>'
+            f'<td class="number">{score_text(row["score"])}</td>'
             f'<td class="{verdict}">{VERDICT_WORDS.get(verdict, verdict)}</td>'
             f'<td class="number">{row["regions"]}</td><td class="number">{row["largest_region_area"]}</td>'
             "<td></td></tr>")

@@ -525,6 +525,26 @@ def test_inspect_shows_views_side_by_side_and_the_mask_follows_the_slider(models
     assert at.slider[0].value == pytest.approx(0.1)  # the next image keeps the chosen threshold
 
 
+def test_the_same_image_reads_the_same_score_on_home_inspect_and_in_its_region_labels(models: Path,
+                                                                                      small_model: Path) -> None:
+    copy_model(small_model, models)
+    home = run_page("app.py", home_origin="dataset", home_sample="test/hole/000.png")
+    inspect = run_page("pages/4_Inspect.py", inspect_type="hole")
+    assert_clean(home)
+    assert_clean(inspect)
+    home_score = [metric.value for metric in home.metric if metric.label == "Anomaly score"]
+    assert home_score == [_metrics(inspect)["Anomaly score"]]
+    assert len(home_score[0].split(".")[1]) == 3
+    # The regions table and the Grad-CAM targets ("Explain the score") round a region's peak score alike.
+    inspect.toggle(key="inspect_explain").set_value(True).run()
+    assert_clean(inspect)
+    peaks = [f"{value:.3f}" for value in inspect.dataframe[0].value["max score"]]
+    targets = [option for option in inspect.selectbox(key="inspect_explain_target").options
+               if option.startswith("region")]
+    assert peaks and len(targets) == len(peaks)
+    assert all(target.endswith(f"(max {peak})") for peak, target in zip(peaks, targets))
+
+
 def test_inspect_draws_a_methods_panels(models: Path, demo_root: Path, tmp_path: Path) -> None:
     vae = train_small_model(demo_root, tmp_path / "vae.safetensors", "small vae", method="vae", resize=32, crop=32,
                             epochs=2, hidden_dim=32, latent_dim=8, width=8, projection_steps=5, strip_frames=3)

@@ -249,6 +249,10 @@ def test_train_upload_threshold_and_every_page(app: dict, page, tmp_path: Path) 
     step("upload")
     # 2. Upload a good and a defect image on the home page.
     open_page(page, app, "")
+    # The navigation names every page; the first entry is Home, not the entry script's file name.
+    entries = page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+    assert [entry.splitlines()[-1].strip() for entry in entries] == \
+        ["Home", "Dataset", "Train", "Threshold", "Inspect", "Compare", "Batch"], entries
     demo = app["data"] / "surface" / "test"
     uploads = tmp_path / "uploads"
     uploads.mkdir()
