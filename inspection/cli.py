@@ -23,6 +23,7 @@ from .data.datasets import open_dataset
 from .data.protocol import PROTOCOLS, AlignmentProtocol
 from .device import configure_threads
 from .errors import ParameterError, friendly_error, is_user_error
+from .export.scorers import RUNTIMES, load_scorer
 from .model.common_params import COMMON_PARAMS
 from .model.modelfile import MODEL_SUFFIX
 from .model.operating import promise_report
@@ -30,6 +31,7 @@ from .outputs import check_output_file, check_output_folder
 from .params import Param, ParamSet
 from .progress import Progress
 from .registry import backbones, get_method, load_model, methods
+from .runtime import ENGINES
 from .workflows.batch import OVERLAY_CHOICES
 from .workflows.evaluate import round_metrics
 
@@ -372,6 +374,9 @@ def _add_predict(commands: Commands) -> None:
     predict.add_argument("--parquet", action="store_true",
                          help="also write predictions.parquet (the CSV's columns, typed)")
     _add_engine_options(predict)
+    predict.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                         help="what scores: torch (a model file), onnx or openvino (a folder made by `export`); auto: "
+                              "torch for a model file, onnx for an exported folder")
     predict.set_defaults(handler=command_predict)
 
 
@@ -400,7 +405,9 @@ def command_predict(args: argparse.Namespace) -> int:
     out = check_output_folder(args.out)  # before the model is loaded or anything is scored
     if args.engine != "ray" and (args.address or args.actors is not None):
         raise ParameterError("--address and --actors are options of --engine ray")
-    model = load_model(args.model, device=_device(args))
+    model = load_scorer(args.model, args.runtime, device=_device(args))
+    if args.engine == "ray" and model.runtime != "torch":
+        raise ParameterError("--engine ray scores model files in torch; an exported folder is scored locally")
     files = collect_inputs(args.inputs)
     engine = score_locally
     if args.engine == "ray":
@@ -435,6 +442,51 @@ def command_predict(args: argparse.Namespace) -> int:
     print(f"scored {summary.scored} image(s){earlier}{where}: {summary.flagged} defect(s) at threshold "
           f"{model.calibration.normalized_image_threshold:.3f} (normalised){unlike}; {summary.failed} not scored "
           f"(unreadable, or not an image the model can judge: reasons in the CSV); wrote {', '.join(written)}")
+    return 0
+
+
+# --- export ------------------------------------------------------------------------------------------------------
+
+
+def _add_export(commands: Commands) -> None:
+    export = commands.add_parser("export", help="write a model as a folder the torch-free runtime scores (ONNX, "
+                                                "OpenVINO IR) for a line PC")
+    export.add_argument("--model", required=True, help="model file, with or without its suffix")
+    export.add_argument("--format", nargs="+", default=["onnx"], choices=ENGINES, dest="formats",
+                        help="onnx (onnxruntime; default) and/or openvino (IR converted by OpenVINO from the ONNX "
+                             "graph)")
+    export.add_argument("--out", required=True, help="the folder to write (an earlier export there is replaced)")
+    export.add_argument("--image-size", nargs="+", default=[], metavar="WIDTHxHEIGHT",
+                        help="aspect mode: the size of the frames the line sends (one graph per working size)")
+    export.add_argument("--example", nargs="+", default=[], metavar="IMAGES",
+                        help="aspect mode: image files or folders whose sizes the export takes")
+    _add_device_option(export)
+    export.set_defaults(handler=command_export)
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """"WIDTHxHEIGHT" → (height, width)."""
+    try:
+        width, height = (int(part) for part in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise ParameterError(f"--image-size {text!r}: expected WIDTHxHEIGHT, e.g. 500x1250") from None
+    if width < 1 or height < 1:
+        raise ParameterError(f"--image-size {text!r}: sides must be positive")
+    return height, width
+
+
+def command_export(args: argparse.Namespace) -> int:
+    """Export a model: one graph per working size, its header as JSON, checked against the torch model."""
+    from .export.exporting import export_model, sizes_of
+
+    model = load_model(args.model, device=_device(args))
+    sizes = [_image_size(text) for text in args.image_size] + sizes_of(args.example)
+    summary = export_model(model, args.out, args.formats, sizes)
+    graphs = ", ".join(f"{entry.working[1]}×{entry.working[0]}" for entry in summary.graphs)
+    print(f"exported {model.name} to {summary.folder} ({' and '.join(summary.formats)}; working size {graphs}); "
+          f"largest difference from the torch model on example images: {summary.max_map_difference:.2g} in the map, "
+          f"{summary.max_score_difference:.2g} in the score (raw units). Score it with: python -m inspection.runtime "
+          f"{summary.folder} IMAGES --out DIR")
     return 0
 
 
@@ -662,10 +714,59 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve -------------------------------------------------------------------------------------------------------
+
+
+def _add_serve(commands: Commands) -> None:
+    from .service.app import DEFAULT_MAX_MB, DEFAULT_QUEUE, DEFAULT_WORKERS, TOKEN_ENV
+    from .service.server import DEFAULT_HOST, DEFAULT_PORT
+
+    serve = commands.add_parser("serve", help="an HTTP service scoring images with one model (POST /v1/inspect; "
+                                              "docs at /docs); needs the optional extra (pip install "
+                                              "\"inspection[serve]\")")
+    serve.add_argument("--model", required=True, help="model file, or a folder made by `export`")
+    serve.add_argument("--host", default=DEFAULT_HOST,
+                       help=f"the address to listen on (default {DEFAULT_HOST}); anything but loopback needs "
+                            f"{TOKEN_ENV} set: clients then send 'Authorization: Bearer <it>'")
+    serve.add_argument("--port", default=DEFAULT_PORT, type=int, help=f"default {DEFAULT_PORT}; 0: a free one")
+    serve.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                       help="what scores: torch (a model file), onnx or openvino (a folder made by `export`); auto: "
+                            "torch for a model file, onnx for an exported folder")
+    serve.add_argument("--max-mb", default=DEFAULT_MAX_MB, type=float, metavar="MB",
+                       help=f"the largest request (default {DEFAULT_MAX_MB:g} MB): a larger one is answered 413")
+    serve.add_argument("--workers", default=DEFAULT_WORKERS, type=int, metavar="N",
+                       help=f"requests decoded and scored at once (default {DEFAULT_WORKERS}; the model itself "
+                            "scores one image at a time)")
+    serve.add_argument("--queue", default=DEFAULT_QUEUE, type=int, metavar="N",
+                       help=f"requests waiting for a worker (default {DEFAULT_QUEUE}); one more is answered 503 at "
+                            "once")
+    _add_device_option(serve)
+    serve.set_defaults(handler=command_serve)
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    """Serve a model over HTTP until interrupted."""
+    try:
+        from .service.app import Limits
+        from .service.server import serve
+    except ImportError as error:  # fastapi or uvicorn missing
+        raise ParameterError(f"the service needs the optional extra: pip install \"inspection[serve]\" ({error})"
+                             ) from None
+    if not 0 < args.max_mb <= 4096:
+        raise ParameterError(f"--max-mb must be above 0 and at most 4096, not {args.max_mb:g}")
+    if not 1 <= args.workers <= 64 or not 0 <= args.queue <= 4096:
+        raise ParameterError(f"--workers must be 1 to 64 and --queue 0 to 4096 (got {args.workers}, {args.queue})")
+    if not 0 <= args.port <= 65535:
+        raise ParameterError(f"--port must be 0 to 65535, not {args.port}")
+    limits = Limits(max_bytes=int(args.max_mb * 1024 * 1024), workers=args.workers, queue=args.queue)
+    serve(args.model, host=args.host, port=args.port, runtime=args.runtime, limits=limits, device=_device(args))
+    return 0
+
+
 # --- the parser and the one place errors become one line ---------------------------------------------------------
 
-_COMMANDS = (_add_fit, _add_evaluate, _add_predict, _add_explain, _add_classifier, _add_recalibrate, _add_bench,
-             _add_methods, _add_demo)
+_COMMANDS = (_add_fit, _add_evaluate, _add_predict, _add_export, _add_explain, _add_classifier, _add_recalibrate,
+             _add_bench, _add_methods, _add_demo, _add_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

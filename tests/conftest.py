@@ -104,3 +104,23 @@ def fitted(request, demo_dataset):
     reports = []
     evaluation = fit_on_dataset(model, demo_dataset, progress=reports.append)
     return model, evaluation, reports
+
+
+@pytest.fixture(scope="session")
+def bottle_model_files(tmp_path_factory: pytest.TempPathFactory):
+    """A function: method name → the model file of that method at its defaults, fitted on MVTec AD bottle's good
+    training images (real data, real weights) once per session, on first use."""
+    from inspection.data.datasets import open_dataset
+    from inspection.registry import create_model
+
+    folder = tmp_path_factory.mktemp("bottle-models")
+    made: dict[str, Path] = {}
+
+    def model_file(method: str) -> Path:
+        if method not in made:
+            dataset = open_dataset(require_shared() / "data" / "mvtec_ad", "bottle")
+            model = create_model(method).fit([sample.path for sample in dataset.train])
+            made[method] = model.save(folder / f"bottle-{method}.safetensors")
+        return made[method]
+
+    return model_file

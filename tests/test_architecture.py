@@ -132,7 +132,12 @@ ALLOWED: dict[str, set[str]] = {
     "explain": LOWER | {"model", "results"},
     "workflows": LOWER | {"model", "registry", "results", "explain"},
     "bench": LOWER | {"model", "registry", "results", "explain", "workflows"},
-    "cli": LOWER | {"model", "registry", "results", "explain", "workflows", "bench"},
+    # The deployment wings: the torch-free runtime reads exported folders (and writes predict's CSV through the
+    # torch-free `workflows.batch`); the export writes them; the service serves either kind.
+    "runtime": LOWER | {"model", "results", "workflows"},
+    "export": LOWER | {"model", "registry", "runtime"},
+    "service": LOWER | {"model", "results", "workflows", "runtime", "export"},
+    "cli": LOWER | {"model", "registry", "results", "explain", "workflows", "bench", "runtime", "export", "service"},
     "__main__": {"cli"},
 }
 #: The ground and the entry points are the only modules at the top level; everything else lives in a wing.

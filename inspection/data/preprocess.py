@@ -11,11 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
 
 from ..errors import ImageSizeError
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: the torch-free runtime reads this module too
+    import torch
 
 #: Input normalisations by name: (mean, std) applied to RGB in [0, 1]. Each set of backbone weights names
 #: the one it was trained with.
@@ -26,8 +30,13 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 }
 
 def normalization_tensors(name: str, device: torch.device | str | None = None,
-                          dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (mean, std) of normalisation `name` as [1, 3, 1, 1] tensors: normalised = (rgb01 − mean) / std."""
+                          dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (mean, std) of normalisation `name` as [1, 3, 1, 1] tensors (float32 unless `dtype`): normalised =
+    (rgb01 − mean) / std."""
+    import torch
+
+    dtype = dtype or torch.float32
+
     mean, std = NORMALIZATIONS[name]
     return (torch.tensor(mean, device=device, dtype=dtype).view(1, 3, 1, 1),
             torch.tensor(std, device=device, dtype=dtype).view(1, 3, 1, 1))
@@ -245,10 +254,17 @@ class Preprocessing:
                           interpolation=cv2.INTER_NEAREST).astype(bool)
 
     def normalize(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 N×H×W×3 → float32 N×3×H×W tensor with the weights' normalisation."""
-        tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-        mean_t, std_t = normalization_tensors(self.normalization)
-        return (tensor - mean_t) / std_t
+        """uint8 N×H×W×3 → float32 N×3×H×W tensor with the weights' normalisation (`normalize_array`'s values)."""
+        import torch
+
+        return torch.from_numpy(self.normalize_array(images))
+
+    def normalize_array(self, images: np.ndarray) -> np.ndarray:
+        """uint8 N×H×W×3 → float32 N×3×H×W array with the weights' normalisation: the one implementation, for the
+        torch path and the exported runtime alike."""
+        mean, std = (np.asarray(values, np.float32).reshape(1, 3, 1, 1) for values in NORMALIZATIONS[self.normalization])
+        unit = np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+        return (unit - mean) / std
 
     def batch(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[Geometry]]:
         """Preprocess decoded RGB images into one normalised batch tensor plus each image's geometry."""

@@ -110,7 +110,9 @@ class AnoGAN(AnomalyModel):
     capabilities = Capabilities(
         resize_modes_reason="its generator makes images of one size, and tiles would need stitched reconstructions",
         reconstructs=True, trains_by_gradient=True, variant_param="scoring",
-        stages={"epoch": "Training the GAN (generator and discriminator)", "encoder": "Training the encoder x → z"})
+        stages={"epoch": "Training the GAN (generator and discriminator)", "encoder": "Training the encoder x → z"},
+        export_refused="its z search optimises each image, not one forward pass; the encoder variant's export is not "
+                       "written yet")
     default_overrides = {"resize": 73, "crop": 64}
     param_rules = (_check_size,)
 

@@ -69,6 +69,7 @@ class DFR(BackboneModel):
     # made no measurable difference on bottle.
     feature_strides = (4, 8, 16)
     capabilities = BackboneModel.capabilities.extended(
+        export_refused="",
         trains_by_gradient=True,
         no_reconstruction_reason="DFR reconstructs backbone features, not pixels: its views show the feature "
                                  "reconstruction error of each layer",

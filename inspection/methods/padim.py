@@ -29,6 +29,7 @@ class PaDiM(BackboneModel):
     feature_strides = (4, 8, 16)
     # Not aspect (images of other sizes have other positions) nor tiles (a tile position is no part position).
     capabilities = BackboneModel.capabilities.extended(
+        export_refused="",
         resize_modes_reason="it learns one Gaussian per patch position, so every image must show the part on one "
                             "fixed grid of positions (use full to keep the whole part)",
         stages={"covariance": "Estimating the Gaussians"})

@@ -33,7 +33,8 @@ class PatchCore(BackboneModel):
     feature_strides = (8, 16)
     # A memory bank compares each patch with every good patch wherever it lies: any working size will do.
     capabilities = BackboneModel.capabilities.extended(resize_modes=("center_crop", "full", "aspect", "tiles"),
-                                                       stages={"coreset": "Selecting the memory bank (coreset)"})
+                                                       stages={"coreset": "Selecting the memory bank (coreset)"},
+                                                       export_refused="")
     # The whole part by default, its aspect kept: a centre crop leaves defects near the edges unseen
     # (bench/patchcore-modes/).
     default_overrides = {"resize_mode": "aspect"}

@@ -95,7 +95,9 @@ class VAE(AnomalyModel):
     capabilities = Capabilities(
         resize_modes_reason="its fully connected latent is trained at one input size, and tiles would need stitched "
                             "reconstructions",
-        reconstructs=True, trains_by_gradient=True, variant_param="scoring", stages={"epoch": "Training the VAE"})
+        reconstructs=True, trains_by_gradient=True, variant_param="scoring", stages={"epoch": "Training the VAE"},
+        export_refused="its projection optimises each image by gradient steps, not one forward pass; the residual "
+                       "variant's export is not written yet")
     default_overrides = {"resize": 146, "crop": 128}
     param_rules = (_check_size,)
 

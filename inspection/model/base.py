@@ -14,6 +14,8 @@ scored afterwards; the thresholds and the fixed score normalisation come from th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from abc import ABC, abstractmethod
@@ -48,7 +50,7 @@ from .familiarity import (
 )
 from .header import BackboneRecord, ModelHeader, ModelInfo
 from .modelfile import parse_header, read_model_file, resolve_model_path, write_model_file
-from .prediction import Prediction
+from .prediction import Prediction, stack_maps
 from .views import Panel, ScoredBatch, rgb_uint8
 
 #: Tensors of optional parts attached to a model file after fitting — a defect classifier head on the backbone
@@ -57,6 +59,8 @@ ATTACHED_PREFIX = "classifier."
 ATTACHED_INFO_KEY = "defect_classifier"
 #: Parameters whose change makes a model build its backbone (or network) again before it is used.
 _SETUP_PARAMS = frozenset({"backbone", "weights", "layers", "device", "seed"})
+#: Settings that do not change a model's results (where it runs, how many images per pass).
+_NOT_RESULTS = frozenset({"device", "batch_size"})
 
 
 class AnomalyModel(CommonParams, ABC):
@@ -177,6 +181,21 @@ class AnomalyModel(CommonParams, ABC):
         """True once the learned state exists (after `fit` or `load`)."""
         state = self._state()
         return bool(state) and all(tensor is not None for tensor in state.values())
+
+    @property
+    def fingerprint(self) -> str:
+        """What makes two models' results the same: the method, its creation, settings and calibration (16 hex
+        digits; an exported copy keeps it)."""
+        calibration = self.calibration
+        identity = {"method": self.name, "created": self.info.created,
+                    "params": {key: value for key, value in self.get_params().items() if key not in _NOT_RESULTS},
+                    "calibration": None if calibration is None else
+                    [calibration.image_threshold, calibration.pixel_threshold, repr(calibration.image_scale),
+                     repr(calibration.pixel_scale), calibration.colour_max]}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    #: Which engine scores: the model itself in torch (exported copies: "onnx", "openvino"; `inspection.runtime`).
+    runtime: ClassVar[str] = "torch"
 
     @property
     def learned_shapes(self) -> dict[str, list[int]]:
@@ -300,8 +319,8 @@ class AnomalyModel(CommonParams, ABC):
         has_reconstructions = count > 0 and reconstructions[0] is not None
         size = self.preprocessing.size
         return Prediction(
-            modes.stack_maps(maps, size), scores, geometries, self.calibration,
-            modes.stack_maps(reconstructions, size) if has_reconstructions else None, image_panels if panels else None,
+            stack_maps(maps, size), scores, geometries, self.calibration,
+            stack_maps(reconstructions, size) if has_reconstructions else None, image_panels if panels else None,
             distances if self.familiarity_bank is not None else None, self.familiarity)
 
     @torch.no_grad()

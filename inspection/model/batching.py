@@ -7,15 +7,17 @@ import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..data.images import load_image
 from ..data.preprocess import Geometry, Preprocessing
 from ..data.protocol import PlacedImage
 from ..errors import ImageLoadError
+
+if TYPE_CHECKING:  # the torch-free runtime batches through `iter_arrays`
+    import torch
 
 
 def decode(item: Any) -> np.ndarray:
@@ -35,8 +37,17 @@ def decode(item: Any) -> np.ndarray:
 
 def iter_batches(items: Sequence[Any], preprocessing: Preprocessing, batch_size: int,
                  workers: int = 2) -> Iterator[tuple[torch.Tensor, list[Geometry], list[int]]]:
-    """Decode and preprocess in a small thread pool, a bounded window ahead; yield normalised batches with each
-    image's geometry and index in `items`.
+    """`iter_arrays`'s batches as tensors (sharing their memory)."""
+    import torch
+
+    for array, geometries, indices in iter_arrays(items, preprocessing, batch_size, workers):
+        yield torch.from_numpy(array), geometries, indices
+
+
+def iter_arrays(items: Sequence[Any], preprocessing: Preprocessing, batch_size: int,
+                workers: int = 2) -> Iterator[tuple[np.ndarray, list[Geometry], list[int]]]:
+    """Decode and preprocess in a small thread pool, a bounded window ahead; yield normalised batches (float32
+    N×3×H×W arrays) with each image's geometry and index in `items`.
 
     Images of one batch share their working size: when it varies (aspect mode), images wait in one group per
     size until a group is full; when more than two batches' worth wait, the largest group goes out early, so
@@ -49,9 +60,9 @@ def iter_batches(items: Sequence[Any], preprocessing: Preprocessing, batch_size:
         name = item_name(item)
         return preprocessing.apply_geometry(decode(item), name=None if name == "<array>" else name)
 
-    def emit(group: list[tuple[int, np.ndarray, Geometry]]) -> tuple[torch.Tensor, list[Geometry], list[int]]:
+    def emit(group: list[tuple[int, np.ndarray, Geometry]]) -> tuple[np.ndarray, list[Geometry], list[int]]:
         indices, images, geometries = zip(*group)
-        return preprocessing.normalize(np.stack(images)), list(geometries), list(indices)
+        return preprocessing.normalize_array(np.stack(images)), list(geometries), list(indices)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()

@@ -23,6 +23,8 @@ class Capabilities:
     trains_by_gradient: bool = False
     #: The parameter whose value names a variant of the method in tables, e.g. "scoring" → "vae (projection)".
     variant_param: str = ""
+    #: Why the method's scoring cannot be exported as one graph (`inspection export`); empty when it can.
+    export_refused: str = "its export is not written yet"
     #: Human-readable names of the progress stages the method's fitting reports, by stage.
     stages: Mapping[str, str] = field(default_factory=dict)
 

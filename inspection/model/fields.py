@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelFileError
+
+if TYPE_CHECKING:  # the torch-free runtime reads the header checks of this module
+    import torch
 
 
 def require_mapping(value: Any, where: str) -> dict[str, Any]:
@@ -72,6 +73,8 @@ def require_tensor(state: Mapping[str, Any], name: str, *, ndim: int | None = No
 
     Never cast silently: an integer memory bank, say, would give other scores than the one that was saved.
     """
+    import torch
+
     tensor = state.get(name)
     if not isinstance(tensor, torch.Tensor):
         raise ModelFileError(f"the model's tensors lack {name!r}")

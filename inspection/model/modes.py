@@ -1,12 +1,10 @@
 """The resize modes that change how a batch is scored: tiles (every tile scored, the maps stitched into one per
-image) and aspect (images of several sizes padded into one batch, the padding kept out of every score); and the
-assembly of maps of several sizes into one array."""
+image) and aspect (images of several sizes padded into one batch, the padding kept out of every score)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 
 from ..ops.tiles import cut_tiles, stitch
@@ -42,19 +40,3 @@ def without_padding(maps: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     rows = torch.arange(maps.shape[-2], device=content.device)[None, :, None] >= content[:, 0, None, None]
     columns = torch.arange(maps.shape[-1], device=content.device)[None, None, :] >= content[:, 1, None, None]
     return maps.masked_fill(rows | columns, float("nan"))
-
-
-def stack_maps(maps: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    """Per-image arrays [H, W, ...] as one [N, H, W, ...] array: stacked when they share a size, else each at the
-    top left of one as large as the largest (NaN around float maps, 0 around pictures)."""
-    if not maps:
-        return np.zeros((0, *size), np.float32)
-    shapes = {item.shape for item in maps}
-    if len(shapes) == 1:
-        return np.stack(maps)
-    height, width = max(shape[0] for shape in shapes), max(shape[1] for shape in shapes)
-    fill = np.nan if np.issubdtype(maps[0].dtype, np.floating) else 0
-    canvas = np.full((len(maps), height, width, *maps[0].shape[2:]), fill, maps[0].dtype)
-    for index, item in enumerate(maps):
-        canvas[index, : item.shape[0], : item.shape[1]] = item
-    return canvas

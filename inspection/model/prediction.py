@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,3 +74,19 @@ class Prediction:
     def map_on_original(self, index: int) -> np.ndarray:
         """The normalised map of image `index` placed on its original pixel grid (NaN = not inspected)."""
         return map_to_original(self.anomaly_maps[index], self.geometries[index])
+
+
+def stack_maps(maps: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """Per-image arrays [H, W, ...] as one [N, H, W, ...] array: stacked when they share a size, else each at the
+    top left of one as large as the largest (NaN around float maps, 0 around pictures)."""
+    if not maps:
+        return np.zeros((0, *size), np.float32)
+    shapes = {item.shape for item in maps}
+    if len(shapes) == 1:
+        return np.stack(maps)
+    height, width = max(shape[0] for shape in shapes), max(shape[1] for shape in shapes)
+    fill = np.nan if np.issubdtype(maps[0].dtype, np.floating) else 0
+    canvas = np.full((len(maps), height, width, *maps[0].shape[2:]), fill, maps[0].dtype)
+    for index, item in enumerate(maps):
+        canvas[index, : item.shape[0], : item.shape[1]] = item
+    return canvas

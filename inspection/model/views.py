@@ -15,9 +15,12 @@ memory — each image's `Panel` list. Pages draw the panels in order with no met
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the torch-free runtime reads `Panel` through the prediction
+    import torch
 
 
 @dataclass(eq=False)

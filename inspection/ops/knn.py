@@ -15,6 +15,13 @@ def nearest_neighbors(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *,
     if bank.shape[0] == 0:
         raise ValueError("the memory bank is empty")
     k = min(k, bank.shape[0])
+    if torch.onnx.is_in_onnx_export():
+        # An exported graph takes any batch size: the chunk loops, unrolled for the example batch, would not. One
+        # block then, of (patches of a batch) × bank distances: the runtime bounds it by its batch size.
+        block = torch.addmm(bank.pow(2).sum(1)[None, :], queries, bank.T, alpha=-2.0)
+        distances, indices = block.topk(k, dim=1, largest=False) if k > 1 else (
+            values[:, None] for values in block.min(dim=1))
+        return distances.add(queries.pow(2).sum(1, keepdim=True)).clamp_min(0.0).sqrt(), indices
     bank_chunk = max(k, min(bank.shape[0], max_elements // 1024))
     query_chunk = max(1, max_elements // bank_chunk)
     bank_sq_norms = bank.pow(2).sum(1)

@@ -10,7 +10,6 @@ its path, size and modification time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from ..data.images import IMAGE_EXTENSIONS, list_images, load_image_with_size
 from ..data.uris import is_uri, list_uri_images, read_uri, uri_key, uri_name
 from ..errors import ImageLoadError, ModelFileError, ParameterError
-from ..model.base import AnomalyModel
+from ..model.scorer import Scorer
 from ..outputs import write_csv
 from ..results.image import DISPLAY_MAX_SIDE, image_result
 
@@ -39,8 +38,6 @@ PREDICTION_FIELDS = ("file", "score", "raw_score", "verdict", "regions", "larges
 OVERLAY_CHOICES = ("all", "defects", "none")
 # Images decoded for one forward pass at most (besides the batch size): bounds memory with large images.
 _CHUNK_PIXELS = 64_000_000
-# Settings that do not change a model's results (where it runs, how many images per pass).
-_NOT_RESULTS = frozenset({"device", "batch_size"})
 
 Progress = Callable[[int, int], None]  # (files done, files in all)
 #: Where an image is read from: a local path, or a URI (`data.uris`).
@@ -98,15 +95,10 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[Source, str]]:
     return files
 
 
-def model_fingerprint(model: AnomalyModel) -> str:
-    """What makes two runs' results the same: the model (method, creation, settings) and its calibration."""
-    calibration = model.calibration
-    identity = {"method": model.name, "created": model.info.created,
-                "params": {key: value for key, value in model.get_params().items() if key not in _NOT_RESULTS},
-                "calibration": None if calibration is None else
-                [calibration.image_threshold, calibration.pixel_threshold, repr(calibration.image_scale),
-                 repr(calibration.pixel_scale), calibration.colour_max]}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def model_fingerprint(model: Scorer) -> str:
+    """What makes two runs' results the same: the model (method, creation, settings, calibration) and the engine
+    that scores it (an exported copy's scores differ from the torch model's in the last digits)."""
+    return model.fingerprint if model.runtime == "torch" else f"{model.fingerprint}/{model.runtime}"
 
 
 def file_key(source: Source) -> dict[str, Any] | None:
@@ -198,7 +190,7 @@ class Task:
 
 #: How the files are scored: (model, the tasks, output folder, batch size, overlays) → (task, row) pairs as the
 #: files are done, in any order. `score_locally` here; `scale_out.RayEngine` on a Ray cluster.
-Engine = Callable[[AnomalyModel, Sequence[Task], Path, int, str], Iterable[tuple[Task, dict[str, Any]]]]
+Engine = Callable[[Scorer, Sequence[Task], Path, int, str], Iterable[tuple[Task, dict[str, Any]]]]
 
 
 def read_source(source: str) -> tuple[np.ndarray, tuple[int, int]]:
@@ -213,7 +205,7 @@ def _error_row(task: Task, error: Exception) -> dict[str, Any]:
     return {**(task.key or {"path": task.source}), "file": task.name, "error": str(error)}
 
 
-def _scored_rows(model: AnomalyModel, batch: Sequence[tuple[Task, np.ndarray, tuple[int, int]]], out: Path,
+def _scored_rows(model: Scorer, batch: Sequence[tuple[Task, np.ndarray, tuple[int, int]]], out: Path,
                  overlays: str) -> list[tuple[Task, dict[str, Any]]]:
     """One forward pass over decoded images: each one's row (areas in the file's own pixels, also when it was decoded
     shrunk), and its overlay picture written when asked for."""
@@ -233,7 +225,7 @@ def _scored_rows(model: AnomalyModel, batch: Sequence[tuple[Task, np.ndarray, tu
     return rows
 
 
-def score_tasks(model: AnomalyModel, tasks: Sequence[Task], out: Path, overlays: str
+def score_tasks(model: Scorer, tasks: Sequence[Task], out: Path, overlays: str
                 ) -> Iterator[tuple[Task, dict[str, Any]]]:
     """Score one chunk of files: the readable ones in forward passes of at most `_CHUNK_PIXELS` decoded pixels
     (large images then cost one pass's memory), each unreadable one — or one the model cannot judge, too small or
@@ -274,7 +266,7 @@ def chunks(tasks: Sequence[Task], batch_size: int) -> list[Sequence[Task]]:
     return [tasks[start: start + batch_size] for start in range(0, len(tasks), batch_size)]
 
 
-def score_locally(model: AnomalyModel, tasks: Sequence[Task], out: Path, batch_size: int, overlays: str
+def score_locally(model: Scorer, tasks: Sequence[Task], out: Path, batch_size: int, overlays: str
                   ) -> Iterator[tuple[Task, dict[str, Any]]]:
     """The default engine: chunk after chunk, in this process, on the model's device."""
     for chunk in chunks(tasks, batch_size):
@@ -300,7 +292,7 @@ def write_parquet(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
-def score_files(model: AnomalyModel, files: Sequence[tuple[Source, str]], out: Path, batch_size: int,
+def score_files(model: Scorer, files: Sequence[tuple[Source, str]], out: Path, batch_size: int,
                 quiet: bool = True, resume: bool = True, overlays: str = "all",
                 progress: Progress | None = None, engine: Engine = score_locally) -> BatchSummary:
     """Score files into `out`: predictions.csv (one row per file, input order) and a result picture per readable

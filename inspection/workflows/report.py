@@ -27,7 +27,7 @@ import numpy as np
 
 from ..data.images import load_image
 from ..errors import ImageLoadError
-from ..model.base import AnomalyModel
+from ..model.scorer import Scorer
 from ..results.image import DISPLAY_MAX_SIDE, VERDICT_WORDS, image_result
 from ..results.numbers import score_text
 from ..results.pictures import DEFECT_COLOR, GOOD_COLOR, THRESHOLD, colorbar
@@ -87,7 +87,7 @@ def _read_overlay(path: Path) -> np.ndarray | None:
     return None if picture is None else thumbnail(picture[:, :, ::-1])
 
 
-def report_pictures(model: AnomalyModel, rows: Sequence[dict[str, Any]], out: Path, worst: int = DEFAULT_WORST,
+def report_pictures(model: Scorer, rows: Sequence[dict[str, Any]], out: Path, worst: int = DEFAULT_WORST,
                     batch_size: int = 8) -> list[Picture]:
     """Thumbnails of the pictured rows: the overlay file in `out` when there is one, else the image scored again
     (a few at a time: only thumbnails are kept)."""
@@ -242,7 +242,7 @@ def _table_row(number: int, row: dict[str, Any]) -> str:
             "<td></td></tr>")
 
 
-def report_html(model: AnomalyModel, summary: BatchSummary, pictures: Sequence[Picture], model_name: str = "",
+def report_html(model: Scorer, summary: BatchSummary, pictures: Sequence[Picture], model_name: str = "",
                 inputs: Sequence[str] = ()) -> str:
     """The report as one HTML document (see the module's docstring)."""
     calibration = model.calibration
@@ -299,7 +299,7 @@ def report_html(model: AnomalyModel, summary: BatchSummary, pictures: Sequence[P
     return "\n".join(part for part in document if part)
 
 
-def write_report(model: AnomalyModel, summary: BatchSummary, path: Path | None = None, worst: int = DEFAULT_WORST,
+def write_report(model: Scorer, summary: BatchSummary, path: Path | None = None, worst: int = DEFAULT_WORST,
                  model_name: str = "", inputs: Sequence[str] = (), batch_size: int = 8) -> Report:
     """Write the batch's HTML report (by default `report.html` beside its CSV); the pictures come back too."""
     path = path or summary.out / REPORT_NAME

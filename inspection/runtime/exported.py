@@ -1,0 +1,245 @@
+"""An exported folder opened for scoring: its manifest, its graphs (one per working size) on onnxruntime or OpenVINO,
+and `ExportedModel.predict`, which gives the same `Prediction` as the torch model's.
+
+The folder (written by `inspection.export`):
+
+- ``model.json``: the manifest — format and version, the model's fingerprint, its header (settings, preprocessing,
+  seed, calibration, info) as the model file holds it, and the graphs;
+- ``graph-HxW.onnx`` (and ``graph-HxW.xml``/``.bin``, OpenVINO IR): normalised images [B, 3, H, W] in, anomaly maps
+  [B, H, W] (NaN on aspect mode's padding), image scores [B] and familiarity vectors [B, C] out; one graph per
+  working size, since a backbone's padding arithmetic is fixed when it is traced (the batch size is free);
+- ``familiarity-bank.npy``: the good training images' familiarity vectors (absent for models made without them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.preprocess import Geometry, Preprocessing
+from ..errors import ImageSizeError, ModelFileError, ParameterError
+from ..model.batching import iter_arrays
+from ..model.familiarity import Familiarity
+from ..model.header import ModelHeader
+from ..model.prediction import Prediction, stack_maps
+
+#: What reads an exported graph: onnxruntime (the default) or OpenVINO.
+ENGINES = ("onnx", "openvino")
+EXPORT_FORMAT = "inspection-export"
+EXPORT_VERSION = 1
+MANIFEST = "model.json"
+BANK_FILE = "familiarity-bank.npy"
+#: The graphs' input and outputs, by name.
+INPUT = "images"
+OUTPUTS = ("maps", "scores", "vectors")
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """One exported graph: its file stem, the working size it takes, and the image content inside it (aspect mode
+    pads the content up to the working size; the padding is NaN in the maps)."""
+
+    stem: str
+    working: tuple[int, int]
+    content: tuple[int, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stem": self.stem, "working": list(self.working), "content": list(self.content)}
+
+    @classmethod
+    def from_dict(cls, values: Any) -> GraphEntry:
+        try:
+            return cls(str(values["stem"]), (int(values["working"][0]), int(values["working"][1])),
+                       (int(values["content"][0]), int(values["content"][1])))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise ModelFileError(f"{MANIFEST}: a graph entry is malformed: {values!r}") from None
+
+
+def graph_key(geometry: Geometry) -> tuple[tuple[int, int], tuple[int, int]]:
+    """What picks an image's graph: its working size and its content in it."""
+    return (geometry.height, geometry.width), geometry.seen
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder made by `inspection export`."""
+    return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+
+
+@dataclass(frozen=True)
+class ExportedPreprocessing(Preprocessing):
+    """The model's preprocessing, which also refuses, in one line, an image of a size no graph was exported for."""
+
+    #: (working size, content) of every exported graph.
+    exported: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = ()
+
+    def check_inspectable(self, height: int, width: int, name: str | None = None) -> None:
+        super().check_inspectable(height, width, name)
+        if self.exported and graph_key(self.geometry(height, width)) not in self.exported:
+            label = f"{name}: " if name else ""
+            sizes = ", ".join(f"{w} × {h}" for (_, (h, w)) in self.exported)
+            geometry = self.geometry(height, width)
+            raise ImageSizeError(
+                f"{label}image is {width} × {height} px, which this export cannot score: its graphs take images "
+                f"whose working size is {sizes} px, and this one's is {geometry.seen[1]} × {geometry.seen[0]} "
+                f"(export again with --image-size {width}x{height})")
+
+    def to_dict(self) -> dict:
+        values = super().to_dict()
+        values.pop("exported", None)
+        return values
+
+
+class _OnnxGraph:
+    """One graph on onnxruntime's CPU provider."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ParameterError("onnxruntime is not installed: pip install onnxruntime (or the runtime extra: "
+                                 "pip install 'inspection[runtime]')") from None
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.session.run(list(OUTPUTS), {INPUT: images})
+        return dict(zip(OUTPUTS, values))
+
+
+class _OpenVinoGraph:
+    """One graph compiled by OpenVINO for the CPU."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import openvino
+        except ImportError:
+            raise ParameterError("openvino is not installed: pip install openvino") from None
+        # Full float precision: on CPUs with bf16 units OpenVINO would otherwise lower it, and the maps drift by
+        # percents of their range.
+        self.compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        results = self.compiled(images)
+        return {name: np.asarray(results[self.compiled.output(name)]) for name in OUTPUTS}
+
+
+_GRAPH_SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of an exported folder, checked: ModelFileError naming what is wrong and what to do."""
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(f"{folder} is not an exported model (no {MANIFEST}): make one with python -m inspection "
+                             "export") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{path}: not a readable manifest ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
+        raise ModelFileError(f"{path}: not an inspection export manifest")
+    if manifest.get("version") != EXPORT_VERSION:
+        raise ModelFileError(f"{path}: export version {manifest.get('version')!r}; this runtime reads version "
+                             f"{EXPORT_VERSION}: export the model again with this version")
+    return manifest
+
+
+class ExportedModel:
+    """An exported model on onnxruntime or OpenVINO, scoring as the torch model does (`Scorer`)."""
+
+    def __init__(self, folder: str | os.PathLike, engine: str = "onnx", batch_size: int | None = None) -> None:
+        if engine not in ENGINES:
+            raise ParameterError(f"engine must be one of {list(ENGINES)}, not {engine!r}")
+        self.folder = Path(folder)
+        manifest = read_manifest(self.folder)
+        self.header = ModelHeader.from_dict(manifest["header"])
+        self.name: str = self.header.method
+        self.runtime: str = engine
+        self.calibration = self.header.calibration
+        self.info = self.header.info
+        self._fingerprint = str(manifest.get("fingerprint", ""))
+        self.graph_entries = [GraphEntry.from_dict(entry) for entry in manifest.get("graphs", [])]
+        if not self.graph_entries:
+            raise ModelFileError(f"{self.folder / MANIFEST}: lists no graph")
+        self.preprocessing: Preprocessing = ExportedPreprocessing(
+            **self.header.preprocessing.to_dict(),
+            exported=tuple((entry.working, entry.content) for entry in self.graph_entries))
+        self.batch_size = int(batch_size or self.header.params.get("batch_size", 16))
+        self.familiarity: Familiarity | None = None
+        self.familiarity_bank: np.ndarray | None = None
+        if manifest.get("familiarity") is not None:
+            self.familiarity = Familiarity.from_dict(manifest["familiarity"])
+            try:
+                self.familiarity_bank = np.load(self.folder / BANK_FILE).astype(np.float32)
+            except (OSError, ValueError) as error:
+                raise ModelFileError(f"{self.folder / BANK_FILE}: {error}") from None
+        self._graphs: dict[tuple[tuple[int, int], tuple[int, int]], Any] = {}
+        for entry in self.graph_entries:  # opened now: a missing or broken graph is said at load, not at scoring
+            path = self.folder / f"{entry.stem}{_GRAPH_SUFFIX[engine]}"
+            if not path.is_file():
+                raise ModelFileError(f"{path.name} is missing from {self.folder}"
+                                     + (": export with --format openvino" if engine == "openvino" else ""))
+            self._graphs[(entry.working, entry.content)] = (_OnnxGraph if engine == "onnx" else _OpenVinoGraph)(path)
+
+    @property
+    def fingerprint(self) -> str:
+        """The exported model's identity: the fingerprint of the model file it was exported from."""
+        return self._fingerprint
+
+    def get_params(self) -> dict[str, Any]:
+        return dict(self.header.params)
+
+    def predict(self, images: Sequence[Any], batch_size: int | None = None) -> Prediction:
+        """Maps (working resolution), scores and familiarity distances of paths or RGB arrays, as the torch
+        model's `predict` gives them."""
+        images = list(images)
+        count = len(images)
+        maps: list[Any] = [None] * count
+        scores = np.zeros(count)
+        geometries: list[Any] = [None] * count
+        vectors: list[Any] = [None] * count
+        for array, batch_geometries, indices in iter_arrays(images, self.preprocessing, batch_size or self.batch_size):
+            # One batch shares its working size; images of different content sizes (aspect mode) take their graphs.
+            keys = [graph_key(geometry) for geometry in batch_geometries]
+            for key in dict.fromkeys(keys):
+                rows = [row for row, row_key in enumerate(keys) if row_key == key]
+                graph = self._graphs.get(key)
+                if graph is None:  # only when an image bypassed check_inspectable (an array given directly)
+                    self.preprocessing.check_inspectable(batch_geometries[rows[0]].original_height,
+                                                         batch_geometries[rows[0]].original_width)
+                outputs = graph(np.ascontiguousarray(array[rows]))
+                for position, row in enumerate(rows):
+                    index = indices[row]
+                    maps[index] = outputs["maps"][position].astype(np.float32)
+                    scores[index] = float(outputs["scores"][position])
+                    geometries[index] = batch_geometries[row]
+                    vectors[index] = outputs["vectors"][position]
+        distances = None
+        if self.familiarity_bank is not None and count:
+            distances = nearest_cosine_distance(np.stack(vectors).astype(np.float32), self.familiarity_bank)
+        return Prediction(stack_maps(maps, self.preprocessing.size), scores, geometries, self.calibration,
+                          familiarity_distances=distances, familiarity=self.familiarity)
+
+    def __repr__(self) -> str:
+        return f"ExportedModel({str(self.folder)!r}, engine={self.runtime!r}, method={self.name!r})"
+
+
+def nearest_cosine_distance(vectors: np.ndarray, bank: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Cosine distance of each unit vector to its nearest bank vector (`familiarity.nearest_distance` in numpy)."""
+    best = np.full(len(vectors), -2.0, np.float32)
+    for first in range(0, len(bank), chunk):  # slices of the bank: memory stays bounded
+        best = np.maximum(best, (vectors @ bank[first:first + chunk].T).max(axis=1))
+    return np.clip(np.float32(1.0) - best, 0.0, None).astype(np.float64)  # float32 as in torch, then widened
+
+
+def load_export(folder: str | os.PathLike, engine: str = "onnx", batch_size: int | None = None) -> ExportedModel:
+    """Open an exported folder on `engine` ("onnx": onnxruntime; "openvino")."""
+    return ExportedModel(folder, engine, batch_size)
+
