@@ -24,18 +24,19 @@ from ..data.images import list_images, load_image_with_size
 from ..data.preprocess import DISPLAY_MAX_SIDE, Geometry
 from ..errors import ParameterError
 from ..model.base import AnomalyModel
-from ..model.familiarity import describe_images, squeeze_picture
-from ..model.modes import content_sizes, without_padding
+from ..model.familiarity import describe_images
+from ..model.modes import without_padding
 from ..runtime.exported import (
     BANK_FILE,
     ENGINES,
     EXPORT_FORMAT,
     EXPORT_VERSION,
-    INPUT,
+    INPUTS,
     MANIFEST,
     OUTPUTS,
     GraphEntry,
-    graph_key,
+    graph_inputs,
+    load_export,
 )
 
 #: The ONNX opset: 18 has Resize with antialiasing (the familiarity squeeze) and is read by onnxruntime and OpenVINO.
@@ -43,42 +44,34 @@ OPSET = 18
 
 
 class _ScoringGraph(torch.nn.Module):
-    """The model's scoring of a normalised batch at one working size: (maps, scores, familiarity vectors)."""
+    """The model's scoring of a normalised batch at one working size: (maps, scores, familiarity vectors).
 
-    def __init__(self, model: AnomalyModel, geometry: Geometry) -> None:
+    Inputs besides the images (`runtime.exported.graph_inputs` makes them): each image's content size in the working
+    grid (aspect mode: the rest is padding), and its familiarity squeeze as two matrices — so that one graph takes
+    every picture whose working size is its own."""
+
+    def __init__(self, model: AnomalyModel) -> None:
         super().__init__()
         self.model = model
-        self.geometry = geometry
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, content: torch.Tensor, squeeze_rows: torch.Tensor,
+                squeeze_columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.model.preprocessing.mode == "aspect":
-            content = content_sizes(images, [self.geometry.seen]).expand(images.shape[0], 2)
             scored = self.model._score_detailed(images, False, content=content)
             maps = without_padding(scored.maps, content)
         else:
             scored = self.model._score_detailed(images, False)
             maps = scored.maps
         if self.model.familiarity_bank is not None:
-            # `_describe` squeezes each image's content apart (their sizes may differ); here they share one size.
-            height, width = self.geometry.seen
-            rgb = self.model.unit_range(images).clamp(0, 1)[:, :, :height, :width]
-            # The squeeze to the descriptor's square as two matrix products (ONNX has no antialiased bilinear
-            # resize that torch exports): the same linear map, its weights taken from torch's own resize.
-            rows, columns = squeeze_weights(height, width, images.device)
-            vectors = describe_images(torch.matmul(torch.matmul(rows, rgb), columns.T))
+            # `_describe` squeezes each image's content with torch's antialiased resize, which ONNX cannot express;
+            # the same linear map as two matrix products (zero beyond the content) can.
+            rgb = self.model.unit_range(images).clamp(0, 1)
+            squeezed = torch.matmul(torch.matmul(squeeze_rows[:, None], rgb),
+                                    squeeze_columns[:, None].transpose(-1, -2))
+            vectors = describe_images(squeezed)
         else:  # no check: an empty vector keeps the graph's outputs the same for every model
             vectors = images.new_zeros(images.shape[0], 0)
         return maps.float(), scored.scores.float(), vectors.float()
-
-
-def squeeze_weights(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The familiarity squeeze (`squeeze_picture`, a separable linear resize) as its two weight matrices: rows
-    [side, height] and columns [side, width], so that squeeze(x) = rows @ x @ columns.T."""
-    # Each basis image holds a single 1 along one axis and is one pixel long along the other, which the resize keeps
-    # as it is: what comes out is one column of that axis's weights.
-    rows = squeeze_picture(torch.eye(height, device=device).view(height, 1, height, 1).expand(-1, 3, -1, -1))
-    columns = squeeze_picture(torch.eye(width, device=device).view(width, 1, 1, width).expand(-1, 3, -1, -1))
-    return rows[:, 0, :, 0].T.contiguous(), columns[:, 0, 0, :].T.contiguous()
 
 
 @dataclass(frozen=True)
@@ -105,7 +98,8 @@ def refusal(model: AnomalyModel) -> str:
 
 
 def example_geometries(model: AnomalyModel, image_sizes: Sequence[tuple[int, int]]) -> list[Geometry]:
-    """One geometry per distinct working size: of the given (height, width) image sizes, or the model's only one."""
+    """One geometry per distinct working size (the first image size giving it): of the given (height, width) image
+    sizes, or the model's only one."""
     preprocessing = model.preprocessing
     if not image_sizes:
         if preprocessing.mode in ("aspect", "tiles"):
@@ -117,7 +111,7 @@ def example_geometries(model: AnomalyModel, image_sizes: Sequence[tuple[int, int
     for height, width in image_sizes:
         preprocessing.check_inspectable(height, width)
         geometry = preprocessing.geometry(height, width)
-        distinct.setdefault(graph_key(geometry), geometry)
+        distinct.setdefault((geometry.height, geometry.width), geometry)
     return list(distinct.values())
 
 
@@ -131,17 +125,14 @@ def sizes_of(paths: Sequence[str | os.PathLike]) -> list[tuple[int, int]]:
     return sizes
 
 
-def _example_batch(model: AnomalyModel, geometry: Geometry, count: int, seed: int) -> torch.Tensor:
-    """A normalised batch of smooth random pictures of the geometry's image size, through the model's preprocessing
-    (tracing and the parity check)."""
+def example_pictures(geometry: Geometry, count: int, seed: int) -> list[np.ndarray]:
+    """Smooth random RGB pictures of the geometry's image size (tracing and the parity check)."""
     import cv2
 
     rng = np.random.default_rng(seed)
     size = (geometry.original_width, geometry.original_height)
-    pictures = [cv2.resize(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8), size, interpolation=cv2.INTER_CUBIC)
-                for _ in range(count)]
-    return model.preprocessing.normalize(np.stack([model.preprocessing.apply_geometry(picture)[0]
-                                                   for picture in pictures]))
+    return [cv2.resize(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8), size, interpolation=cv2.INTER_CUBIC)
+            for _ in range(count)]
 
 
 def export_model(model: AnomalyModel, out: str | os.PathLike, formats: Sequence[str] = ("onnx",),
@@ -166,33 +157,30 @@ def export_model(model: AnomalyModel, out: str | os.PathLike, formats: Sequence[
     staging.mkdir(parents=True)
     model._ensure_setup()
     model.extractor.eval() if hasattr(model, "extractor") else None
-    entries, map_gap, score_gap = [], 0.0, 0.0
+    entries = []
     try:
         for geometry in geometries:
-            stem = f"graph-{geometry.height}x{geometry.width}" + (
-                f"-content-{geometry.seen[0]}x{geometry.seen[1]}" if geometry.seen != (geometry.height,
-                                                                                         geometry.width) else "")
-            entry = GraphEntry(stem, (geometry.height, geometry.width), geometry.seen)
-            _write_onnx(model, geometry, staging / f"{stem}.onnx")
+            entry = GraphEntry(f"graph-{geometry.height}x{geometry.width}", (geometry.height, geometry.width))
+            _write_onnx(model, geometry, staging / f"{entry.stem}.onnx")
             if "openvino" in formats:
-                _write_openvino(staging / f"{stem}.onnx", staging / f"{stem}.xml")
-            gaps = _check_parity(model, geometry, staging / f"{stem}.onnx")
-            map_gap, score_gap = max(map_gap, gaps[0]), max(score_gap, gaps[1])
+                _write_openvino(staging / f"{entry.stem}.onnx", staging / f"{entry.stem}.xml")
             entries.append(entry)
-        if "onnx" not in formats:
-            for entry in entries:
-                (staging / f"{entry.stem}.onnx").unlink()
         familiarity = None
         if model.familiarity is not None and model.familiarity_bank is not None:
             np.save(staging / BANK_FILE, model.familiarity_bank.float().cpu().numpy())
             familiarity = model.familiarity.to_dict()
         manifest = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "fingerprint": model.fingerprint,
-                    "method": model.name, "formats": list(formats), "input": INPUT, "outputs": list(OUTPUTS),
+                    "method": model.name, "formats": list(formats), "inputs": list(INPUTS), "outputs": list(OUTPUTS),
                     "opset": OPSET, "torch_version": torch.__version__,
                     "graphs": [entry.to_dict() for entry in entries], "familiarity": familiarity,
-                    "parity": {"max_map_difference": map_gap, "max_score_difference": score_gap},
                     "header": model.header().to_dict()}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        map_gap, score_gap = _check_parity(model, staging, geometries, formats)
+        manifest["parity"] = {"max_map_difference": map_gap, "max_score_difference": score_gap}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        if "onnx" not in formats:
+            for entry in entries:
+                (staging / f"{entry.stem}.onnx").unlink()
         shutil.rmtree(out, ignore_errors=True)
         os.replace(staging, out)
     finally:
@@ -201,12 +189,17 @@ def export_model(model: AnomalyModel, out: str | os.PathLike, formats: Sequence[
 
 
 def _write_onnx(model: AnomalyModel, geometry: Geometry, path: Path) -> None:
-    graph = _ScoringGraph(model, geometry).eval()
-    example = _example_batch(model, geometry, 2, model.seed).to(model.torch_device)
+    pictures = [model.preprocessing.apply_geometry(picture) for picture in example_pictures(geometry, 2, model.seed)]
+    images = model.preprocessing.normalize_array(np.stack([working for working, _ in pictures]))
+    inputs = graph_inputs(images, [geometry for _, geometry in pictures])
+    example = tuple(torch.from_numpy(inputs[name]).to(model.torch_device) for name in INPUTS)
+    graph = _ScoringGraph(model).eval()
     with torch.no_grad(), warnings.catch_warnings():
+        # Once in torch first: what is built on first use (the familiarity backbone) must not be traced being built.
+        graph(*example)
         warnings.simplefilter("ignore")  # the tracer's notes on Python values fixed at this working size
-        torch.onnx.export(graph, (example,), str(path), input_names=[INPUT], output_names=list(OUTPUTS),
-                          dynamic_axes={INPUT: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUTS}},
+        torch.onnx.export(graph, example, str(path), input_names=list(INPUTS),
+                          output_names=list(OUTPUTS), dynamic_axes={name: {0: "batch"} for name in (*INPUTS, *OUTPUTS)},
                           opset_version=OPSET, dynamo=False)
 
 
@@ -219,23 +212,23 @@ def _write_openvino(onnx_path: Path, xml_path: Path) -> None:
     openvino.save_model(openvino.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
 
 
-def _check_parity(model: AnomalyModel, geometry: Geometry, onnx_path: Path) -> tuple[float, float]:
-    """Run the ONNX graph on an example batch of a size other than the traced one and compare it with the torch
-    model; raise when the maps differ by more than 1e-3 of their range."""
-    from ..runtime.exported import _OnnxGraph
-
-    example = _example_batch(model, geometry, 3, model.seed + 1)
-    with torch.no_grad():
-        expected = _ScoringGraph(model, geometry).eval()(example.to(model.torch_device))
-    got = _OnnxGraph(onnx_path)(example.numpy())
-    maps, scores = expected[0].cpu().numpy(), expected[1].cpu().numpy()
-    finite = np.isfinite(maps)
-    if not np.array_equal(finite, np.isfinite(got["maps"])):
-        raise RuntimeError(f"{onnx_path.name}: the exported maps mark other pixels as padding than the model's")
-    map_gap = float(np.abs(maps[finite] - got["maps"][finite]).max()) if finite.any() else 0.0
-    score_gap = float(np.abs(scores - got["scores"]).max())
-    spread = float(maps[finite].max() - maps[finite].min()) if finite.any() else 1.0
-    if map_gap > 1e-3 * max(spread, 1e-12):
-        raise RuntimeError(f"{onnx_path.name}: the exported graph's maps differ from the model's by {map_gap:.3g} "
-                           f"(more than 1e-3 of their range {spread:.3g}); the export is not kept")
+def _check_parity(model: AnomalyModel, folder: Path, geometries: Sequence[Geometry], formats: Sequence[str]
+                  ) -> tuple[float, float]:
+    """Score example pictures with the exported folder (each format) and with the torch model, and refuse the export
+    when the maps differ by more than 1e-3 of their range: (largest map, score difference)."""
+    pictures = [picture for index, geometry in enumerate(geometries)
+                for picture in example_pictures(geometry, 3, model.seed + 1 + index)]
+    expected = model.predict(pictures)
+    finite = np.isfinite(expected.raw_maps)
+    spread = float(np.ptp(expected.raw_maps[finite])) if finite.any() else 1.0
+    map_gap = score_gap = 0.0
+    for engine in formats:
+        got = load_export(folder, engine).predict(pictures)
+        if not np.array_equal(finite, np.isfinite(got.raw_maps)):
+            raise RuntimeError(f"the {engine} export marks other pixels as padding than the model does")
+        map_gap = max(map_gap, float(np.abs(expected.raw_maps[finite] - got.raw_maps[finite]).max()))
+        score_gap = max(score_gap, float(np.abs(expected.raw_scores - got.raw_scores).max()))
+        if map_gap > 1e-3 * max(spread, 1e-12):
+            raise RuntimeError(f"the {engine} export's maps differ from the model's by {map_gap:.3g}, more than 1e-3 "
+                               f"of their range ({spread:.3g}): the export is not kept")
     return map_gap, score_gap

@@ -54,6 +54,23 @@ def squeeze_picture(rgb: torch.Tensor) -> torch.Tensor:
                          align_corners=False, antialias=rgb.device.type == "cpu")
 
 
+def squeeze_weights(length: int, side: int = DESCRIPTOR_SIDE) -> np.ndarray:
+    """[side, length] float32: `squeeze_picture` along one axis as a matrix (its antialiased bilinear resize, the
+    weights computed as torch computes them, in float32), so that squeeze(x) = rows @ x @ columns.T. The exported
+    graphs take these as inputs: one graph then squeezes pictures of any size within its working size."""
+    f32 = np.float32
+    scale = f32(length) / f32(side)
+    support = scale if scale >= 1.0 else f32(1.0)  # shrinking widens the triangle filter by the scale
+    inverse = f32(1.0) / scale if scale >= 1.0 else f32(1.0)
+    centres = scale * (np.arange(side, dtype=f32) + f32(0.5))
+    first = np.maximum((centres - support + f32(0.5)).astype(np.int64), 0)
+    stop = np.minimum((centres + support + f32(0.5)).astype(np.int64), length)
+    taps = np.arange(length)[None, :]
+    weights = np.clip(f32(1.0) - np.abs((taps.astype(f32) - centres[:, None] + f32(0.5)) * inverse), f32(0.0), None)
+    weights = weights * ((taps >= first[:, None]) & (taps < stop[:, None]))
+    return (weights / weights.sum(axis=1, keepdims=True, dtype=f32)).astype(f32)
+
+
 def describe_images(rgb: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] RGB in [0, 1] → [B, C] unit vectors: each channel's average over the whole picture.
 

@@ -5,9 +5,11 @@ The folder (written by `inspection.export`):
 
 - ``model.json``: the manifest — format and version, the model's fingerprint, its header (settings, preprocessing,
   seed, calibration, info) as the model file holds it, and the graphs;
-- ``graph-HxW.onnx`` (and ``graph-HxW.xml``/``.bin``, OpenVINO IR): normalised images [B, 3, H, W] in, anomaly maps
-  [B, H, W] (NaN on aspect mode's padding), image scores [B] and familiarity vectors [B, C] out; one graph per
-  working size, since a backbone's padding arithmetic is fixed when it is traced (the batch size is free);
+- ``graph-HxW.onnx`` (and ``graph-HxW.xml``/``.bin``, OpenVINO IR): `INPUTS` in — normalised images [B, 3, H, W],
+  each image's content size [B, 2] (aspect mode pads it up to the working size) and its familiarity squeeze as two
+  matrices (`graph_inputs`) —, anomaly maps [B, H, W] (NaN on padding), image scores [B] and familiarity vectors
+  [B, C] out; one graph per working size, since a backbone's padding arithmetic is fixed when it is traced (the
+  batch size is free);
 - ``familiarity-bank.npy``: the good training images' familiarity vectors (absent for models made without them).
 """
 
@@ -25,7 +27,7 @@ import numpy as np
 from ..data.preprocess import Geometry, Preprocessing
 from ..errors import ImageSizeError, ModelFileError, ParameterError
 from ..model.batching import iter_arrays
-from ..model.familiarity import Familiarity
+from ..model.familiarity import DESCRIPTOR_SIDE, Familiarity, squeeze_weights
 from ..model.header import ModelHeader
 from ..model.prediction import Prediction, stack_maps
 
@@ -35,35 +37,41 @@ EXPORT_FORMAT = "inspection-export"
 EXPORT_VERSION = 1
 MANIFEST = "model.json"
 BANK_FILE = "familiarity-bank.npy"
-#: The graphs' input and outputs, by name.
-INPUT = "images"
+#: The graphs' inputs and outputs, by name.
+INPUTS = ("images", "content", "squeeze_rows", "squeeze_columns")
 OUTPUTS = ("maps", "scores", "vectors")
 
 
 @dataclass(frozen=True)
 class GraphEntry:
-    """One exported graph: its file stem, the working size it takes, and the image content inside it (aspect mode
-    pads the content up to the working size; the padding is NaN in the maps)."""
+    """One exported graph: its file stem and the working size (height, width) it takes."""
 
     stem: str
     working: tuple[int, int]
-    content: tuple[int, int]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stem": self.stem, "working": list(self.working), "content": list(self.content)}
+        return {"stem": self.stem, "working": list(self.working)}
 
     @classmethod
     def from_dict(cls, values: Any) -> GraphEntry:
         try:
-            return cls(str(values["stem"]), (int(values["working"][0]), int(values["working"][1])),
-                       (int(values["content"][0]), int(values["content"][1])))
+            return cls(str(values["stem"]), (int(values["working"][0]), int(values["working"][1])))
         except (KeyError, TypeError, ValueError, IndexError):
             raise ModelFileError(f"{MANIFEST}: a graph entry is malformed: {values!r}") from None
 
 
-def graph_key(geometry: Geometry) -> tuple[tuple[int, int], tuple[int, int]]:
-    """What picks an image's graph: its working size and its content in it."""
-    return (geometry.height, geometry.width), geometry.seen
+def graph_inputs(images: np.ndarray, geometries: Sequence[Geometry]) -> dict[str, np.ndarray]:
+    """A graph's inputs for a normalised batch of one working size: the images, each one's content size, and each
+    one's familiarity squeeze (`squeeze_weights` of its content, zero over the padding)."""
+    batch, _, height, width = images.shape
+    content = np.array([geometry.seen for geometry in geometries], np.int64).reshape(batch, 2)
+    rows = np.zeros((batch, DESCRIPTOR_SIDE, height), np.float32)
+    columns = np.zeros((batch, DESCRIPTOR_SIDE, width), np.float32)
+    for index, (seen_height, seen_width) in enumerate(content):  # one small matrix per image, never per pixel
+        rows[index, :, :seen_height] = squeeze_weights(int(seen_height))
+        columns[index, :, :seen_width] = squeeze_weights(int(seen_width))
+    return {"images": np.ascontiguousarray(images, np.float32), "content": content, "squeeze_rows": rows,
+            "squeeze_columns": columns}
 
 
 def is_export(path: str | os.PathLike) -> bool:
@@ -75,19 +83,19 @@ def is_export(path: str | os.PathLike) -> bool:
 class ExportedPreprocessing(Preprocessing):
     """The model's preprocessing, which also refuses, in one line, an image of a size no graph was exported for."""
 
-    #: (working size, content) of every exported graph.
-    exported: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = ()
+    #: The working size (height, width) of every exported graph.
+    exported: tuple[tuple[int, int], ...] = ()
 
     def check_inspectable(self, height: int, width: int, name: str | None = None) -> None:
         super().check_inspectable(height, width, name)
-        if self.exported and graph_key(self.geometry(height, width)) not in self.exported:
+        geometry = self.geometry(height, width)
+        if self.exported and (geometry.height, geometry.width) not in self.exported:
             label = f"{name}: " if name else ""
-            sizes = ", ".join(f"{w} × {h}" for (_, (h, w)) in self.exported)
-            geometry = self.geometry(height, width)
+            sizes = ", ".join(f"{w} × {h}" for h, w in self.exported)
             raise ImageSizeError(
-                f"{label}image is {width} × {height} px, which this export cannot score: its graphs take images "
-                f"whose working size is {sizes} px, and this one's is {geometry.seen[1]} × {geometry.seen[0]} "
-                f"(export again with --image-size {width}x{height})")
+                f"{label}image is {width} × {height} px, which this export cannot score: its graphs take working "
+                f"sizes {sizes} px, and this image's is {geometry.width} × {geometry.height} (export again adding "
+                f"--image-size {width}x{height})")
 
     def to_dict(self) -> dict:
         values = super().to_dict()
@@ -108,8 +116,11 @@ class _OnnxGraph:
         options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        values = self.session.run(list(OUTPUTS), {INPUT: images})
+        #: The inputs the graph kept (the exporter drops those a method does not read, e.g. content in full mode).
+        self.inputs = [node.name for node in self.session.get_inputs()]
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.session.run(list(OUTPUTS), {name: inputs[name] for name in self.inputs})
         return dict(zip(OUTPUTS, values))
 
 
@@ -124,9 +135,10 @@ class _OpenVinoGraph:
         # Full float precision: on CPUs with bf16 units OpenVINO would otherwise lower it, and the maps drift by
         # percents of their range.
         self.compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self.inputs = [node.get_any_name() for node in self.compiled.inputs]
 
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        results = self.compiled(images)
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.compiled({name: inputs[name] for name in self.inputs})
         return {name: np.asarray(results[self.compiled.output(name)]) for name in OUTPUTS}
 
 
@@ -170,7 +182,7 @@ class ExportedModel:
             raise ModelFileError(f"{self.folder / MANIFEST}: lists no graph")
         self.preprocessing: Preprocessing = ExportedPreprocessing(
             **self.header.preprocessing.to_dict(),
-            exported=tuple((entry.working, entry.content) for entry in self.graph_entries))
+            exported=tuple(entry.working for entry in self.graph_entries))
         self.batch_size = int(batch_size or self.header.params.get("batch_size", 16))
         self.familiarity: Familiarity | None = None
         self.familiarity_bank: np.ndarray | None = None
@@ -180,13 +192,13 @@ class ExportedModel:
                 self.familiarity_bank = np.load(self.folder / BANK_FILE).astype(np.float32)
             except (OSError, ValueError) as error:
                 raise ModelFileError(f"{self.folder / BANK_FILE}: {error}") from None
-        self._graphs: dict[tuple[tuple[int, int], tuple[int, int]], Any] = {}
+        self._graphs: dict[tuple[int, int], Any] = {}
         for entry in self.graph_entries:  # opened now: a missing or broken graph is said at load, not at scoring
             path = self.folder / f"{entry.stem}{_GRAPH_SUFFIX[engine]}"
             if not path.is_file():
                 raise ModelFileError(f"{path.name} is missing from {self.folder}"
                                      + (": export with --format openvino" if engine == "openvino" else ""))
-            self._graphs[(entry.working, entry.content)] = (_OnnxGraph if engine == "onnx" else _OpenVinoGraph)(path)
+            self._graphs[entry.working] = (_OnnxGraph if engine == "onnx" else _OpenVinoGraph)(path)
 
     @property
     def fingerprint(self) -> str:
@@ -206,21 +218,16 @@ class ExportedModel:
         geometries: list[Any] = [None] * count
         vectors: list[Any] = [None] * count
         for array, batch_geometries, indices in iter_arrays(images, self.preprocessing, batch_size or self.batch_size):
-            # One batch shares its working size; images of different content sizes (aspect mode) take their graphs.
-            keys = [graph_key(geometry) for geometry in batch_geometries]
-            for key in dict.fromkeys(keys):
-                rows = [row for row, row_key in enumerate(keys) if row_key == key]
-                graph = self._graphs.get(key)
-                if graph is None:  # only when an image bypassed check_inspectable (an array given directly)
-                    self.preprocessing.check_inspectable(batch_geometries[rows[0]].original_height,
-                                                         batch_geometries[rows[0]].original_width)
-                outputs = graph(np.ascontiguousarray(array[rows]))
-                for position, row in enumerate(rows):
-                    index = indices[row]
-                    maps[index] = outputs["maps"][position].astype(np.float32)
-                    scores[index] = float(outputs["scores"][position])
-                    geometries[index] = batch_geometries[row]
-                    vectors[index] = outputs["vectors"][position]
+            graph = self._graphs.get(tuple(array.shape[-2:]))
+            if graph is None:  # only for an array given directly: files are refused by check_inspectable first
+                first = batch_geometries[0]
+                self.preprocessing.check_inspectable(first.original_height, first.original_width)
+            outputs = graph(graph_inputs(array, batch_geometries))
+            for row, index in enumerate(indices):  # batches of varying sizes come out of order
+                maps[index] = outputs["maps"][row].astype(np.float32)
+                scores[index] = float(outputs["scores"][row])
+                geometries[index] = batch_geometries[row]
+                vectors[index] = outputs["vectors"][row]
         distances = None
         if self.familiarity_bank is not None and count:
             distances = nearest_cosine_distance(np.stack(vectors).astype(np.float32), self.familiarity_bank)
