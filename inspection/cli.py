@@ -376,7 +376,8 @@ def _add_predict(commands: Commands) -> None:
     _add_engine_options(predict)
     predict.add_argument("--runtime", default="auto", choices=RUNTIMES,
                          help="what scores: torch (a model file), onnx or openvino (a folder made by `export`); auto: "
-                              "torch for a model file, onnx for an exported folder")
+                              "torch for a model file; for an exported folder OpenVINO where it holds its graphs and "
+                              "it is installed, else onnxruntime")
     predict.set_defaults(handler=command_predict)
 
 
@@ -718,47 +719,26 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def _add_serve(commands: Commands) -> None:
-    from .service.app import DEFAULT_MAX_MB, DEFAULT_QUEUE, DEFAULT_WORKERS, TOKEN_ENV
-    from .service.server import DEFAULT_HOST, DEFAULT_PORT
+    from .service.limits import add_options
 
     serve = commands.add_parser("serve", help="an HTTP service scoring images with one model (POST /v1/inspect; "
                                               "docs at /docs); needs the optional extra (pip install "
                                               "\"inspection[serve]\")")
-    serve.add_argument("--model", required=True, help="model file, or a folder made by `export`")
-    serve.add_argument("--host", default=DEFAULT_HOST,
-                       help=f"the address to listen on (default {DEFAULT_HOST}); anything but loopback needs "
-                            f"{TOKEN_ENV} set: clients then send 'Authorization: Bearer <it>'")
-    serve.add_argument("--port", default=DEFAULT_PORT, type=int, help=f"default {DEFAULT_PORT}; 0: a free one")
-    serve.add_argument("--runtime", default="auto", choices=RUNTIMES,
-                       help="what scores: torch (a model file), onnx or openvino (a folder made by `export`); auto: "
-                            "torch for a model file, onnx for an exported folder")
-    serve.add_argument("--max-mb", default=DEFAULT_MAX_MB, type=float, metavar="MB",
-                       help=f"the largest request (default {DEFAULT_MAX_MB:g} MB): a larger one is answered 413")
-    serve.add_argument("--workers", default=DEFAULT_WORKERS, type=int, metavar="N",
-                       help=f"requests decoded and scored at once (default {DEFAULT_WORKERS}; the model itself "
-                            "scores one image at a time)")
-    serve.add_argument("--queue", default=DEFAULT_QUEUE, type=int, metavar="N",
-                       help=f"requests waiting for a worker (default {DEFAULT_QUEUE}); one more is answered 503 at "
-                            "once")
+    add_options(serve)
     _add_device_option(serve)
     serve.set_defaults(handler=command_serve)
 
 
 def command_serve(args: argparse.Namespace) -> int:
     """Serve a model over HTTP until interrupted."""
+    from .service.limits import limits_from
+
+    limits = limits_from(args)
     try:
-        from .service.app import Limits
         from .service.server import serve
     except ImportError as error:  # fastapi or uvicorn missing
         raise ParameterError(f"the service needs the optional extra: pip install \"inspection[serve]\" ({error})"
                              ) from None
-    if not 0 < args.max_mb <= 4096:
-        raise ParameterError(f"--max-mb must be above 0 and at most 4096, not {args.max_mb:g}")
-    if not 1 <= args.workers <= 64 or not 0 <= args.queue <= 4096:
-        raise ParameterError(f"--workers must be 1 to 64 and --queue 0 to 4096 (got {args.workers}, {args.queue})")
-    if not 0 <= args.port <= 65535:
-        raise ParameterError(f"--port must be 0 to 65535, not {args.port}")
-    limits = Limits(max_bytes=int(args.max_mb * 1024 * 1024), workers=args.workers, queue=args.queue)
     serve(args.model, host=args.host, port=args.port, runtime=args.runtime, limits=limits, device=_device(args))
     return 0
 

@@ -12,7 +12,7 @@ RUNTIMES = ("auto", "torch", *ENGINES)
 
 
 def load_scorer(path: str | Path, runtime: str = "auto", device: str | None = None) -> Scorer:
-    """A model file (torch) or an exported folder (onnxruntime or OpenVINO: "auto" takes onnxruntime). A model file
+    """A model file (torch) or an exported folder (onnxruntime or OpenVINO; "auto": `preferred_engine`). A model file
     asked to run on an exported runtime, or a folder asked to run in torch, is refused with what to do instead."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {list(RUNTIMES)}, not {runtime!r}")
@@ -22,7 +22,7 @@ def load_scorer(path: str | Path, runtime: str = "auto", device: str | None = No
 
             raise ParameterError(f"{path} is an exported folder: it runs on {' or '.join(ENGINES)}, not torch (give "
                                  "the model file for the torch runtime)")
-        return load_export(path, "onnx" if runtime == "auto" else runtime)
+        return load_export(path, runtime)
     if runtime not in ("auto", "torch"):
         from ..errors import ParameterError
 

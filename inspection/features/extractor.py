@@ -31,6 +31,16 @@ class FeatureExtractor(nn.Module):
         self.eval()
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        step = _cpu_micro_batch(images)
+        if step < images.shape[0]:
+            # On a CPU a large batch's activations spill out of the caches: a batch of 16 bottle images cost twice
+            # as much per image as one image alone (bench/runtimes/). Small slices keep them in the caches; the
+            # features are the same.
+            parts = [self._forward(chunk) for chunk in images.split(step)]
+            return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+        return self._forward(images)
+
+    def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         features: dict[str, torch.Tensor] = {}
         output = images
         if self.channels_last and images.device.type == "cpu":
@@ -43,6 +53,18 @@ class FeatureExtractor(nn.Module):
             if name in self.layers:
                 features[name] = output.contiguous()
         return features
+
+
+#: On a CPU the backbone runs over slices of a batch of at most this many pixels (two 256 × 256 images).
+CPU_SLICE_PIXELS = 2 * 256 * 256
+
+
+def _cpu_micro_batch(images: torch.Tensor) -> int:
+    """How many images of the batch the backbone takes at once: all of them on a GPU (and in a graph being
+    exported, whose batch size is free), a slice of `CPU_SLICE_PIXELS` on a CPU."""
+    if images.device.type != "cpu" or torch.onnx.is_in_onnx_export():
+        return images.shape[0]
+    return max(1, CPU_SLICE_PIXELS // (images.shape[-2] * images.shape[-1]))
 
 
 def create_feature_extractor(name: str, layers: str | tuple[str, ...], weights: str | os.PathLike | None = None,

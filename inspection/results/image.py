@@ -99,14 +99,19 @@ class ImageResult:
                 for index, (region, box) in enumerate(zip(self.regions, self.boxes))]
         return [{key: value for key, value in row.items() if key != "mean score"} for row in rows] if brief else rows
 
+    def box_in_file(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """A box of `boxes` (the shown image's pixels) in the file's own pixels (rounded outwards)."""
+        if self.original_size is None:
+            return tuple(int(value) for value in box)
+        height, width = self.original_size
+        factor_y, factor_x = height / self.image.shape[0], width / self.image.shape[1]
+        return (int(np.floor(box[0] * factor_x)), int(np.floor(box[1] * factor_y)),
+                min(width, int(np.ceil(box[2] * factor_x))), min(height, int(np.ceil(box[3] * factor_y))))
+
     def _box_text(self, box: tuple[int, int, int, int]) -> str:
         """A box of `boxes` (the shown image's pixels) as the table shows it: in the file's own pixels."""
-        if self.original_size is not None:
-            height, width = self.original_size
-            factor_y, factor_x = height / self.image.shape[0], width / self.image.shape[1]
-            box = (int(np.floor(box[0] * factor_x)), int(np.floor(box[1] * factor_y)),
-                   min(width, int(np.ceil(box[2] * factor_x))), min(height, int(np.ceil(box[3] * factor_y))))
-        return f"{box[0]},{box[1]} – {box[2]},{box[3]}"
+        x0, y0, x1, y1 = self.box_in_file(box)
+        return f"{x0},{y0} – {x1},{y1}"
 
 
 def image_result(prediction: Prediction, index: int, image: np.ndarray, name: str,

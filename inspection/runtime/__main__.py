@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="a folder made by `python -m inspection export`")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--engine", default="onnx", choices=ENGINES, help="onnx: onnxruntime (default); openvino")
+    parser.add_argument("--engine", default="auto", choices=("auto", *ENGINES),
+                        help="onnx: onnxruntime; openvino; auto (default): OpenVINO where the folder holds its graphs "
+                             "and it is installed, else onnxruntime")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     parser.add_argument("--overlays", default="all", choices=OVERLAY_CHOICES,
                         help="which images get a heatmap overlay PNG in --out (default: all)")

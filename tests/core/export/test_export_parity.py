@@ -5,6 +5,7 @@ to 4 decimals, maps within 1e-3 of their range; and the runtime scores a folder 
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,13 @@ from inspection.runtime import load_export
 from inspection.scores.metrics import image_auroc
 
 EXPORTABLE = ("patchcore", "padim", "dfr")
+#: The start of a `python -c` program in which `import torch` fails, as on a line PC without it.
+_NO_TORCH = ("import runpy, sys\n"
+             "class NoTorch:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'torch' or name.startswith('torch.'):\n"
+             "            raise ImportError('torch is not installed here')\n"
+             "sys.meta_path.insert(0, NoTorch())\n")
 
 
 @pytest.fixture(scope="module")
@@ -71,18 +79,11 @@ def test_the_runtime_writes_predicts_csv_with_torch_unimportable(exported, bottl
     for sample in [*bottle.test[:3], *bottle.test[-3:]]:
         (images / f"{sample.defect_type}_{sample.path.name}").write_bytes(sample.path.read_bytes())
     (images / "broken.png").write_bytes(b"not an image")
-    blocker = ("import sys\n"
-               "class NoTorch:\n"
-               "    def find_spec(self, name, path=None, target=None):\n"
-               "        if name == 'torch' or name.startswith('torch.'):\n"
-               "            raise ImportError('torch is not installed here')\n"
-               "sys.meta_path.insert(0, NoTorch())\n"
-               "import runpy\n"
-               "runpy.run_module('inspection.runtime', run_name='__main__')\n")
+    blocker = _NO_TORCH + "runpy.run_module('inspection.runtime', run_name='__main__')\n"
     done = subprocess.run([sys.executable, "-c", blocker, str(folder), str(images), "--out", str(tmp_path / "rt"),
                            "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "scored 6 image(s) with patchcore on onnx" in done.stdout
+    assert "scored 6 image(s) with patchcore on openvino" in done.stdout  # auto: the faster, where installed
     torch_run = run_cli("predict", "--model", str(model_file), str(images), "--out", str(tmp_path / "torch"))
     assert torch_run.returncode == 0, torch_run.stderr
 
@@ -100,6 +101,32 @@ def test_the_runtime_writes_predicts_csv_with_torch_unimportable(exported, bottl
             assert abs(float(runtime_rows[name]["score"]) - float(row["score"])) <= 2e-4, name
     assert any(row["verdict"] == "defect" for row in runtime_rows.values())
     assert all((tmp_path / "rt" / row["overlay"]).is_file() for row in runtime_rows.values() if row["overlay"])
+
+
+def test_the_service_serves_the_export_with_torch_unimportable(exported, bottle):
+    """`python -m inspection.service` on an exported folder where `import torch` fails: the verdict and score of
+    `predict` with the model file, over real HTTP."""
+    httpx = pytest.importorskip("httpx")  # the serve extra, which CI installs
+    model_file, folder = exported["patchcore"]
+    blocker = _NO_TORCH + "runpy.run_module('inspection.service', run_name='__main__')\n"
+    environment = {key: value for key, value in os.environ.items() if key != "INSPECTION_API_TOKEN"}
+    process = subprocess.Popen([sys.executable, "-c", blocker, "--model", str(folder), "--port", "0"], cwd=REPO,
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving "), (line, process.poll() is not None and process.stderr.read())
+        url = line.split(" at ", 1)[1].split(" ", 1)[0]
+        sample = next(sample for sample in bottle.test if sample.label == 1)
+        answer = httpx.post(f"{url}/v1/inspect", files={"image": (sample.path.name, sample.path.read_bytes(),
+                                                                   "image/png")}, timeout=120).json()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    expected = load_model(model_file).predict([sample.path])
+    assert answer["model"]["runtime"] in ("onnx", "openvino")
+    assert answer["model"]["fingerprint"] == load_model(model_file).fingerprint
+    assert answer["verdict"] == ("defect" if expected.verdicts[0] else "good")
+    assert abs(answer["score"] - float(expected.image_scores[0])) <= 1e-3
 
 
 def test_what_cannot_be_exported_says_why(tmp_path, demo_dataset):
