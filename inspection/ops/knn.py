@@ -19,7 +19,8 @@ def nearest_neighbors(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, *,
     k = min(k, bank.shape[0])
     if torch.onnx.is_in_onnx_export():
         # An exported graph takes any batch size: the chunk loops, unrolled for the example batch, would not. One
-        # block then, of (patches of a batch) × bank distances: the runtime bounds it by its batch size.
+        # block then, of (patches of a batch) × bank distances: the runtime bounds it by running slices of a batch
+        # (`runtime.exported.SLICE_PIXELS`).
         block = torch.addmm(bank.pow(2).sum(1)[None, :], queries, bank.T, alpha=-2.0)
         distances, indices = block.topk(k, dim=1, largest=False) if k > 1 else (
             values[:, None] for values in block.min(dim=1))

@@ -114,6 +114,9 @@ class _OnnxGraph:
                                  "pip install 'inspection[runtime]')") from None
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
+        # Idle worker threads sleep instead of spinning (as OMP_WAIT_POLICY=PASSIVE does for torch): spinning ones
+        # take the cores from the threads decoding the next images, and from any other process on them.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
         #: The inputs the graph kept (the exporter drops those a method does not read, e.g. content in full mode).
@@ -222,7 +225,7 @@ class ExportedModel:
             if graph is None:  # only for an array given directly: files are refused by check_inspectable first
                 first = batch_geometries[0]
                 self.preprocessing.check_inspectable(first.original_height, first.original_width)
-            outputs = graph(graph_inputs(array, batch_geometries))
+            outputs = _in_slices(graph, graph_inputs(array, batch_geometries))
             for row, index in enumerate(indices):  # batches of varying sizes come out of order
                 maps[index] = outputs["maps"][row].astype(np.float32)
                 scores[index] = float(outputs["scores"][row])
@@ -236,6 +239,23 @@ class ExportedModel:
 
     def __repr__(self) -> str:
         return f"ExportedModel({str(self.folder)!r}, engine={self.runtime!r}, method={self.name!r})"
+
+
+#: A graph runs over slices of a batch of at most this many working pixels: its nearest-neighbour search is one
+#: block of (the slice's patches × the memory bank), which a whole batch of large frames would make hundreds of MB
+#: and slower per image than one frame (bench/runtimes/).
+SLICE_PIXELS = 2 * 256 * 256
+
+
+def _in_slices(graph: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A graph's outputs for a batch, computed over slices of `SLICE_PIXELS`."""
+    batch, _, height, width = inputs["images"].shape
+    step = max(1, SLICE_PIXELS // (height * width))
+    if step >= batch:
+        return graph(inputs)
+    parts = [graph({name: value[start:start + step] for name, value in inputs.items()})
+             for start in range(0, batch, step)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in OUTPUTS}
 
 
 def nearest_cosine_distance(vectors: np.ndarray, bank: np.ndarray, chunk: int = 8192) -> np.ndarray:
