@@ -88,7 +88,7 @@ class ExportSummary:
 
 def refusal(model: AnomalyModel) -> str:
     """Why the model cannot be exported (empty when it can)."""
-    reason = type(model).capabilities.export_refused
+    reason = model.export_refusal()
     if reason:
         return f"{model.name} cannot be exported: {reason}"
     if model.preprocessing.mode == "tiles":

@@ -111,8 +111,8 @@ class AnoGAN(AnomalyModel):
         resize_modes_reason="its generator makes images of one size, and tiles would need stitched reconstructions",
         reconstructs=True, trains_by_gradient=True, variant_param="scoring",
         stages={"epoch": "Training the GAN (generator and discriminator)", "encoder": "Training the encoder x → z"},
-        export_refused="its z search optimises each image, not one forward pass; the encoder variant's export is not "
-                       "written yet")
+        export_refused="its z search optimises each image, not one forward pass (the encoder variant, "
+                       "scoring=encoder, exports)")
     default_overrides = {"resize": 73, "crop": 64}
     param_rules = (_check_size,)
 
@@ -236,6 +236,9 @@ class AnoGAN(AnomalyModel):
                 loss.sum().backward()  # a sum: each image's z gets exactly its own loss's gradient
                 optimizer.step()
         return latent.detach(), history
+
+    def export_refusal(self) -> str:
+        return "" if self.uses_encoder else super().export_refusal()
 
     def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scored = self._score_detailed(images, panels=False)

@@ -230,7 +230,7 @@ class PatchSVDD(AnomalyModel):
     capabilities = Capabilities(trains_by_gradient=True, stages={
         "epoch": "Training the patch encoder", "memory": "Embedding every patch of the good images",
         "coreset": "Selecting the memory of normal patches (coreset)"},
-        export_refused="its export (encoder and coreset memory in one graph) is not written yet")
+        export_refused="")
     # The whole image at 160 px (the seed uses the whole image at 256): every patch of every good image is in the
     # memory, so the nearest-patch search grows with the side to the 4th power; 160 keeps a default fit and
     # evaluation on a small CPU within minutes (bench/learned/). Both remain settings.

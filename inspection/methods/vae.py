@@ -96,8 +96,8 @@ class VAE(AnomalyModel):
         resize_modes_reason="its fully connected latent is trained at one input size, and tiles would need stitched "
                             "reconstructions",
         reconstructs=True, trains_by_gradient=True, variant_param="scoring", stages={"epoch": "Training the VAE"},
-        export_refused="its projection optimises each image by gradient steps, not one forward pass; the residual "
-                       "variant's export is not written yet")
+        export_refused="its projection optimises each image by gradient steps, not one forward pass (the residual "
+                       "variant, scoring=residual, exports)")
     default_overrides = {"resize": 146, "crop": 128}
     param_rules = (_check_size,)
 
@@ -175,6 +175,9 @@ class VAE(AnomalyModel):
                 if step in keep:
                     kept.append(current)
         return current, kept
+
+    def export_refusal(self) -> str:
+        return "" if self.scoring == "residual" else super().export_refusal()
 
     def _score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scored = self._score_detailed(images, panels=False)

@@ -151,6 +151,11 @@ class AnomalyModel(CommonParams, ABC):
         maps, scores = self._score(images) if content is None else self._score(images, content=content)
         return ScoredBatch(maps, scores)
 
+    def export_refusal(self) -> str:
+        """Why this model's scoring cannot be exported as one graph (`inspection export`); empty when it can. Methods
+        whose variants differ (an optimisation per image or one forward pass) answer per variant."""
+        return self.capabilities.export_refused
+
     def _backbone_record(self) -> BackboneRecord | None:
         """The backbone and weights the model was fitted with, for feature methods."""
         return None

@@ -138,11 +138,17 @@ class _OpenVinoGraph:
         # Full float precision: on CPUs with bf16 units OpenVINO would otherwise lower it, and the maps drift by
         # percents of their range.
         self.compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        self.inputs = [node.get_any_name() for node in self.compiled.inputs]
+        # Inputs and outputs by the graph's names, which the converter keeps among each tensor's names (not always
+        # as the first: a VAE's image input also carries the name of the sum it flows into); outputs by position
+        # (the ONNX order) where a name is gone.
+        self.inputs = [next(name for name in INPUTS if name in node.get_names()) for node in self.compiled.inputs]
+        outputs = list(self.compiled.outputs)
+        self.outputs = {name: next((node for node in outputs if name in node.get_names()), outputs[index])
+                        for index, name in enumerate(OUTPUTS)}
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.compiled({name: inputs[name] for name in self.inputs})
-        return {name: np.asarray(results[self.compiled.output(name)]) for name in OUTPUTS}
+        return {name: np.asarray(results[node]) for name, node in self.outputs.items()}
 
 
 _GRAPH_SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}

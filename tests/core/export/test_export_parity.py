@@ -132,6 +132,10 @@ def test_the_service_serves_the_export_with_torch_unimportable(exported, bottle)
 def test_what_cannot_be_exported_says_why(tmp_path, demo_dataset):
     vae = create_model("vae", resize=32, crop=32, epochs=1, hidden_dim=16, latent_dim=4, width=4,
                        projection_steps=2).fit([sample.path for sample in demo_dataset.train[:8]])
-    with pytest.raises(ParameterError, match="projection optimises each image"):
+    with pytest.raises(ParameterError, match="projection optimises each image.*scoring=residual"):
         export_model(vae, tmp_path / "vae")
     assert not (tmp_path / "vae").exists()
+    tiles = create_model("patchcore", resize_mode="tiles", resize=64, crop=32, tile_overlap=8)
+    tiles.fit([sample.path for sample in demo_dataset.train[:8]])
+    with pytest.raises(ParameterError, match="tiles mode cannot be exported"):
+        export_model(tiles, tmp_path / "tiles", image_sizes=[(64, 64)])

@@ -61,6 +61,24 @@ def test_aspect_mode_pads_several_working_sizes_and_scores_as_torch(aspect_patch
         load_export(tmp_path / "export").preprocessing.check_inspectable(100, 300, "wide.png")
 
 
+@pytest.mark.parametrize(("method", "settings"), [
+    ("vae", {"scoring": "residual", "resize": 32, "crop": 32, "epochs": 2, "hidden_dim": 32, "latent_dim": 8,
+             "width": 8}),
+    ("anogan", {"scoring": "encoder", "resize": 32, "crop": 32, "epochs": 2}),
+    ("patch_svdd", {"resize": 64, "crop": 64, "epochs": 1}),
+])
+def test_the_learned_methods_one_pass_variants_export(method, settings, demo_dataset, tmp_path):
+    model = create_model(method, **settings).fit([sample.path for sample in demo_dataset.train[:16]])
+    export_model(model, tmp_path / method, ("onnx", "openvino"))
+    files = [sample.path for sample in demo_dataset.test[:12]]
+    expected = model.predict(files)
+    for engine in ("onnx", "openvino"):
+        got = load_export(tmp_path / method, engine).predict(files)
+        assert np.array_equal(got.verdicts, expected.verdicts)
+        assert np.abs(got.raw_maps - expected.raw_maps).max() <= 1e-3 * np.ptp(expected.raw_maps)
+        assert np.allclose(got.raw_scores, expected.raw_scores, rtol=1e-4, atol=1e-4)
+
+
 def test_the_cli_exports_and_predict_runs_the_export(aspect_patchcore, demo_dataset, tmp_path):
     _, model_file = aspect_patchcore
     without_size = run_cli("export", "--model", str(model_file), "--out", str(tmp_path / "export"))
