@@ -156,7 +156,6 @@ def export_model(model: AnomalyModel, out: str | os.PathLike, formats: Sequence[
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     model._ensure_setup()
-    model.extractor.eval() if hasattr(model, "extractor") else None
     entries = []
     try:
         for geometry in geometries:

@@ -180,7 +180,7 @@ class ExportedModel:
             raise ParameterError(f"engine must be one of {list(ENGINES)}, not {engine!r}")
         self.folder = Path(folder)
         manifest = read_manifest(self.folder)
-        self.header = ModelHeader.from_dict(manifest["header"])
+        self.header = ModelHeader.from_dict(manifest.get("header"))  # checked: ModelFileError naming the field
         self.name: str = self.header.method
         self.runtime: str = engine
         self.calibration = self.header.calibration
