@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .data.datasets import open_dataset
 from .data.protocol import PROTOCOLS, AlignmentProtocol
 from .device import configure_threads
-from .errors import ParameterError, friendly_error, is_user_error
+from .errors import ParameterError, run_command
 from .export.scorers import RUNTIMES, load_scorer
 from .model.common_params import COMMON_PARAMS
 from .model.modelfile import MODEL_SUFFIX
@@ -763,14 +763,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a user's error is one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         configure_threads()
         return args.handler(args)
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
-    except Exception as error:  # noqa: BLE001 - the one place a user's error becomes one line
-        if not is_user_error(error):
-            raise
-        print(f"error: {friendly_error(error)}", file=sys.stderr)
-        return 2
+
+    return run_command(body, interrupted="nothing was written")

@@ -8,6 +8,9 @@ value and says what to do. The CLI and the app print such an error in one place,
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class InspectionError(Exception):
     """Base of every error caused by input, settings or the machine (not by a bug of the program)."""
@@ -125,3 +128,19 @@ def friendly_error(error: BaseException) -> str:
     if isinstance(error, ValueError):
         return f"Invalid input: {detail}"
     return f"Unexpected error ({type(error).__name__}): {detail}"
+
+
+def run_command(body: Callable[[], int], interrupted: str = "") -> int:
+    """Run a command line's body: a user's error becomes one line on stderr (`error: …`) and exit code 2, Ctrl-C exit
+    code 130 (saying `interrupted: {interrupted}` when given); a bug keeps its traceback."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        if interrupted:
+            print(f"interrupted: {interrupted}", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place a user's error becomes one line
+        if not is_user_error(error):
+            raise
+        print(f"error: {friendly_error(error)}", file=sys.stderr)
+        return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ParameterError
 from ..model.scorer import Scorer
 from ..runtime import ENGINES, is_export, load_export
 
@@ -18,14 +19,10 @@ def load_scorer(path: str | Path, runtime: str = "auto", device: str | None = No
         raise ValueError(f"runtime must be one of {list(RUNTIMES)}, not {runtime!r}")
     if is_export(path):
         if runtime == "torch":
-            from ..errors import ParameterError
-
             raise ParameterError(f"{path} is an exported folder: it runs on {' or '.join(ENGINES)}, not torch (give "
                                  "the model file for the torch runtime)")
         return load_export(path, runtime)
     if runtime not in ("auto", "torch"):
-        from ..errors import ParameterError
-
         raise ParameterError(f"{path} is a model file, which runs in torch; to run it on {runtime}, export it first: "
                              f"python -m inspection export --model {path} --format {runtime} --out DIR")
     from ..registry import load_model

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..errors import ParameterError, friendly_error, is_user_error
+from ..errors import ParameterError, run_command
 from ..outputs import check_output_folder
 from ..workflows.batch import OVERLAY_CHOICES, collect_inputs, score_files
 from .exported import ENGINES, load_export
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if not 1 <= args.batch_size <= 1024:
             raise ParameterError(f"--batch-size must be 1 to 1024, not {args.batch_size}")
         out = check_output_folder(args.out)
@@ -55,14 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scored {summary.scored} image(s) with {model.name} on {model.runtime}: {summary.flagged} defect(s)"
               f"{unlike}; {summary.failed} not scored (reasons in the CSV); wrote {', '.join(written)}")
         return 0
-    except KeyboardInterrupt:
-        print("interrupted: the images scored so far are kept; the same command goes on from there", file=sys.stderr)
-        return 130
-    except Exception as error:  # noqa: BLE001 - the one place a user's error becomes one line
-        if not is_user_error(error):
-            raise
-        print(f"error: {friendly_error(error)}", file=sys.stderr)
-        return 2
+
+    return run_command(body, interrupted="the images scored so far are kept; the same command goes on from there")
 
 
 if __name__ == "__main__":

@@ -227,10 +227,8 @@ class ExportedModel:
         geometries: list[Any] = [None] * count
         vectors: list[Any] = [None] * count
         for array, batch_geometries, indices in iter_arrays(images, self.preprocessing, batch_size or self.batch_size):
-            graph = self._graphs.get(tuple(array.shape[-2:]))
-            if graph is None:  # only for an array given directly: files are refused by check_inspectable first
-                first = batch_geometries[0]
-                self.preprocessing.check_inspectable(first.original_height, first.original_width)
+            # Every other working size was refused with its reason (ExportedPreprocessing.check_inspectable).
+            graph = self._graphs[tuple(array.shape[-2:])]
             outputs = _in_slices(graph, graph_inputs(array, batch_geometries))
             for row, index in enumerate(indices):  # batches of varying sizes come out of order
                 maps[index] = outputs["maps"][row].astype(np.float32)

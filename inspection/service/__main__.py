@@ -8,7 +8,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..errors import friendly_error, is_user_error
+from ..errors import run_command
 from .limits import add_options, limits_from
 
 
@@ -22,23 +22,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        limits = limits_from(args)
-        from .server import serve
 
-        serve(args.model, host=args.host, port=args.port, runtime=args.runtime, limits=limits)
+    def body() -> int:
+        limits = limits_from(args)
+        try:  # FastAPI and uvicorn are imported where the service starts
+            from .server import serve
+
+            serve(args.model, host=args.host, port=args.port, runtime=args.runtime, limits=limits)
+        except ImportError as error:
+            print(f"error: the service needs the optional extra: pip install \"inspection[serve]\" ({error})",
+                  file=sys.stderr)
+            return 2
         return 0
-    except KeyboardInterrupt:
-        return 130
-    except ImportError as error:
-        print(f"error: the service needs the optional extra: pip install \"inspection[serve]\" ({error})",
-              file=sys.stderr)
-        return 2
-    except Exception as error:  # noqa: BLE001 - the one place a user's error becomes one line
-        if not is_user_error(error):
-            raise
-        print(f"error: {friendly_error(error)}", file=sys.stderr)
-        return 2
+
+    return run_command(body)
 
 
 if __name__ == "__main__":
