@@ -22,6 +22,11 @@ from inspection.runtime import load_export
 from inspection.scores.metrics import image_auroc
 
 EXPORTABLE = ("patchcore", "padim", "dfr")
+#: The learned methods' one-pass variants, fitted on bottle for a few epochs only: parity is about the export
+#: scoring as the torch model scores, whatever the model learned (their accuracy is the bench's, bench/learned/).
+LEARNED = {"vae-residual": ("vae", {"scoring": "residual", "epochs": 2}),
+           "fanogan-encoder": ("anogan", {"scoring": "encoder", "epochs": 2, "encoder_epochs": 2}),
+           "patch_svdd": ("patch_svdd", {"epochs": 1})}
 #: The start of a `python -c` program in which `import torch` fails, as on a line PC without it.
 _NO_TORCH = ("import runpy, sys\n"
              "class NoTorch:\n"
@@ -46,11 +51,17 @@ def exported(bottle_model_files, bottle, tmp_path_factory) -> dict[str, tuple[Pa
         # Bottle's frames are 900 × 900; a fixed working size (PaDiM, DFR) needs no size.
         export_model(model, out, ("onnx", "openvino"), [(900, 900)] if model.preprocessing.mode == "aspect" else ())
         folders[method] = (bottle_model_files(method), out)
+    learned = tmp_path_factory.mktemp("learned")
+    for name, (method, params) in LEARNED.items():
+        model = create_model(method, **params).fit([sample.path for sample in bottle.train])
+        model_file = model.save(learned / f"bottle-{name}.safetensors")
+        export_model(load_model(model_file), learned / name, ("onnx", "openvino"))
+        folders[name] = (model_file, learned / name)
     return folders
 
 
 @pytest.mark.parametrize("engine", ["onnx", "openvino"])
-@pytest.mark.parametrize("method", EXPORTABLE)
+@pytest.mark.parametrize("method", [*EXPORTABLE, *LEARNED])
 def test_the_export_scores_the_whole_bottle_test_split_as_the_torch_model(exported, bottle, method, engine):
     model_file, folder = exported[method]
     files = [sample.path for sample in bottle.test]
