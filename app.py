@@ -16,6 +16,7 @@ PAGES = [
     st.Page("pages/4_Inspect.py", title="Inspect", icon=":material/search:"),
     st.Page("pages/5_Compare.py", title="Compare", icon=":material/compare:"),
     st.Page("pages/6_Batch.py", title="Batch", icon=":material/folder_open:"),
+    st.Page("pages/7_Live.py", title="Live", icon=":material/videocam:"),
 ]
 
 st.navigation(PAGES).run()

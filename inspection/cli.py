@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -743,10 +744,82 @@ def command_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- run (live pipelines) ----------------------------------------------------------------------------------------
+
+
+def _add_run(commands: Commands) -> None:
+    run = commands.add_parser("run", help="a live pipeline: a video, camera, stream or watched folder scored frame "
+                                          "by frame, verdicts sent to folders, CSV, webhooks or MQTT")
+    run.add_argument("pipeline", nargs="?", metavar="PIPELINE_FILE",
+                     help="a pipeline file (TOML: docs/live.md); the flags below add to it or stand instead of it")
+    run.add_argument("--model", help="model file, or a folder made by `export`")
+    run.add_argument("--source", help="a video file, usb:N (a USB camera), an rtsp:// or http(s):// (MJPEG) URL, or "
+                                      "a folder watched for new images")
+    run.add_argument("--sink", action="append", default=[], metavar="KIND:TARGET",
+                     help="folder:DIR (overlays + JSON lines), csv:FILE, webhook:URL, mqtt://HOST:PORT/TOPIC; "
+                          "repeat for several")
+    run.add_argument("--every", default="all", choices=("all", "defects"),
+                     help="which frames the flags' sinks send (default all)")
+    run.add_argument("--max-per-s", type=float, metavar="N", help="the flags' sinks send at most N messages a second")
+    run.add_argument("--runtime", choices=RUNTIMES, help="what scores (default auto, as for predict)")
+    run.add_argument("--max-frames", type=int, metavar="N", help="stop after N scored frames")
+    run.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
+    run.add_argument("--as-fast-as-read", action="store_true",
+                     help="a video file is read as fast as the model scores (default: at its own frame rate, like a "
+                          "camera)")
+    run.add_argument("--status-every", type=float, default=5.0, metavar="S",
+                     help="print the counts every S seconds (default 5; 0: only at the end)")
+    run.add_argument("--report", metavar="FILE", help="write the final counts and latencies as JSON")
+    _add_device_option(run)
+    run.set_defaults(handler=command_run)
+
+
+def command_run(args: argparse.Namespace) -> int:
+    """Run a pipeline until its source ends, its limits are reached, or Ctrl-C."""
+    from .live.spec import PipelineSpec, SinkSpec, build_pipeline, read_spec
+
+    if args.pipeline:
+        spec = read_spec(args.pipeline)
+        spec.model = args.model or spec.model
+        spec.source = args.source or spec.source
+        spec.runtime = args.runtime or spec.runtime
+    elif not (args.model and args.source):
+        raise ParameterError("give a pipeline file, or --model and --source (and --sink KIND:TARGET for where the "
+                             "verdicts go)")
+    else:
+        spec = PipelineSpec(model=args.model, source=args.source, runtime=args.runtime or "auto")
+    spec.sinks += [SinkSpec(target, every=args.every, max_per_s=args.max_per_s) for target in args.sink]
+    spec.max_frames = args.max_frames or spec.max_frames
+    spec.max_seconds = args.seconds or spec.max_seconds
+    spec.realtime = spec.realtime and not args.as_fast_as_read
+    spec.__post_init__()
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    # An unreachable camera or URL: one line and exit code 2 within the source's timeout, before the model loads.
+    pipeline = build_pipeline(spec, log=say, device=_device(args), open_source=True)
+    pipeline.start()
+    try:
+        last = time.monotonic()
+        while pipeline.running:
+            time.sleep(0.2)
+            if args.status_every and time.monotonic() - last >= args.status_every:
+                last = time.monotonic()
+                say(pipeline.status().summary())
+    except KeyboardInterrupt:
+        say("stopping (Ctrl-C): finishing the frame being scored and flushing the sinks")
+    status = pipeline.stop()
+    if args.report:
+        Path(args.report).write_text(json.dumps(status.as_dict(), indent=2, default=str))
+    print(status.summary())
+    return 0 if status.error is None else 2
+
+
 # --- the parser and the one place errors become one line ---------------------------------------------------------
 
 _COMMANDS = (_add_fit, _add_evaluate, _add_predict, _add_export, _add_explain, _add_classifier, _add_recalibrate,
-             _add_bench, _add_methods, _add_demo, _add_serve)
+             _add_bench, _add_methods, _add_demo, _add_serve, _add_run)
 
 
 def build_parser() -> argparse.ArgumentParser:

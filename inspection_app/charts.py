@@ -108,3 +108,26 @@ def colorbar_figure(vmax: float = SCALE_MAX, height: int = 80) -> go.Figure:
     figure.update_xaxes(range=[-0.04, 1.04], tickvals=[0, 0.25, 0.5, 0.75, 1.0],
                         ticktext=["0 calm", "0.25", "0.5 threshold", f"{quarter:.2g}", f"{vmax:.2g} high"])
     return figure
+
+
+def control_chart(recent: Sequence[Mapping], threshold: float = THRESHOLD, window: int = 25) -> go.Figure:
+    """The live scores against the threshold, frame by frame, with their rolling median: a drift in the line shows
+    as the median creeping towards the threshold before it turns into false alarms."""
+    figure = go.Figure()
+    index = np.asarray([row["index"] for row in recent], dtype=np.int64)
+    scores = np.asarray([row["score"] for row in recent], dtype=np.float64)
+    flagged = np.asarray([row["verdict"] != "good" for row in recent], dtype=bool)
+    figure.add_trace(go.Scatter(x=index, y=scores, mode="lines", name="score", line=dict(color=GOOD_COLOR, width=1)))
+    if flagged.any():
+        figure.add_trace(go.Scatter(x=index[flagged], y=scores[flagged], mode="markers", name="not good",
+                                    marker=dict(color=DEFECT_COLOR, size=7)))
+    if scores.size >= window:
+        # The median of the last `window` frames at each frame (a sliding window, one array operation).
+        medians = np.median(np.lib.stride_tricks.sliding_window_view(scores, window), axis=1)
+        figure.add_trace(go.Scatter(x=index[window - 1:], y=medians, mode="lines", name=f"median of {window}",
+                                    line=dict(color=POINT_COLOR, width=2)))
+    figure.add_hline(y=float(threshold), line_width=2, line_dash="dash", line_color=DEFECT_COLOR,
+                     annotation_text="threshold", annotation_position="top left")
+    figure.update_layout(title="Scores, frame by frame", xaxis_title="frame", yaxis_title="anomaly score",
+                         **_LAYOUT)
+    return figure

@@ -137,7 +137,10 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": LOWER | {"model", "results", "workflows"},
     "export": LOWER | {"model", "registry", "runtime"},
     "service": LOWER | {"model", "results", "workflows", "runtime", "export"},
-    "cli": LOWER | {"model", "registry", "results", "explain", "workflows", "bench", "runtime", "export", "service"},
+    # Live pipelines open either kind of model through `export` and send the service's records.
+    "live": LOWER | {"model", "results", "runtime", "export"},
+    "cli": LOWER | {"model", "registry", "results", "explain", "workflows", "bench", "runtime", "export", "service",
+            "live"},
     "__main__": {"cli"},
 }
 #: The ground and the entry points are the only modules at the top level; everything else lives in a wing.

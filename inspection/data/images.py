@@ -374,14 +374,19 @@ def load_image_with_size(
         if max_side is not None and max(image.size) > max_side and image.mode in _REDUCIBLE_MODES:
             # Shrink in the file's own mode first: a 100 Mpx grey frame never becomes a 300 MB RGB array.
             orientation = _exif_orientation(image)  # the shrunk copy carries no EXIF
-            scale = max_side / max(image.size)
-            shrunk_size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
-            # An integer box reduction (cheap), then an exact box resample to the final size.
-            reduced = image.reduce(max(image.size) // max_side) if max(image.size) >= 2 * max_side else image
-            shrunk = _to_rgb_uint8(reduced.resize(shrunk_size, Image.Resampling.BOX), label)
+            shrunk = _to_rgb_uint8(box_shrink(image, max_side), label)
             return np.ascontiguousarray(_apply_orientation(shrunk, orientation)), size
         oriented = ImageOps.exif_transpose(image)
         return _shrink(_to_rgb_uint8(oriented, label), max_side), size
+
+
+def box_shrink(image: Image.Image, max_side: int) -> Image.Image:
+    """A picture larger than `max_side` shrunk to fit as files are shrunk when decoded: an integer box reduction
+    (cheap), then an exact box resample to the final size. Live frames are shrunk by the same steps."""
+    scale = max_side / max(image.size)
+    shrunk_size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+    reduced = image.reduce(max(image.size) // max_side) if max(image.size) >= 2 * max_side else image
+    return reduced.resize(shrunk_size, Image.Resampling.BOX)
 
 
 def _shrink(image: np.ndarray, max_side: int | None) -> np.ndarray:

@@ -49,6 +49,12 @@ class ModelRecord(TypedDict):
     runtime: str  # torch, onnx or openvino
 
 
+class LiveRecord(TypedDict):
+    source: str  # what the pipeline reads (a path, usb:N, a URL)
+    index: int  # the frame's number from that source, from 0
+    captured_at: str  # when the source got it (ISO 8601, UTC)
+
+
 class InspectionRecord(TypedDict, total=False):
     schema: str
     file: str | None
@@ -64,6 +70,7 @@ class InspectionRecord(TypedDict, total=False):
     model: ModelRecord
     timing_ms: dict[str, float]
     heatmap_png: str  # only when asked for
+    live: LiveRecord  # only from a live pipeline
 
 
 def _number(description: str) -> dict[str, Any]:
@@ -134,7 +141,13 @@ RECORD_SCHEMA: dict[str, Any] = {
                       "required": list(TIMING_NAMES)},
         "heatmap_png": _text("Only when asked for: the heatmap over the image with the regions outlined, a PNG "
                              "in base64."),
-    }, "One image scored by an anomaly detection model.", optional=("heatmap_png",)),
+        "live": _object({"source": _text("What the pipeline reads: a video file, usb:N, a stream's URL, a folder."),
+                         "index": _integer("The frame's number from that source, from 0 (frames dropped because "
+                                           "the model was busy leave gaps)."),
+                         "captured_at": _text("When the source got the frame (ISO 8601, UTC); timing_ms.total "
+                                              "counts from then.")},
+                        "Only from a live pipeline (`inspection run`): where the frame came from."),
+    }, "One image scored by an anomaly detection model.", optional=("heatmap_png", "live")),
 }
 
 

@@ -574,3 +574,57 @@ def test_what_the_app_cannot_judge_it_says_so(page, tmp_path: Path) -> None:
         open_local_folder(page, ksdd)
         assert "commutator" in sidebar_model(page)
         assert "Traceback" not in fresh["log"].read_text()
+
+
+def _demo_video(demo_root: Path, path: Path, fps: float, repeats: int) -> Path:
+    """A video of the demo test images (good and defect), `repeats` times over, at `fps`."""
+    import cv2
+
+    files = sorted((demo_root / "test").glob("*/*.png"))
+    frames = [np.asarray(Image.open(file).convert("RGB")) for file in files]
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), fps, (width, height))
+    for _ in range(repeats):
+        for frame in frames:
+            writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+    return path
+
+
+def test_the_live_page_runs_a_pipeline_from_a_video_and_stops_it(page, tmp_path: Path) -> None:
+    """Live: a video of the demo test images as the source and a CSV sink; the counts and the control chart move
+    while it plays; Stop ends it and the CSV holds one row per scored frame."""
+    work = tmp_path / "live"
+    work.mkdir()
+    with running_app(work) as fresh:
+        demo_root = generate_demo_dataset(fresh["data"])
+        train_small_model(demo_root, fresh["models"] / "live.safetensors", name="live")
+        video = _demo_video(demo_root, tmp_path / "line.mkv", fps=5.0, repeats=20)
+        verdicts = tmp_path / "verdicts.csv"
+        open_page(page, fresh, "Live")
+        assert_no_errors(page, "Live before starting")
+        page.locator('[data-testid="stTextInput"]').filter(has_text="Source").locator("input").fill(str(video))
+        page.locator('[data-testid="stTextArea"]').filter(has_text="Sinks").locator("textarea").fill(
+            f"csv:{verdicts}")
+        page.get_by_role("button", name="Start").click()
+        page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)
+        first = int(metric(page, "Scored"))
+        deadline = time.monotonic() + 30
+        while int(metric(page, "Scored")) <= first + 3 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        later = int(metric(page, "Scored"))
+        assert later > first + 3, (first, later)
+        assert int(metric(page, "Received")) >= later
+        assert page.locator('[data-testid="stImage"]').count() >= 1  # the latest frame's heatmap
+        assert_no_errors(page, "Live while running")
+        screenshot(page, "live")
+        page.get_by_role("button", name="Stop").click()
+        page.get_by_text("stopped", exact=False).first.wait_for(timeout=30_000)
+        time.sleep(1.5)
+        scored = int(metric(page, "Scored"))
+        time.sleep(2.5)
+        assert int(metric(page, "Scored")) == scored  # stopped: the counts no longer move
+        rows = verdicts.read_text().strip().splitlines()
+        assert len(rows) == scored + 1  # the header, then one row per scored frame
+        assert_no_errors(page, "Live after stopping")
+        assert "Traceback" not in fresh["log"].read_text()
