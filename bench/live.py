@@ -38,6 +38,7 @@ from inspection.bench.run import environment_record
 from inspection.data.images import load_image_with_size
 from inspection.live.loopback import Mosquitto, MqttCollector, WebhookReceiver
 from inspection.live.mjpeg import MjpegServer
+from inspection.live.sources import FOLDER_POLL_S
 from inspection.live.spec import PipelineSpec, SinkSpec, build_pipeline
 from inspection.results.image import DISPLAY_MAX_SIDE
 
@@ -100,7 +101,8 @@ def free_port() -> int:
 
 def run_source(name: str, source: str, model: Path, expected: dict[str, str], identify: Callable[[Any], str],
                broker: Mosquitto, *, feeder: Any = None, max_seconds: float = 120.0,
-               webhook_fail_s: float = 0.0, interruption: Any = None) -> dict[str, Any]:
+               webhook_fail_s: float = 0.0, interruption: Any = None,
+               dropped_at: dict[str, float] | None = None) -> dict[str, Any]:
     """One source through the pipeline with a webhook sink (every frame) and an MQTT sink (defects only);
     `identify(scored_frame)` names the file a frame shows, whose `predict` verdict it must equal."""
     topic = f"bench/{name.replace(' ', '-')}"
@@ -113,8 +115,14 @@ def run_source(name: str, source: str, model: Path, expected: dict[str, str], id
         events: list[str] = []
         pipeline = build_pipeline(spec, log=events.append)
         frame_file: dict[int, str] = {}
-        pipeline.on_scored.append(lambda scored: frame_file.__setitem__(scored.record["live"]["index"],
-                                                                        identify(scored)))
+        since_drop: list[float] = []  # a folder's: from the file's arrival in the folder to its verdict (ms)
+
+        def note(scored: Any) -> None:
+            frame_file[scored.record["live"]["index"]] = identify(scored)
+            if dropped_at is not None:
+                since_drop.append((time.time() - dropped_at[scored.frame.name]) * 1000)
+
+        pipeline.on_scored.append(note)
         pipeline.open()
         pipeline.start()
         helpers = [threading.Thread(target=task, daemon=True) for task in (feeder, interruption) if task]
@@ -144,6 +152,8 @@ def run_source(name: str, source: str, model: Path, expected: dict[str, str], id
         "webhook 500s answered": receiver.failures, "webhook retries": status.sinks[0]["retries"],
         "mqtt messages (defects)": len(mqtt), "mqtt exactly once": sorted(mqtt_indexes) == sorted(
             record["live"]["index"] for record in defects),
+        "from arrival in the folder p50 ms": round(float(np.percentile(since_drop, 50)), 1) if since_drop else None,
+        "from arrival in the folder p99 ms": round(float(np.percentile(since_drop, 99)), 1) if since_drop else None,
         "reconnects": status.reconnects, "events": [event for event in events if "reconnect" in event or "gap" in
                                                     event or "dropped" in event or "back" in event][:10],
     }
@@ -163,26 +173,45 @@ def unreachable(model: Path, sources: dict[str, str]) -> list[dict[str, Any]]:
     return rows
 
 
+def _yes(value: bool) -> str:
+    return "yes" if value else "NO"
+
+
 def markdown(results: dict[str, Any]) -> str:
     runs, faults = results["runs"], results["unreachable"]
     lines = [f"# Live pipelines (bottle PatchCore, {results['frames']} test images at {results['fps']:g} frames/s)", "",
              "| source | received | scored | dropped (busy) | verdicts = predict | frames/s | latency p50 ms | "
-             "latency p99 ms | webhook msgs (once) | MQTT defect msgs (once) | reconnects | webhook 500s / retries |",
+             "latency p99 ms | webhook msgs (each once) | MQTT defect msgs (each once) | reconnects | "
+             "webhook 500s / retries |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         lines.append(f"| {run['source']} | {run['received']} | {run['scored']} | {run['dropped (model busy)']} | "
                      f"{run['verdicts equal to predict']} | {run['frames/s']} | {run['latency p50 ms']} | "
-                     f"{run['latency p99 ms']} | {run['webhook messages']} ({run['webhook exactly once']}) | "
-                     f"{run['mqtt messages (defects)']} ({run['mqtt exactly once']}) | {run['reconnects']} | "
+                     f"{run['latency p99 ms']} | {run['webhook messages']} ({_yes(run['webhook exactly once'])}) | "
+                     f"{run['mqtt messages (defects)']} ({_yes(run['mqtt exactly once'])}) | {run['reconnects']} | "
                      f"{run['webhook 500s answered']} / {run['webhook retries']} |")
+    for run in runs:
+        if run["from arrival in the folder p50 ms"] is not None:
+            lines += ["", f"{run['source']}: from a file's arrival in the folder to its verdict (the folder is listed "
+                          f"every {FOLDER_POLL_S:g} s; a file is read once nothing was written to it for that long), "
+                          f"p50 {run['from arrival in the folder p50 ms']} ms, p99 "
+                          f"{run['from arrival in the folder p99 ms']} ms."]
     lines += ["", "## Sources that cannot be reached (`inspection run --source …`)", "",
-              "| source | exit code | lines on stderr | seconds (whole command, model load included) | message |",
+              "| source | exit code | lines on stderr | seconds (the whole command) | message |",
               "|---|---|---|---|---|"]
     for row in faults:
         lines.append(f"| {row['source']} | {row['exit code']} | {row['stderr lines']} | "
                      f"{row['seconds (whole command)']} | {row['message']} |")
-    lines += ["", f"Machine: {results['environment'].get('cpu', '')}; {results['environment'].get('torch', '')}."]
+    environment = results["environment"]
+    lines += ["", f"{environment['date']}, {environment['machine']}, {environment['cpu_threads']} CPU threads, torch "
+                  f"{environment['torch']}, inspection {environment['inspection']}."]
     return "\n".join(lines) + "\n"
+
+
+def unreachable_markdown(results: dict[str, Any]) -> str:
+    """The faults' table alone (the docs show it under the runs' table)."""
+    text = markdown(results)
+    return text[text.index("| source | exit code"):text.index("\n\n", text.index("| source | exit code"))] + "\n"
 
 
 def main() -> int:
@@ -239,6 +268,10 @@ def main() -> int:
             with MjpegServer(jpeg_frames, fps=args.fps, loop=True) as stream:
                 runs.append(run_source("MJPEG stream (loopback), webhook 500 for 3 s", stream.url, model, expected,
                                        by_content, broker, max_seconds=seconds, webhook_fail_s=3.0))
+            # Faster than the model scores: the newest frame is scored, the ones in between dropped and counted.
+            with MjpegServer(jpeg_frames, fps=3 * args.fps, loop=True) as stream:
+                runs.append(run_source(f"MJPEG stream at {3 * args.fps:g} fps (faster than the model)", stream.url,
+                                       model, expected, by_content, broker, max_seconds=seconds))
             with MjpegServer(jpeg_frames, fps=args.fps, loop=True) as stream:
                 def interrupt() -> None:
                     time.sleep(3)
@@ -249,16 +282,18 @@ def main() -> int:
                                        broker, max_seconds=20, interruption=interrupt))
             watched = work / "watched"
             watched.mkdir()
+            dropped_at: dict[str, float] = {}
 
             def drop_files() -> None:
                 for path in sorted(pngs.iterdir()):
                     shutil.copy(path, watched / f".{path.name}.part")
                     os.replace(watched / f".{path.name}.part", watched / path.name)
+                    dropped_at[path.name] = time.time()
                     time.sleep(1 / args.fps)
 
             runs.append(run_source("folder (files dropped at 10/s)", str(watched), model, expected,
                                    lambda scored: scored.frame.name, broker, feeder=drop_files,
-                                   max_seconds=seconds + 40))
+                                   max_seconds=seconds + 40, dropped_at=dropped_at))
         finally:
             broker.close()
         closed = free_port()
@@ -270,6 +305,7 @@ def main() -> int:
                    "environment": environment_record()}
         (out / "results.json").write_text(json.dumps(results, indent=2))
         (out / "results.md").write_text(markdown(results))
+        (out / "unreachable.md").write_text(unreachable_markdown(results))
         print(markdown(results))
         return 0
     finally:

@@ -32,6 +32,11 @@ from .mjpeg import MjpegConnection, connect_mjpeg
 #: What SOURCE may be, for the message of a source that is none of these.
 SOURCE_KINDS = ("a video file, usb:N (a USB camera), an rtsp:// URL, an http(s):// URL of an MJPEG stream, "
                 "or a folder of images")
+#: How often a watched folder is listed (seconds): a new file is read once it has kept its size over one poll, so
+#: it waits between one and two polls before it is scored.
+FOLDER_POLL_S = 0.25
+#: The longest wait between two tries to reach a camera or a stream that dropped (seconds).
+RECONNECT_LONGEST_WAIT_S = 2.0
 #: A video whose frame rate is unknown (or absurd) is played at this rate.
 DEFAULT_FPS = 25.0
 
@@ -292,7 +297,8 @@ class _ReconnectingSource(Source):
         if self._feed is None:
             self.open()
         index = 0
-        backoff = Backoff()
+        # A camera back on the line should be scored again within a couple of seconds: waits stop growing at 2 s.
+        backoff = Backoff(first=0.25, longest=RECONNECT_LONGEST_WAIT_S)
         while not stop.is_set() and not self._closed.is_set():
             feed = self._feed
             if feed is None:
@@ -396,7 +402,7 @@ class FolderSource(Source):
 
     live = False
 
-    def __init__(self, folder: str | os.PathLike, *, log: EventLog | None = None, poll_s: float = 0.5,
+    def __init__(self, folder: str | os.PathLike, *, log: EventLog | None = None, poll_s: float = FOLDER_POLL_S,
                  max_side: int | None = None, skip: Iterable[str] = (), watch: bool = True, uri: str | None = None):
         super().__init__(uri or os.fspath(folder), log)
         if not poll_s > 0:
@@ -439,7 +445,8 @@ class FolderSource(Source):
                 waiting = [path for path in waiting if path.name in at_start]
                 if not waiting:
                     return
-            ready, observed = _settled(waiting, seen, require_content=self.watch)
+            listed = time.monotonic()
+            ready, observed = _settled(waiting, seen, require_content=self.watch, quiet_s=self.poll_s)
             seen = observed  # forgets files that vanished
             for path in ready:
                 if stop.is_set():
@@ -454,18 +461,23 @@ class FolderSource(Source):
                     continue
                 yield _frame(image, path.name, index, path=str(path))
                 index += 1
-            if stop.wait(self.poll_s):
+            # The next listing one poll after this one, not after the files were scored: files that came meanwhile
+            # are not kept waiting for the scoring and a whole poll on top.
+            if stop.wait(max(0.0, self.poll_s - (time.monotonic() - listed))):
                 return
 
     def describe(self) -> str:
         return f"folder {self.uri} ({'watched' if self.watch else 'read once'})"
 
 
-def _settled(paths: list[Path], before: dict[str, tuple[int, int]], *, require_content: bool
+def _settled(paths: list[Path], before: dict[str, tuple[int, int]], *, require_content: bool, quiet_s: float
              ) -> tuple[list[Path], dict[str, tuple[int, int]]]:
-    """The files whose size and time of change are those of the last poll (in order), and what each is now. An
-    empty file is not ready while watching: it is most likely being created."""
+    """The files no longer being written (in order) — their size and time of change are those of the last poll, or,
+    seen for the first time, their last change is at least `quiet_s` old (as good a sign: nothing was written for a
+    poll's time) — and what each is now. An empty file is not ready while watching: it is most likely being
+    created."""
     ready, now = [], {}
+    wall = time.time()
     for path in paths:
         try:
             info = path.stat()
@@ -476,7 +488,8 @@ def _settled(paths: list[Path], before: dict[str, tuple[int, int]], *, require_c
             continue
         state = (info.st_size, info.st_mtime_ns)
         now[path.name] = state
-        if before.get(path.name) == state and (info.st_size > 0 or not require_content):
+        unchanged = before.get(path.name) == state if path.name in before else wall - info.st_mtime >= quiet_s
+        if unchanged and (info.st_size > 0 or not require_content):
             ready.append(path)
     return ready, now
 
@@ -487,7 +500,7 @@ def _settled(paths: list[Path], before: dict[str, tuple[int, int]], *, require_c
 _USB = re.compile(r"usb:(\d+)", re.IGNORECASE)
 
 
-def open_source(uri: str, *, log: EventLog | None = None, realtime: bool = True, poll_s: float = 0.5,
+def open_source(uri: str, *, log: EventLog | None = None, realtime: bool = True, poll_s: float = FOLDER_POLL_S,
                 max_side: int | None = DISPLAY_MAX_SIDE, skip: Iterable[str] = (), watch: bool = True,
                 timeout: float = OPEN_TIMEOUT_S) -> Source:
     """The source `uri` names (constructed, not opened: the pipeline calls `open()`): a video file, `usb:N`, an
