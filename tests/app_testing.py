@@ -106,7 +106,7 @@ PAGE_TIMEOUT = 120
 
 
 def run_page(page: str, **state) -> AppTest:
-    """Run an app page (e.g. "pages/4_Inspect.py") in AppTest with the given session state."""
+    """Run an app page (e.g. "app_pages/4_Inspect.py") in AppTest with the given session state."""
     at = AppTest.from_file(str(REPO / page), default_timeout=PAGE_TIMEOUT)
     for key, value in state.items():
         at.session_state[key] = value

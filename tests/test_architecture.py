@@ -194,7 +194,7 @@ def test_no_method_constructor_takes_arbitrary_keywords():
 
 
 def test_the_app_imports_no_entry_point():
-    for path in [REPO / "app.py", *(REPO / "pages").glob("*.py"), *(REPO / "inspection_app").rglob("*.py")]:
+    for path in [REPO / "app.py", *(REPO / "app_pages").glob("*.py"), *(REPO / "inspection_app").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and not node.level:
                 assert not (node.module or "").startswith(("inspection.cli", "inspection.__main__")), path.name
@@ -219,7 +219,7 @@ def test_the_core_imports_no_ui_library():
 def test_only_app_py_at_the_top_and_pages_import_only_the_app_package_and_the_core():
     assert [path.name for path in REPO.glob("*.py")] == ["app.py"]
     allowed = {"__future__", "typing", "streamlit", "inspection", "inspection_app"}
-    for page in [REPO / "app.py", *sorted((REPO / "pages").glob("*.py"))]:
+    for page in [REPO / "app.py", *sorted((REPO / "app_pages").glob("*.py"))]:
         assert _top_level_imports(page) <= allowed, page.name
     for path in (REPO / "inspection_app").rglob("*.py"):
         assert "pages" not in _top_level_imports(path)
@@ -281,7 +281,7 @@ def test_a_new_method_file_appears_in_the_train_form(tmp_path: Path, monkeypatch
     registry.refresh()
     try:
         assert "toy" in registry.methods()
-        at = AppTest.from_file(str(REPO / "pages" / "2_Train.py"), default_timeout=60).run()
+        at = AppTest.from_file(str(REPO / "app_pages" / "2_Train.py"), default_timeout=60).run()
         at.selectbox(key="train_method").set_value("toy").run()
         assert not at.exception
         keys = {widget.key for widget in at.main if widget.key}

@@ -157,7 +157,7 @@ def test_home_pick_from_the_dataset(models: Path, small_model: Path) -> None:
 
 
 def test_dataset_page_counts_filters_pages_and_enlarges(models: Path) -> None:
-    at = run_page("pages/1_Dataset.py")
+    at = run_page("app_pages/1_Dataset.py")
     assert_clean(at)
     counts = at.dataframe[0].value
     assert counts["images"].sum() == 110 and set(counts["type"]) == {"good", "hole", "scratch", "stain"}
@@ -183,7 +183,7 @@ def test_dataset_page_counts_filters_pages_and_enlarges(models: Path) -> None:
 
 
 def test_dataset_page_with_a_bad_folder_is_a_message(models: Path, tmp_path: Path) -> None:
-    at = run_page("pages/1_Dataset.py", source_kind="folder", source_path=str(tmp_path / "nowhere"))
+    at = run_page("app_pages/1_Dataset.py", source_kind="folder", source_path=str(tmp_path / "nowhere"))
     assert not at.exception
     assert at.sidebar.error[0].value == f"Folder not found: {tmp_path / 'nowhere'}"
     assert "Choose a dataset" in at.info[0].value
@@ -193,7 +193,7 @@ def test_dataset_page_with_a_bad_folder_is_a_message(models: Path, tmp_path: Pat
 
 
 def test_train_form_is_built_from_the_declarations(models: Path) -> None:
-    at = run_page("pages/2_Train.py")
+    at = run_page("app_pages/2_Train.py")
     assert_clean(at)
     keys = {widget.key for widget in at.main.get("number_input") + at.main.get("selectbox") +
             at.main.get("text_input") + at.main.get("checkbox")}
@@ -205,7 +205,7 @@ def test_train_form_is_built_from_the_declarations(models: Path) -> None:
 
 
 def test_train_page_shows_what_each_resize_mode_costs_on_the_open_dataset(models: Path) -> None:
-    at = run_page("pages/2_Train.py")
+    at = run_page("app_pages/2_Train.py")
     assert_clean(at)
     assert any(expander.label == "What each resize mode costs on this dataset" for expander in at.expander)
     table = at.dataframe[1].value.set_index("resize mode")
@@ -220,7 +220,7 @@ def test_train_page_shows_what_each_resize_mode_costs_on_the_open_dataset(models
 
 
 def test_train_page_shows_what_each_backbone_costs(models: Path) -> None:
-    at = run_page("pages/2_Train.py")
+    at = run_page("app_pages/2_Train.py")
     assert_clean(at)
     table = at.dataframe[0].value.set_index("backbone")
     assert set(table.index) == set(backbones())
@@ -245,7 +245,7 @@ def _submit(at: AppTest) -> AppTest:
 
 
 def test_train_page_trains_evaluates_saves_and_lists(models: Path) -> None:
-    at = run_page("pages/2_Train.py")
+    at = run_page("app_pages/2_Train.py")
     at.text_input(key="name-patchcore").set_value("line 3")
     at.number_input(key="param-patchcore-resize").set_value(96)
     at.number_input(key="param-patchcore-crop").set_value(96)
@@ -264,7 +264,7 @@ def test_train_page_trains_evaluates_saves_and_lists(models: Path) -> None:
 
 
 def test_train_page_refuses_a_second_training_clearly(models: Path) -> None:
-    at = run_page("pages/2_Train.py")
+    at = run_page("app_pages/2_Train.py")
     with folder_lock(models):  # a training of another app process holds the models folder
         _submit(at)
     assert not at.exception
@@ -273,7 +273,7 @@ def test_train_page_refuses_a_second_training_clearly(models: Path) -> None:
 
 
 def test_train_page_refuses_invalid_settings(models: Path) -> None:
-    at = run_page("pages/2_Train.py")
+    at = run_page("app_pages/2_Train.py")
     at.number_input(key="param-patchcore-neighbourhood").set_value(4)
     _submit(at)
     assert not at.exception
@@ -286,7 +286,7 @@ def test_train_page_refuses_invalid_settings(models: Path) -> None:
 
 def test_train_page_renames_and_deletes(models: Path, small_model: Path) -> None:
     path = copy_model(small_model, models)
-    at = run_page("pages/2_Train.py")
+    at = run_page("app_pages/2_Train.py")
     at.text_input(key="manage_new_name").set_value("renamed model")
     at.button(key="manage_rename").click().run()
     assert_clean(at)
@@ -302,7 +302,7 @@ def test_train_page_renames_and_deletes(models: Path, small_model: Path) -> None
 def test_the_delete_confirmation_is_unticked_after_a_delete(models: Path, small_model: Path) -> None:
     first = copy_model(small_model, models, "first.safetensors")
     second = copy_model(small_model, models, "second.safetensors")
-    at = run_page("pages/2_Train.py")
+    at = run_page("app_pages/2_Train.py")
     at.selectbox(key="manage_model").set_value(str(first)).run()
     at.checkbox(key="manage_confirm-0").check().run()
     at.button(key="manage_delete").click().run()
@@ -328,14 +328,14 @@ def test_train_is_disabled_while_a_training_runs(models: Path, small_model: Path
         with pytest.MonkeyPatch.context() as patch:
             for module in (training, page_module):
                 patch.setattr(module, "MANAGER", manager)
-            train = run_page("pages/2_Train.py")
+            train = run_page("app_pages/2_Train.py")
             assert train.button(key="FormSubmitter:train-form-patchcore-Train").disabled
             home = run_page("app.py")
             assert not home.exception
     finally:
         release.set()
         manager.wait(job, timeout=30)
-    assert not run_page("pages/2_Train.py").button(key="FormSubmitter:train-form-patchcore-Train").disabled
+    assert not run_page("app_pages/2_Train.py").button(key="FormSubmitter:train-form-patchcore-Train").disabled
 
 
 # ---------------------------------------------------------------------------------------------- threshold
@@ -352,7 +352,7 @@ def _widen(at: AppTest) -> AppTest:
 
 def test_threshold_slider_changes_the_rates_and_saves(models: Path, small_model: Path) -> None:
     path = copy_model(small_model, models)
-    at = run_page("pages/3_Threshold.py")
+    at = run_page("app_pages/3_Threshold.py")
     assert_clean(at)
     assert len(at.get("plotly_chart")) == 2  # histogram and ROC
     before = _metrics(at)
@@ -394,7 +394,7 @@ def test_threshold_slider_changes_the_rates_and_saves(models: Path, small_model:
 
 def test_threshold_exact_number_and_target_fpr_move_the_slider(models: Path, small_model: Path) -> None:
     copy_model(small_model, models)
-    at = run_page("pages/3_Threshold.py")
+    at = run_page("app_pages/3_Threshold.py")
     before = at.slider[0].value
     fpr_input = next(widget for widget in at.number_input if widget.label.startswith("Target FPR"))
     fpr_input.set_value(0.5).run()
@@ -412,7 +412,7 @@ def test_threshold_exact_number_and_target_fpr_move_the_slider(models: Path, sma
 def test_threshold_shows_the_promise_and_recalibrates_on_a_folder_with_undo(models: Path, small_model: Path,
                                                                            demo_root: Path, tmp_path: Path) -> None:
     path = copy_model(small_model, models)
-    at = run_page("pages/3_Threshold.py")
+    at = run_page("app_pages/3_Threshold.py")
     assert_clean(at)
     assert any("Measured on the 20 good test images" in caption.value for caption in at.caption)
     # A folder of good parts under brighter light: the thresholds are set again from them, and undone.
@@ -439,7 +439,7 @@ def test_threshold_shows_the_promise_and_recalibrates_on_a_folder_with_undo(mode
 
 def test_threshold_lists_false_alarms_and_misses_linking_to_inspect(models: Path, small_model: Path) -> None:
     copy_model(small_model, models)
-    at = _widen(run_page("pages/3_Threshold.py"))
+    at = _widen(run_page("app_pages/3_Threshold.py"))
     at.slider[0].set_value(at.slider[0].min).run()  # everything flagged: every good test image is a false alarm
     assert_clean(at)
     assert any("20 false alarm(s), 0 miss(es)" in header.value for header in at.subheader)
@@ -451,7 +451,7 @@ def test_threshold_lists_false_alarms_and_misses_linking_to_inspect(models: Path
 
 def test_threshold_pixel_level(models: Path, small_model: Path) -> None:
     path = copy_model(small_model, models)
-    at = run_page("pages/3_Threshold.py", threshold_level="pixel")
+    at = run_page("app_pages/3_Threshold.py", threshold_level="pixel")
     assert_clean(at)
     before = _metrics(at)
     at.slider[0].set_value(max(at.slider[0].value * 0.5, at.slider[0].min)).run()
@@ -482,7 +482,7 @@ def test_threshold_page_of_a_model_without_test_evaluation(models: Path, small_m
         return header
 
     update_header(path, not_evaluated)
-    at = run_page("pages/3_Threshold.py")
+    at = run_page("app_pages/3_Threshold.py")
     assert_clean(at)
     assert "was not evaluated on a test split" in at.warning[0].value
     assert _metrics(at)["FPR (test)"] == "—"
@@ -493,7 +493,7 @@ def test_threshold_page_of_a_model_without_test_evaluation(models: Path, small_m
 
 
 def test_threshold_page_without_a_model(models: Path) -> None:
-    at = run_page("pages/3_Threshold.py")
+    at = run_page("app_pages/3_Threshold.py")
     assert_clean(at)
     assert "No trained model yet" in at.info[0].value
 
@@ -503,7 +503,7 @@ def test_threshold_page_without_a_model(models: Path) -> None:
 
 def test_inspect_shows_views_side_by_side_and_the_mask_follows_the_slider(models: Path, small_model: Path) -> None:
     copy_model(small_model, models)
-    at = run_page("pages/4_Inspect.py")
+    at = run_page("app_pages/4_Inspect.py")
     assert_clean(at)
     assert at.selectbox(key="inspect_file").value == "good/000.png"
     assert at.slider[0].value == pytest.approx(0.5)
@@ -529,7 +529,7 @@ def test_the_same_image_reads_the_same_score_on_home_inspect_and_in_its_region_l
                                                                                       small_model: Path) -> None:
     copy_model(small_model, models)
     home = run_page("app.py", home_origin="dataset", home_sample="test/hole/000.png")
-    inspect = run_page("pages/4_Inspect.py", inspect_type="hole")
+    inspect = run_page("app_pages/4_Inspect.py", inspect_type="hole")
     assert_clean(home)
     assert_clean(inspect)
     home_score = [metric.value for metric in home.metric if metric.label == "Anomaly score"]
@@ -549,7 +549,7 @@ def test_inspect_draws_a_methods_panels(models: Path, demo_root: Path, tmp_path:
     vae = train_small_model(demo_root, tmp_path / "vae.safetensors", "small vae", method="vae", resize=32, crop=32,
                             epochs=2, hidden_dim=32, latent_dim=8, width=8, projection_steps=5, strip_frames=3)
     copy_model(vae, models)
-    at = run_page("pages/4_Inspect.py")
+    at = run_page("app_pages/4_Inspect.py")
     assert_clean(at)
     assert [header.value for header in at.subheader][0] == "What vae (projection) sees"
     # original, heatmap, mask, ground truth; then the panels: input, f(x), x_T, the strip of x_t
@@ -559,7 +559,7 @@ def test_inspect_draws_a_methods_panels(models: Path, demo_root: Path, tmp_path:
 
 def test_inspect_an_upload(models: Path, small_model: Path, demo_root: Path) -> None:
     copy_model(small_model, models)
-    at = run_page("pages/4_Inspect.py", inspect_origin="upload")
+    at = run_page("app_pages/4_Inspect.py", inspect_origin="upload")
     at.file_uploader(key="inspect_upload").set_value(png(demo_image(demo_root, "good"))).run()
     assert_clean(at)
     assert _metrics(at)["Verdict"] == "GOOD"
@@ -574,7 +574,7 @@ def test_a_model_of_other_backbone_weights_is_a_friendly_message(models: Path, s
         return header
 
     update_header(path, other_weights)
-    at = run_page("pages/4_Inspect.py")
+    at = run_page("app_pages/4_Inspect.py")
     assert not at.exception
     assert at.error[0].value.startswith("This model cannot be used")
     assert "other efficientnet_lite0 weights" in at.error[0].value
@@ -586,7 +586,7 @@ def test_a_model_of_other_backbone_weights_is_a_friendly_message(models: Path, s
 def test_compare_grid_and_metrics(models: Path, small_model: Path, small_padim: Path) -> None:
     copy_model(small_model, models)
     copy_model(small_padim, models)
-    at = run_page("pages/5_Compare.py")
+    at = run_page("app_pages/5_Compare.py")
     assert_clean(at)
     assert len(at.multiselect(key="compare_models").value) == 2
     assert len(at.multiselect(key="compare_samples").value) == 4
@@ -604,7 +604,7 @@ def test_compare_grid_and_metrics(models: Path, small_model: Path, small_padim: 
 
 
 def test_a_typed_local_folder_of_categories_or_plain_layout(models: Path, demo_root: Path, tmp_path: Path) -> None:
-    at = run_page("pages/1_Dataset.py", source_kind="folder", source_path=str(demo_root.parent))
+    at = run_page("app_pages/1_Dataset.py", source_kind="folder", source_path=str(demo_root.parent))
     assert_clean(at)
     assert at.sidebar.selectbox(key="source_category").options == ["surface"]
     assert "**Category:** surface" in at.markdown[0].value
@@ -617,19 +617,19 @@ def test_a_typed_local_folder_of_categories_or_plain_layout(models: Path, demo_r
         copy_model(demo_image(demo_root, "hole", index), plain / "defect", f"hole_{index}.png")
         copy_model(demo_root / "ground_truth" / "hole" / f"{index:03d}_mask.png", plain / "masks",
                    f"hole_{index}_mask.png")
-    at = run_page("pages/1_Dataset.py", source_kind="folder", source_path=str(plain))
+    at = run_page("app_pages/1_Dataset.py", source_kind="folder", source_path=str(plain))
     assert_clean(at)
     assert "**Layout:** folder" in at.markdown[0].value
     counts = at.dataframe[0].value
     assert counts["images"].tolist() == [8, 3, 2]  # train good; test: defect, good (a seeded 20 %)
     (tmp_path / "empty").mkdir()
-    at = run_page("pages/1_Dataset.py", source_kind="folder", source_path=str(tmp_path / "empty"))
+    at = run_page("app_pages/1_Dataset.py", source_kind="folder", source_path=str(tmp_path / "empty"))
     assert not at.exception
     assert "neither a dataset" in at.sidebar.error[0].value
 
 
 def test_a_dataset_chosen_from_the_data_folder(models: Path) -> None:
-    at = run_page("pages/1_Dataset.py", source_kind="folder")
+    at = run_page("app_pages/1_Dataset.py", source_kind="folder")
     assert not at.exception
     found = at.sidebar.selectbox(key="source_found")
     assert found.options[1].endswith("surface")
@@ -647,7 +647,7 @@ def test_download_a_category_from_the_sidebar(models: Path, tmp_path: Path, monk
     served.mkdir()
     (served / "bottle.tar.xz").write_bytes(category_archive("bottle"))
     with http_server(served) as url:
-        at = run_page("pages/1_Dataset.py", source_kind="download", download_category="bottle",
+        at = run_page("app_pages/1_Dataset.py", source_kind="download", download_category="bottle",
                       download_url=f"{url}/{{category}}.tar.xz")
         assert not at.exception and not at.sidebar.error
         assert "Not downloaded yet" in at.sidebar.caption[-1].value
@@ -660,7 +660,7 @@ def test_download_a_category_from_the_sidebar(models: Path, tmp_path: Path, monk
 
 def test_download_offline_is_a_clear_message(models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INSPECTION_DATA_DIR", str(tmp_path / "data"))
-    at = run_page("pages/1_Dataset.py", source_kind="download", download_category="wood",
+    at = run_page("app_pages/1_Dataset.py", source_kind="download", download_category="wood",
                   download_url="http://127.0.0.1:9/{category}.tar.xz")
     at.sidebar.button(key="download_button").click().run()
     assert not at.exception
@@ -683,7 +683,7 @@ def test_thousands_of_images_load_only_one_page(models: Path, tmp_path: Path, mo
     original = inspection_app.browse.load_image
     monkeypatch.setattr(inspection_app.browse, "load_image",
                         lambda path, **kw: loaded.append(path) or original(path, **kw))
-    at = run_page("pages/1_Dataset.py", source_kind="folder", source_path=str(big))
+    at = run_page("app_pages/1_Dataset.py", source_kind="folder", source_path=str(big))
     assert_clean(at)
     assert at.dataframe[0].value["images"].sum() == 3000
     assert len(at.image) == 24 and len(loaded) == 24
@@ -701,7 +701,7 @@ def test_moving_a_slider_never_recomputes_a_forward_pass(models: Path, small_mod
     monkeypatch.setattr(AnomalyModel, "predict", lambda self, images, *args, **kw: calls.append(len(images)) or
                         original(self, images, *args, **kw))
     copy_model(small_model, models)
-    at = run_page("pages/4_Inspect.py", inspect_type="stain")
+    at = run_page("app_pages/4_Inspect.py", inspect_type="stain")
     assert calls == [1]
     for value in (0.2, 0.9, 1.4):
         at.slider[0].set_value(value).run()
@@ -714,7 +714,7 @@ def test_asking_for_a_gpu_without_one_is_a_message(models: Path) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    at = run_page("pages/2_Train.py")
+    at = run_page("app_pages/2_Train.py")
     at.selectbox(key="param-patchcore-device").set_value("cuda")
     _submit(at)
     assert not at.exception
@@ -749,7 +749,7 @@ def test_pages_stay_usable_with_damaged_model_files(models: Path, small_model: P
     assert len(home.sidebar.warning) == len(damaged)
     assert any("info-list.safetensors: unusable" in warning.value for warning in home.sidebar.warning)
     assert home.metric[1].value in ("GOOD", "DEFECT")  # the good model still scores the picked image
-    train = run_page("pages/2_Train.py")
+    train = run_page("app_pages/2_Train.py")
     assert not train.exception
     listed = train.dataframe[-1].value
     assert sorted(listed["file"]) == sorted(damaged)
@@ -758,5 +758,5 @@ def test_pages_stay_usable_with_damaged_model_files(models: Path, small_model: P
     train.checkbox(key="manage_unusable_confirm-0").check().run()
     train.button(key="manage_unusable_delete").click().run()
     assert not (models / "pickle.safetensors").exists() and good.exists()
-    compare = run_page("pages/5_Compare.py")
+    compare = run_page("app_pages/5_Compare.py")
     assert not compare.exception and compare.multiselect(key="compare_models").value == [str(good)]

@@ -127,7 +127,7 @@ def _tick_labels(at: AppTest) -> list[str]:
 def test_inspect_a_good_image_shows_its_false_positive_area_and_a_square_frame_two_by_two(
         models: Path, small_model: Path) -> None:
     copy_model(small_model, models)
-    at = run_page("pages/4_Inspect.py")
+    at = run_page("app_pages/4_Inspect.py")
     assert_clean(at)
     assert at.selectbox(key="inspect_file").value == "good/000.png"
     at.slider[0].set_value(0.0).run()  # every pixel above 0 is marked: a good image has false positives
@@ -146,7 +146,7 @@ def test_inspect_lays_a_tall_upload_in_one_row_of_four(models: Path, small_model
     tall = np.concatenate([pixels, pixels, pixels[: pixels.shape[0] // 2]])  # 2.5 times taller than wide
     buffer = io.BytesIO()
     Image.fromarray(tall).save(buffer, format="PNG")
-    at = run_page("pages/4_Inspect.py", inspect_origin="upload")
+    at = run_page("app_pages/4_Inspect.py", inspect_origin="upload")
     at.file_uploader(key="inspect_upload").set_value(("tall.png", buffer.getvalue(), "image/png")).run()
     assert_clean(at)
     assert _picture_weights(at) == [0.25, 0.25, 0.25]
@@ -155,7 +155,7 @@ def test_inspect_lays_a_tall_upload_in_one_row_of_four(models: Path, small_model
 
 def test_threshold_explains_a_target_the_held_out_images_cannot_support(models: Path, small_model: Path) -> None:
     copy_model(small_model, models)
-    at = run_page("pages/3_Threshold.py")
+    at = run_page("app_pages/3_Threshold.py")
     assert_clean(at)
     target = next(widget for widget in at.number_input if widget.label.startswith("Target FPR"))
     target.set_value(0.01).run()
@@ -171,7 +171,7 @@ def test_threshold_explains_a_target_the_held_out_images_cannot_support(models: 
 
 def test_threshold_pixel_target_field_shows_the_measured_rate(models: Path, small_model: Path) -> None:
     copy_model(small_model, models)
-    at = run_page("pages/3_Threshold.py", threshold_level="pixel")
+    at = run_page("app_pages/3_Threshold.py", threshold_level="pixel")
     assert_clean(at)
     target = next(widget for widget in at.number_input if widget.label.startswith("Target FPR")).value
     assert f"{target:.1%}" == _metrics(at)["FPR held-out good"]

@@ -75,7 +75,7 @@ def _column_config(frame) -> dict:
 def test_train_and_compare_pages_show_the_resize_and_a_whole_date(models: Path, two_models: tuple[Path, Path]) -> None:
     for path in two_models:
         copy_model(path, models)
-    train = run_page("pages/2_Train.py")
+    train = run_page("app_pages/2_Train.py")
     assert_clean(train)
     table = next(frame for frame in train.dataframe if "resize" in frame.value.columns)
     assert set(table.value["resize"]) == {"center_crop 96→96", "aspect 96"}
@@ -84,7 +84,7 @@ def test_train_and_compare_pages_show_the_resize_and_a_whole_date(models: Path, 
     assert config["created"]["width"] == MODEL_COLUMNS["created"]["width"]
     assert table.proto.placeholder == EMPTY_CELL
 
-    compare = run_page("pages/5_Compare.py", compare_models=[str(models / path.name) for path in two_models])
+    compare = run_page("app_pages/5_Compare.py", compare_models=[str(models / path.name) for path in two_models])
     assert not compare.exception
     headers = " ".join(markdown.value for markdown in compare.markdown)
     assert "center_crop 96→96" in headers and "aspect 96" in headers
@@ -114,7 +114,7 @@ def test_the_batch_page_shows_a_dash_for_an_unreadable_file(models: Path, two_mo
     folder.mkdir()
     Image.open(demo_root / "test" / "good" / "000.png").save(folder / "good.png")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
-    at = run_page("pages/6_Batch.py", batch_folder=str(folder))
+    at = run_page("app_pages/6_Batch.py", batch_folder=str(folder))
     at.button(key="batch_start").click().run()
     assert not at.exception
     frame = at.dataframe[0]
@@ -140,14 +140,14 @@ def test_a_missing_folder_is_reported_as_such(tmp_path: Path) -> None:
 
 def test_the_batch_page_says_folder_not_found(models: Path, two_models: tuple[Path, Path], tmp_path: Path) -> None:
     copy_model(two_models[0], models)
-    at = run_page("pages/6_Batch.py", batch_folder=str(tmp_path / "nowhere"))
+    at = run_page("app_pages/6_Batch.py", batch_folder=str(tmp_path / "nowhere"))
     at.button(key="batch_start").click().run()
     assert not at.exception
     assert [error.value for error in at.error] == [f"Folder not found: {tmp_path / 'nowhere'}"]
 
 
 def test_the_sidebar_says_folder_not_found(models: Path, tmp_path: Path) -> None:
-    at = run_page("pages/1_Dataset.py", source_kind="folder", source_path=str(tmp_path / "nowhere"))
+    at = run_page("app_pages/1_Dataset.py", source_kind="folder", source_path=str(tmp_path / "nowhere"))
     assert not at.exception
     assert at.sidebar.error[0].value == f"Folder not found: {tmp_path / 'nowhere'}"
 
@@ -166,7 +166,7 @@ def test_the_resize_mode_costs_are_written_width_by_height() -> None:
 
 
 def test_the_train_page_writes_sizes_width_by_height(models: Path) -> None:
-    at = run_page("pages/2_Train.py")
+    at = run_page("app_pages/2_Train.py")
     assert_clean(at)
     table = next(frame for frame in at.dataframe if "resize mode" in frame.value.columns)
     assert "the backbone sees (width × height)" in table.value.columns
@@ -181,7 +181,7 @@ def test_the_dataset_grid_tells_train_and_test_good_images_apart(models: Path, d
     captions = {grid_caption(sample) for sample in filter_samples(dataset, "all", "good")}
     assert any(caption.startswith("train/good · ") for caption in captions)
     assert any(caption.startswith("test/good · ") for caption in captions)
-    at = run_page("pages/1_Dataset.py", dataset_type="good", dataset_per_page=96)
+    at = run_page("app_pages/1_Dataset.py", dataset_type="good", dataset_per_page=96)
     assert_clean(at)
     shown = [caption for image in at.image for caption in image.captions]
     assert any(caption.startswith("train/good · ") for caption in shown)

@@ -252,7 +252,7 @@ def test_train_upload_threshold_and_every_page(app: dict, page, tmp_path: Path) 
     # The navigation names every page; the first entry is Home, not the entry script's file name.
     entries = page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
     assert [entry.splitlines()[-1].strip() for entry in entries] == \
-        ["Home", "Dataset", "Train", "Threshold", "Inspect", "Compare", "Batch"], entries
+        ["Home", "Dataset", "Train", "Threshold", "Inspect", "Compare", "Batch", "Live"], entries
     demo = app["data"] / "surface" / "test"
     uploads = tmp_path / "uploads"
     uploads.mkdir()
@@ -601,6 +601,13 @@ def test_the_live_page_runs_a_pipeline_from_a_video_and_stops_it(page, tmp_path:
         train_small_model(demo_root, fresh["models"] / "live.safetensors", name="live")
         video = _demo_video(demo_root, tmp_path / "line.mkv", fps=5.0, repeats=20)
         verdicts = tmp_path / "verdicts.csv"
+        # A page's address opened first in a new tab: the navigation is the app's own from the start (Home first,
+        # no "app" entry from a folder Streamlit would list by itself).
+        first = page.context.new_page()
+        open_page(first, fresh, "Live")
+        entries = first.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+        assert [entry.splitlines()[-1].strip() for entry in entries][:2] == ["Home", "Dataset"], entries
+        first.close()
         open_page(page, fresh, "Live")
         assert_no_errors(page, "Live before starting")
         page.locator('[data-testid="stTextInput"]').filter(has_text="Source").locator("input").fill(str(video))

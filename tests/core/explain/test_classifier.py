@@ -119,7 +119,7 @@ def test_the_command_line_fits_the_head_and_draws_its_cam(tmp_path: Path, capsys
 def test_the_inspect_page_fits_the_head_on_the_test_images_and_shows_its_cam(models: Path, demo_root: Path,
                                                                             tmp_path: Path) -> None:
     model_path = copy_model(train_small_model(demo_root, tmp_path / "small.safetensors"), models)
-    at = run_page("pages/4_Inspect.py", inspect_type="hole")
+    at = run_page("app_pages/4_Inspect.py", inspect_type="hole")
     assert_clean(at)
     assert "Defect classifier (CAM)" in [header.value for header in at.subheader]
     assert any("python -m inspection classifier" in caption.value for caption in at.caption)

@@ -185,7 +185,7 @@ def test_the_cli_writes_an_overlay_png(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def run_inspect(**state) -> AppTest:
-    return run_page("pages/4_Inspect.py", **state)
+    return run_page("app_pages/4_Inspect.py", **state)
 
 
 def test_the_inspect_page_explains_the_score_on_request(models: Path, demo_root: Path, tmp_path: Path) -> None:

@@ -224,3 +224,32 @@ def test_stop_ends_a_running_pipeline_cleanly(model_file, images):
         assert time.perf_counter() - started < 5
     assert not status.running and status.error is None and status.scored >= 2
     assert any("ended" in event for event in status.events)
+
+
+def test_ctrl_c_stops_inspection_run_cleanly(model_file, images, tmp_path):
+    """SIGINT (Ctrl-C) while a stream is scored: the frame being scored is finished, the sinks are flushed, the
+    counts are printed, exit code 0."""
+    import signal
+
+    jpegs = [cv2.imencode(".jpg", np.ascontiguousarray(load_image_with_size(path)[0][:, :, ::-1]))[1].tobytes()
+             for path in images[:4]]
+    with MjpegServer(jpegs, fps=10.0, loop=True) as stream:
+        process = subprocess.Popen([sys.executable, "-m", "inspection", "run", "--model", str(model_file), "--source",
+                                    stream.url, "--sink", f"csv:{tmp_path / 'v.csv'}", "--status-every", "0.5"],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # until a status line says frames were scored
+                line = process.stderr.readline()
+                if " scored" in line and not line.startswith("0 received") and ", 0 scored" not in line:
+                    break
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 0, err
+    assert "stopping (Ctrl-C)" in err and "Traceback" not in err
+    scored = int(out.split(" received, ")[1].split(" scored")[0])
+    with open(tmp_path / "v.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == scored >= 1

@@ -192,7 +192,7 @@ def models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_root: Path) -> 
 
 
 def run_batch_page(**state) -> AppTest:
-    return run_page("pages/6_Batch.py", **state)
+    return run_page("app_pages/6_Batch.py", **state)
 
 
 def test_the_batch_page_scores_a_folder_resumes_and_offers_the_downloads(models: Path, small_model: Path,

@@ -209,6 +209,6 @@ if image_level and view.table.scores.size:
                          caption=view.error_caption(record))
                 if st.button("Inspect", key=f"inspect-{record['file']}", icon=":material/zoom_in:",
                              on_click=sidebar.inspect_model_image, args=(entry, record["file"], record["type"])):
-                    st.switch_page("pages/4_Inspect.py")
+                    st.switch_page("app_pages/4_Inspect.py")
         if len(records) > 6:
             st.caption(f"…and {len(records) - 6} more.")

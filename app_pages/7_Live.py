@@ -61,16 +61,17 @@ def live_panel() -> None:
         st.rerun()
     if status.error:
         st.error(status.error, icon=":material/warning:")
-    counts = st.columns(7)
+    counts = st.columns(8)
     counts[0].metric("Received", status.received)
     counts[1].metric("Scored", status.scored)
     counts[2].metric("Not good", status.defects)
     counts[3].metric("Dropped", status.dropped, help="Frames that came while the model was busy: the newest is "
                                                      "scored, the ones in between are dropped.")
-    counts[4].metric("Sent", status.sent)
+    counts[4].metric("Sent", status.sent, help="Messages the sinks delivered.")
     counts[5].metric("Frames/s", f"{status.frames_per_s:.1f}")
-    counts[6].metric("Latency p50 / p99", f"{status.latency_ms['p50']:.0f} / {status.latency_ms['p99']:.0f} ms",
-                     help="From the frame's arrival to its verdict.")
+    latency = "From a frame's arrival to its verdict, over the last frames."
+    counts[6].metric("p50 latency, ms", f"{status.latency_ms['p50']:.0f}", help=latency)
+    counts[7].metric("p99 latency, ms", f"{status.latency_ms['p99']:.0f}", help=latency)
     picture_column, chart_column = st.columns([2, 3])
     latest = status.latest
     if latest is not None:
