@@ -208,6 +208,18 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_markdown(results: dict[str, Any]) -> str:
+    """The runs' main columns (the README's table)."""
+    lines = ["| source | scored | dropped (busy) | verdicts = predict | frames/s | latency p50 / p99 ms | sinks once |",
+             "|---|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        once = run["webhook exactly once"] and run["mqtt exactly once"]
+        lines.append(f"| {run['source']} | {run['scored']} | {run['dropped (model busy)']} | "
+                     f"{run['verdicts equal to predict']} | {run['frames/s']} | {run['latency p50 ms']:.0f} / "
+                     f"{run['latency p99 ms']:.0f} | {_yes(once)} |")
+    return "\n".join(lines) + "\n"
+
+
 def unreachable_markdown(results: dict[str, Any]) -> str:
     """The faults' table alone (the docs show it under the runs' table)."""
     text = markdown(results)
@@ -306,6 +318,7 @@ def main() -> int:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         (out / "results.md").write_text(markdown(results))
         (out / "unreachable.md").write_text(unreachable_markdown(results))
+        (out / "summary.md").write_text(summary_markdown(results))
         print(markdown(results))
         return 0
     finally:

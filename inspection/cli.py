@@ -645,6 +645,9 @@ def _add_bench(commands: Commands) -> None:
     bench.add_argument("--sides", nargs="+", type=int, metavar="PIXELS",
                        help="a sweep: run every method at each input side the backbone sees (the square, or the "
                             "shorter side in aspect mode); also writes sweep.md and sweep.png")
+    bench.add_argument("--runtime", default="torch", choices=("torch", *ENGINES),
+                       help="onnx or openvino: export each fitted model and measure its accuracy and speed on that "
+                            "runtime (the torch model's beside them, as torch_…); default torch")
     bench.set_defaults(handler=command_bench)
 
 
@@ -668,7 +671,7 @@ def command_bench(args: argparse.Namespace) -> int:
     large_image = None if args.large_image is None else _LARGE_IMAGE.coerce(args.large_image)
     run_bench(methods=args.methods, data_roots=args.data, categories=args.categories, out=Path(args.out),
               settings=args.set or [], device=_device(args), quiet=args.quiet, large_image=large_image,
-              protocol=protocol, backbones=args.backbones or (), sides=args.sides or ())
+              protocol=protocol, backbones=args.backbones or (), sides=args.sides or (), runtime=args.runtime)
     return 0
 
 

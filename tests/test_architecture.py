@@ -131,7 +131,7 @@ ALLOWED: dict[str, set[str]] = {
     "results": LOWER | {"model"},
     "explain": LOWER | {"model", "results"},
     "workflows": LOWER | {"model", "registry", "results", "explain"},
-    "bench": LOWER | {"model", "registry", "results", "explain", "workflows"},
+    "bench": LOWER | {"model", "registry", "results", "explain", "workflows", "runtime", "export"},
     # The deployment wings: the torch-free runtime reads exported folders (and writes predict's CSV through the
     # torch-free `workflows.batch`); the export writes them; the service serves either kind.
     "runtime": LOWER | {"model", "results", "workflows"},

@@ -95,9 +95,11 @@ def find_root(data_roots: Sequence[str], category: str) -> str:
 
 def bench_one(method: str, data_root: str, category: str, params: dict[str, Any],
               own_settings: dict[str, str] | None = None, save_to: str | None = None,
-              protocol: AlignmentProtocol = ALIGNED) -> dict[str, Any]:
+              protocol: AlignmentProtocol = ALIGNED, runtime: str = "torch") -> dict[str, Any]:
     """Fit, evaluate and measure one method on one category (in the current process) under `protocol`; save it
-    when asked. `own_settings` are the settings given to this method alone (they name the row)."""
+    when asked. `own_settings` are the settings given to this method alone (they name the row). With `runtime`
+    onnx or openvino, the accuracy and speed are the model's export's on that runtime (`runtime_metrics`), the
+    torch model's beside them."""
     from ..workflows.train import train
 
     configure_threads()
@@ -120,7 +122,58 @@ def bench_one(method: str, data_root: str, category: str, params: dict[str, Any]
            "load_average_1min_after": thread_settings()["load_average_1min"]}
     if model.torch_device.type == "cuda":
         row["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(model.torch_device) / 2**20, 1)
+    if runtime != "torch":
+        from ..data.datasets import open_dataset
+
+        exported = runtime_metrics(model, open_dataset(data_root, category), runtime)
+        row.update({f"torch_{name}": row[name] for name in _RUNTIME_COMPARED}, **exported)
+        row["label"] = f"{row['label']} on {runtime}"
     return row
+
+
+#: The torch model's figures a runtime's row keeps beside its own (as torch_NAME).
+_RUNTIME_COMPARED = ("image_auroc", "pixel_auroc", "aupro", "predict_ms_per_image", "predict_ms_per_image_batch16")
+RUNTIME_BATCH = 16
+
+
+def runtime_metrics(model: AnomalyModel, dataset: Any, runtime: str, repeats: int = 20) -> dict[str, Any]:
+    """The model exported and scored on `runtime` (onnx, openvino): the test split's metrics through the export,
+    and predict's median ms per image at batch 1 and 16 on decoded test images (as `evaluate` times torch)."""
+    import statistics
+
+    from ..export.exporting import export_model, sizes_of
+    from ..model.batching import decode
+    from ..runtime import load_export
+    from ..workflows.evaluate import evaluate
+
+    files = [sample.path for sample in dataset.test]
+    folder = Path(tempfile.mkdtemp(prefix="bench-export-"))
+    try:
+        export_model(model, folder / "export", (runtime,), sizes_of(files) if model.preprocessing.mode == "aspect"
+                     else ())
+        scorer = load_export(folder / "export", runtime)
+        metrics = dict(evaluate(scorer, dataset, timing_repeats=0).metrics)
+        images = [decode(file) for file in files[:max(repeats, RUNTIME_BATCH)]]
+        same_size = [image for image in images if image.shape == images[0].shape]
+        batch = [same_size[index % len(same_size)] for index in range(RUNTIME_BATCH)]
+
+        def median_ms(call: Callable[[], Any], times: int) -> float:
+            call()  # warm-up
+            spent = []
+            for _ in range(times):
+                started = time.perf_counter()
+                call()
+                spent.append((time.perf_counter() - started) * 1000)
+            return statistics.median(spent)
+
+        metrics["predict_ms_per_image"] = statistics.median(
+            [median_ms(lambda image=image: scorer.predict([image]), 1) for image in images[:repeats]])
+        metrics[f"predict_ms_per_image_batch{RUNTIME_BATCH}"] = median_ms(lambda: scorer.predict(batch),
+                                                                           3) / RUNTIME_BATCH
+        metrics["runtime"] = runtime
+        return metrics
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def peak_rss_mib() -> float:
@@ -240,12 +293,16 @@ def folder_memory_markdown(result: dict[str, Any], environment: dict[str, Any]) 
 def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Sequence[str], out: Path,
               settings: Sequence[str] = (), device: str | None = None, quiet: bool = False,
               large_image: int | None = None, protocol: AlignmentProtocol = ALIGNED,
-              backbones: Sequence[str] = (), sides: Sequence[int] = ()) -> list[dict[str, Any]]:
+              backbones: Sequence[str] = (), sides: Sequence[int] = (), runtime: str = "torch"
+              ) -> list[dict[str, Any]]:
     """Every method (spec) on every category, each in a fresh process; results are written after every run.
     Under `protocol` every run's train and test images are moved by it. With `large_image`, also the peak memory
     of scoring one large_image×large_image grayscale PNG with the first of those models. With `backbones` and/or
     `sides`, a sweep: every spec at every backbone × input side (`inspection.bench.sweep`), also written as sweep.md
-    and sweep.png."""
+    and sweep.png. With `runtime` onnx or openvino, each model is exported and measured on that runtime too
+    (`bench_one`)."""
+    if runtime != "torch" and not protocol.aligned:
+        raise ParameterError("--runtime measures exported models on the test split as captured: not with --protocol")
     specs = [parse_method_spec(spec) for spec in methods]  # unknown methods fail before any run
     # Every run's settings and data are checked before the first run starts, or anything is written.
     runs = []
@@ -269,7 +326,8 @@ def run_bench(methods: Sequence[str], data_roots: Sequence[str], categories: Seq
                 given = "".join(f" {key}={value}" for key, value in own_settings.items())
                 print(f"bench: {method}{given} on {category} …", file=sys.stderr, flush=True)
             save_to = str(first_model) if large_image and not results else None
-            row = in_fresh_process(bench_one, method, root, category, params, own_settings, save_to, protocol)
+            row = in_fresh_process(bench_one, method, root, category, params, own_settings, save_to, protocol,
+                                   runtime)
             if "side" in own_settings:
                 row["side"] = int(own_settings["side"])
             results.append(row)

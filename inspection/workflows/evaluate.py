@@ -130,7 +130,9 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
     samples = dataset.test
     if not samples:
         raise ValueError(f"dataset {dataset.category!r} has no test images to evaluate on")
-    prediction = model.predict([sample.source for sample in samples], progress=progress)
+    sources = [sample.source for sample in samples]
+    # An exported model (a `Scorer` of the torch-free runtime) reports no progress.
+    prediction = model.predict(sources) if progress is None else model.predict(sources, progress=progress)
     labels = np.array([sample.label for sample in samples])
     metrics: dict[str, Any] = {"n_test": len(samples), "n_defect": int(labels.sum()),
                                "image_auroc": image_auroc(prediction.raw_scores, labels)}
@@ -193,7 +195,8 @@ def evaluate(model: AnomalyModel, dataset: Dataset, progress: ProgressCallback |
         # The files as they are: a protocol's move is part of the data, not of what inspection costs.
         metrics.update(time_prediction(model, [sample.path for sample in samples], timing_repeats,
                                        progress=progress))
-    metrics["device"] = describe_device(model.torch_device)
+    device = getattr(model, "torch_device", None)
+    metrics["device"] = describe_device(device) if device is not None else f"cpu ({model.runtime})"
     return evaluation
 
 

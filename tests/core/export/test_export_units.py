@@ -122,3 +122,20 @@ def test_bad_export_folders_say_what_is_wrong(aspect_patchcore, tmp_path):
     with pytest.raises(ParameterError, match="not an earlier export"):
         export_model(model, tmp_path / "other", ("onnx",), [(100, 100)])
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_bench_measures_the_export_on_a_runtime_beside_the_torch_model(demo_root, tmp_path):
+    """`bench --runtime onnx`: the row's accuracy and speed are the export's on onnxruntime, the torch model's kept
+    beside them; the export scores as the model does (the same image AUROC to 4 decimals)."""
+    out = tmp_path / "bench"
+    completed = run_cli("bench", "--methods", "padim", "--data", str(demo_root.parent), "--categories", "surface",
+                        "--set", "resize=64", "crop=64", "--runtime", "onnx", "--out", str(out))
+    assert completed.returncode == 0, completed.stderr
+    row = json.loads((out / "results.json").read_text())["results"][0]
+    assert row["runtime"] == "onnx" and row["label"].endswith("on onnx") and row["device"] == "cpu (onnx)"
+    assert round(row["image_auroc"], 4) == round(row["torch_image_auroc"], 4)
+    assert abs(row["pixel_auroc"] - row["torch_pixel_auroc"]) < 1e-3
+    assert row["predict_ms_per_image"] > 0 and row["predict_ms_per_image_batch16"] > 0
+    refused = run_cli("bench", "--methods", "padim", "--data", str(demo_root.parent), "--categories", "surface",
+                      "--runtime", "tensorrt", "--out", str(tmp_path / "x"))
+    assert refused.returncode == 2
