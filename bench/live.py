@@ -33,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
+from serve import fit_bottle, shared_dir  # bench/serve.py, beside this script: the same bottle PatchCore
 
 from inspection.bench.run import environment_record
 from inspection.data.images import load_image_with_size
@@ -44,20 +45,6 @@ from inspection.results.image import DISPLAY_MAX_SIDE
 
 REPO = Path(__file__).resolve().parents[1]
 JPEG_QUALITY = 95
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("INSPECTION_SHARED", REPO.parent / "shared"))
-
-
-def fit_bottle(folder: Path) -> Path:
-    """A PatchCore at its defaults fitted on MVTec AD bottle's good training images."""
-    from inspection.data.datasets import open_dataset
-    from inspection.registry import create_model
-
-    dataset = open_dataset(shared_dir() / "data" / "mvtec_ad", "bottle")
-    print("fitting PatchCore on bottle …", file=sys.stderr, flush=True)
-    return create_model("patchcore").fit([sample.path for sample in dataset.train]).save(folder / "bottle.safetensors")
 
 
 def pixels_key(image: np.ndarray) -> str:
