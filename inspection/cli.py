@@ -1,5 +1,5 @@
-"""Command line: ``python -m inspection {fit,evaluate,predict,explain,classifier,recalibrate,bench,methods,demo} …`` (or
-``inspection …``).
+"""Command line: ``python -m inspection {fit,evaluate,predict,explain,classifier,recalibrate,teach,bench,methods,demo,
+…} …`` (or ``inspection …``).
 
 The command and option names are fixed so that scripts can rely on them. Every method parameter becomes an
 option of `fit` from its declaration in the registry, so a new method's settings appear here with no edit:
@@ -614,6 +614,58 @@ def command_recalibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- teach -------------------------------------------------------------------------------------------------------
+
+
+def _add_teach(commands: Commands) -> None:
+    teach = commands.add_parser("teach", help="teach a model that images are good (false alarms) or defects, without "
+                                              "a refit; --undo, --history")
+    teach.add_argument("--model", required=True, help="model file, with or without its suffix")
+    teach.add_argument("--good", nargs="+", default=[], metavar="IMAGE_OR_FOLDER",
+                       help="images (or folders of them) that are good parts")
+    teach.add_argument("--defect", nargs="+", default=[], metavar="IMAGE_OR_FOLDER",
+                       help="images (or folders of them) that show a defect of type --type")
+    teach.add_argument("--type", default="", help="the defects' type name (with --defect), e.g. crack")
+    teach.add_argument("--who", default="", help="who decided (default: this machine's user name)")
+    teach.add_argument("--undo", action="store_true", help="undo the latest decision (the model as it was before it)")
+    teach.add_argument("--history", action="store_true", help="list the decisions in force, oldest first")
+    teach.set_defaults(handler=command_teach)
+
+
+def command_teach(args: argparse.Namespace) -> int:
+    """Teach a model good images or defects, undo the latest decision, or list the decisions."""
+    from .model.modelfile import read_model_header
+    from .teach.teaching import GOOD, history, teach, undo
+    from .workflows.batch import collect_inputs
+
+    if args.history:
+        decisions = history(args.model)
+        for decision in decisions:
+            print(f"{decision.id}  {decision.summary}")
+        print(f"{len(decisions)} decisions in force" if decisions else "nothing was taught to this model")
+        return 0
+    if args.undo:
+        decision = undo(args.model)
+        print(f"undone: {decision.summary} (model {read_model_header(args.model).info.display_name or args.model} as "
+              "it was before it)")
+        return 0
+    if not args.good and not args.defect:
+        raise ParameterError("give --good or --defect images to teach (or --undo, --history)")
+    if args.defect and not args.type.strip():
+        raise ParameterError("--defect needs --type NAME (e.g. --type crack)")
+    outcomes = []
+    for images, action in ((args.good, GOOD), (args.defect, "defect")):
+        if images:
+            files = [path for path, _ in collect_inputs(images)]
+            outcomes += teach(args.model, files, action, defect_type=args.type, who=args.who)
+    for outcome in outcomes:
+        print(outcome.decision.summary if outcome.decision else outcome.unchanged)
+    kept = [outcome for outcome in outcomes if outcome.decision and outcome.decision.use == "kept for a refit"]
+    if kept:
+        print(f"{len(kept)} images are kept in the model's good set: this method learns them only by a refit")
+    return 0
+
+
 # --- bench -------------------------------------------------------------------------------------------------------
 
 _BENCH_METHODS_HELP = ("methods to run ({}), each optionally with settings of its own, e.g. vae:scoring=residual "
@@ -822,7 +874,7 @@ def command_run(args: argparse.Namespace) -> int:
 # --- the parser and the one place errors become one line ---------------------------------------------------------
 
 _COMMANDS = (_add_fit, _add_evaluate, _add_predict, _add_export, _add_explain, _add_classifier, _add_recalibrate,
-             _add_bench, _add_methods, _add_demo, _add_serve, _add_run)
+             _add_teach, _add_bench, _add_methods, _add_demo, _add_serve, _add_run)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,6 +37,13 @@ class ImageSizeError(ImageLoadError):
     what = "This model cannot judge this image"
 
 
+class TeachingError(InspectionError, ValueError):
+    """An image cannot be taught to a model (another size, kind of picture or channel count than its training
+    images), or there is no decision to undo; the message says which and why."""
+
+    what = "This cannot be taught"
+
+
 class FolderNotFoundError(InspectionError, FileNotFoundError):
     """A folder the user named (typed in the app, given on the command line) does not exist; the message is its
     path, so that the one line reads "Folder not found: /the/path"."""

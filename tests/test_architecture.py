@@ -139,8 +139,10 @@ ALLOWED: dict[str, set[str]] = {
     "service": LOWER | {"model", "results", "workflows", "runtime", "export"},
     # Live pipelines open either kind of model through `export` and send the service's records.
     "live": LOWER | {"model", "results", "runtime", "export"},
+    # Teaching rewrites model files: it loads them through the registry and learns through the methods' hooks.
+    "teach": LOWER | {"model", "registry"},
     "cli": LOWER | {"model", "registry", "results", "explain", "workflows", "bench", "runtime", "export", "service",
-            "live"},
+            "live", "teach"},
     "__main__": {"cli"},
 }
 #: The ground and the entry points are the only modules at the top level; everything else lives in a wing.

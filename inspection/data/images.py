@@ -438,6 +438,17 @@ def read_image_info(path: str | os.PathLike | bytes | BinaryIO, *, name: str | N
         return {"width": int(width), "height": int(height), "mode": image.mode, "format": image.format}
 
 
+def image_channels(path: str | os.PathLike | bytes | BinaryIO, *, name: str | None = None) -> int:
+    """How many channels a file holds as stored (1 for grayscale, 8- or 16-bit; 3 for RGB; 4 with alpha), from its
+    header only; every image is decoded to RGB, so this is the one place the difference shows."""
+    mode = read_image_info(path, name=name)["mode"]
+    if mode == "P":  # a palette of colours
+        return 3
+    if mode in ("1", "L", "F") or mode.startswith("I"):  # bilevel, 8-bit, float and 16/32-bit grayscale
+        return 1
+    return Image.getmodebands(mode)
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Entries directly in `folder` named like images (IMAGE_EXTENSIONS, any case), sorted by name; hidden and
     folders skipped.

@@ -5,11 +5,17 @@ d channels is kept. For every position, the mean and covariance (+ εI) of the g
 are estimated (streamed: sums in float64, never all embeddings at once); a test patch's score is its
 Mahalanobis distance, computed batched on the device. The map is upsampled and blurred (σ=4); the image
 score is the map's maximum.
+
+The fit's Gaussians (mean, covariance, count) are kept beside their inverses, and so are the embeddings of the
+good images taught later (`inspection teach`): the Gaussians in use are always those of the fit's running sums
+with the taught images' added, computed by one function, so that teaching equals fitting with the image and
+undoing a decision gives back the very tensors it had before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +35,7 @@ class PaDiM(BackboneModel):
     feature_strides = (4, 8, 16)
     # Not aspect (images of other sizes have other positions) nor tiles (a tile position is no part position).
     capabilities = BackboneModel.capabilities.extended(
-        export_refused="",
+        export_refused="", teach_refused="",
         resize_modes_reason="it learns one Gaussian per patch position, so every image must show the part on one "
                             "fixed grid of positions (use full to keep the whole part)",
         stages={"covariance": "Estimating the Gaussians"})
@@ -46,6 +52,12 @@ class PaDiM(BackboneModel):
         self.channel_index: torch.Tensor | None = None
         self.mean: torch.Tensor | None = None
         self.inverse_covariance: torch.Tensor | None = None
+        #: The fit's Gaussians (mean [P, d], covariance without εI [P, d, d], image count [1]) and the taught good
+        #: images' embeddings [k, P, d]; files made before teaching have none of them (then nothing can be taught).
+        self.fit_mean: torch.Tensor | None = None
+        self.fit_covariance: torch.Tensor | None = None
+        self.fit_count: torch.Tensor | None = None
+        self.taught_embeddings: torch.Tensor | None = None
 
     def _choose_channels(self) -> torch.Tensor:
         """The seeded random subset of d channels kept (sorted)."""
@@ -81,16 +93,64 @@ class PaDiM(BackboneModel):
         if total < 2:
             raise ValueError("PaDiM needs at least 2 good images to estimate covariances")
         mean = sums / total
-        # The covariance is built in the outer sums' memory, and inverted a block of positions at a time,
-        # so fitting holds one float64 [P, d, d] array, not three.
+        # The covariance is built in the outer sums' memory, so fitting holds one float64 [P, d, d] array, not two.
         covariance = outer_sums.baddbmm_(mean[:, :, None], mean[:, None, :], alpha=-total).div_(total - 1)
-        covariance.diagonal(dim1=1, dim2=2).add_(self.epsilon)
-        inverse = torch.empty(covariance.shape, dtype=torch.float32, device=covariance.device)
-        for start in range(0, covariance.shape[0], 256):
-            inverse[start: start + 256] = torch.linalg.inv(covariance[start: start + 256])
+        self.fit_mean, self.fit_count = mean.float(), torch.tensor([total], dtype=torch.float64)
+        self.fit_covariance = covariance.float()
+        del outer_sums, covariance
+        self.taught_embeddings = torch.zeros(0, *self.fit_mean.shape, device=self.fit_mean.device)
+        self._update_gaussians()
         progress(Progress("covariance", 1, 1))
-        self.mean = mean.float()
-        self.inverse_covariance = inverse
+
+    def _update_gaussians(self, block: int = 256) -> None:
+        """The Gaussians in use (mean, inverse covariance + εI) from the fit's and the taught images' sums: n·mean and
+        (n−1)·covariance + n·mean·meanᵀ are the fit's running sums; the taught embeddings add theirs. In float64, a
+        block of positions at a time (one [block, d, d] temporary), inverted to float32."""
+        fit_count = float(self.fit_count[0])
+        taught = self.taught_embeddings.double()  # [k, P, d]
+        count = fit_count + taught.shape[0]
+        positions, channels = self.fit_mean.shape
+        mean = torch.empty(positions, channels, dtype=torch.float32, device=self.fit_mean.device)
+        inverse = torch.empty(positions, channels, channels, dtype=torch.float32, device=self.fit_mean.device)
+        for start in range(0, positions, block):
+            rows = slice(start, start + block)
+            fit_mean = self.fit_mean[rows].double()
+            sums = fit_mean * fit_count + taught[:, rows].sum(0)
+            outer = self.fit_covariance[rows].double() * (fit_count - 1)
+            outer.baddbmm_(fit_mean[:, :, None], fit_mean[:, None, :], alpha=fit_count)
+            if taught.shape[0]:
+                per_position = taught[:, rows].permute(1, 0, 2)  # [block, k, d]
+                outer.baddbmm_(per_position.transpose(1, 2), per_position)
+            block_mean = sums / count
+            covariance = outer.baddbmm_(block_mean[:, :, None], block_mean[:, None, :], alpha=-count).div_(count - 1)
+            covariance.diagonal(dim1=1, dim2=2).add_(self.epsilon)
+            mean[rows] = block_mean.float()
+            inverse[rows] = torch.linalg.inv(covariance).float()
+        self.mean, self.inverse_covariance = mean, inverse
+
+    def learn_good(self, images: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
+        """The images join the Gaussians: their embeddings are added to the fit's running sums (kept in the file), as
+        if they had been among the fitting images."""
+        embedding = self.embed(self.features(images))
+        batch, channels = embedding.shape[:2]
+        added = embedding.float().reshape(batch, channels, -1).permute(0, 2, 1)  # [B, P, d]
+        self.taught_embeddings = torch.cat([self.taught_embeddings, added.to(self.taught_embeddings.device)])
+        self._update_gaussians()
+        return {"embeddings_added": batch}
+
+    def unlearn(self, record: Mapping[str, Any]) -> None:
+        """The Gaussians before the decision `record`: its embeddings (the last ones) dropped, the rest summed as
+        they were."""
+        count = int(record.get("embeddings_added", 0))
+        if count:
+            self.taught_embeddings = self.taught_embeddings[:-count].contiguous()
+            self._update_gaussians()
+
+    def teach_refusal(self) -> str:
+        if self.fitted and self.fit_covariance is None:
+            return ("this PaDiM file was made before teaching existed and does not keep its Gaussians' sums: fit it "
+                    "again to teach it")
+        return super().teach_refusal()
 
     def score_features(self, features: list[torch.Tensor], size: tuple[int, int]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +164,11 @@ class PaDiM(BackboneModel):
         return maps, maps.flatten(1).max(dim=1).values
 
     def _state(self) -> dict[str, torch.Tensor]:
-        return {"mean": self.mean, "inverse_covariance": self.inverse_covariance, "channel_index": self.channel_index}
+        state = {"mean": self.mean, "inverse_covariance": self.inverse_covariance, "channel_index": self.channel_index}
+        if self.fit_covariance is not None:
+            state.update(fit_mean=self.fit_mean, fit_covariance=self.fit_covariance, fit_count=self.fit_count,
+                         taught_embeddings=self.taught_embeddings)
+        return state
 
     def _load_state(self, state: dict[str, torch.Tensor]) -> None:
         mean = require_tensor(state, "mean", ndim=2)
@@ -117,3 +181,15 @@ class PaDiM(BackboneModel):
                                  f"{tuple(inverse.shape)}, {index.numel()} channels) do not fit backbone "
                                  f"{self.backbone} layers {self.layer_names}")
         self.mean, self.inverse_covariance, self.channel_index = mean.float(), inverse.float(), index.long().cpu()
+        if "fit_covariance" in state:  # files made before teaching keep only the Gaussians in use
+            fit_mean = require_tensor(state, "fit_mean", ndim=2)
+            covariance = require_tensor(state, "fit_covariance", ndim=3)
+            count = require_tensor(state, "fit_count", ndim=1)
+            taught = require_tensor(state, "taught_embeddings", ndim=3)
+            if (fit_mean.shape != mean.shape or covariance.shape != inverse.shape or count.numel() != 1
+                    or taught.shape[1:] != mean.shape):
+                raise ModelFileError(f"PaDiM running sums (mean {tuple(fit_mean.shape)}, covariance "
+                                     f"{tuple(covariance.shape)}, taught {tuple(taught.shape)}) do not fit its "
+                                     f"statistics (mean {tuple(mean.shape)})")
+            self.fit_mean, self.fit_covariance = fit_mean.float(), covariance.float()
+            self.fit_count, self.taught_embeddings = count.double().cpu(), taught.float()

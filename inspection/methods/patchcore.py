@@ -9,7 +9,8 @@ optionally re-weighted as in the paper.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from ..errors import ModelFileError
 from ..model.backbone_model import BackboneModel
 from ..model.common_params import map_blur
 from ..model.fields import require_tensor
-from ..ops.coreset import chunked_coreset
+from ..ops.coreset import chunked_coreset, covering_radius, extend_coreset, random_projection
 from ..ops.knn import nearest_neighbors
 from ..ops.smoothing import gaussian_blur, upsample
 from ..params import setting
@@ -34,7 +35,7 @@ class PatchCore(BackboneModel):
     # A memory bank compares each patch with every good patch wherever it lies: any working size will do.
     capabilities = BackboneModel.capabilities.extended(resize_modes=("center_crop", "full", "aspect", "tiles"),
                                                        stages={"coreset": "Selecting the memory bank (coreset)"},
-                                                       export_refused="")
+                                                       export_refused="", teach_refused="")
     # The whole part by default, its aspect kept: a centre crop leaves defects near the edges unseen
     # (bench/patchcore-modes/).
     default_overrides = {"resize_mode": "aspect"}
@@ -138,6 +139,26 @@ class PatchCore(BackboneModel):
                                           k=self.reweight_neighbors + 1)  # includes the match itself
         distances = (worst_patch[:, None, :] - self.memory_bank[neighbours]).norm(dim=2)
         return 1.0 - torch.softmax(distances, dim=1)[:, 0]
+
+    def learn_good(self, images: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
+        """The images' patches the bank does not cover join it: one incremental step of the greedy k-center that
+        selected the bank, on the same random projection, up to the bank's own covering radius (kept in `state`, the
+        model's teaching state, from the first time it is taught). Returns the rows added, for `unlearn`."""
+        bank = random_projection(self.memory_bank, self.projection_dim, self.seed)
+        if "covering_radius" not in state:
+            state["covering_radius"] = covering_radius(bank)
+        patches = self.embed(self.features(images))[0]
+        projected = random_projection(patches, self.projection_dim, self.seed)
+        distances = nearest_neighbors(projected, bank, k=1)[0][:, 0]
+        added = extend_coreset(projected, distances, float(state["covering_radius"]))
+        self.memory_bank = torch.cat([self.memory_bank, patches[added]]).contiguous()
+        return {"rows_added": int(added.numel())}
+
+    def unlearn(self, record: Mapping[str, Any]) -> None:
+        """The bank before the decision `record` was learned: its added rows (the last ones) dropped."""
+        rows = int(record.get("rows_added", 0))
+        if rows:
+            self.memory_bank = self.memory_bank[:-rows].contiguous()
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {"memory_bank": self.memory_bank}

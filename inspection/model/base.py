@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..data.images import image_channels
 from ..data.preprocess import RESIZE_MODES, Geometry, Preprocessing, normalization_tensors
 from ..device import resolve_device
 from ..errors import InspectionError, ModelFileError, ParameterError, WeightsNotFoundError
@@ -57,6 +58,13 @@ from .views import Panel, ScoredBatch, rgb_uint8
 #: (`inspection/explain/classifier.py`) — and the info entry describing it: not the method's own state.
 ATTACHED_PREFIX = "classifier."
 ATTACHED_INFO_KEY = "defect_classifier"
+#: The model info entry that records the training images' sizes and channel counts (`image_kinds`).
+IMAGE_KINDS_KEY = "training_images"
+#: At most this many distinct sizes are recorded: a set of more sizes than that is taken to accept any size.
+MAX_RECORDED_SIZES = 32
+#: The model info entry that holds what was taught (`inspection.teach`): the decisions in force, and the method's
+#: teaching state.
+TEACHING_KEY = "teaching"
 #: Parameters whose change makes a model build its backbone (or network) again before it is used.
 _SETUP_PARAMS = frozenset({"backbone", "weights", "layers", "device", "seed"})
 #: Settings that do not change a model's results (where it runs, how many images per pass).
@@ -156,6 +164,20 @@ class AnomalyModel(CommonParams, ABC):
         whose variants differ (an optimisation per image or one forward pass) answer per variant."""
         return self.capabilities.export_refused
 
+    def teach_refusal(self) -> str:
+        """Why this model cannot learn a good image without a refit (`inspection teach`); empty when it can."""
+        return self.capabilities.teach_refused
+
+    def learn_good(self, images: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
+        """Learn normalised good images (as fitting sees them, on the device) without a refit, exactly as the method
+        allows; `state` is the model's teaching state (JSON, kept in the file), which the method may fill. Returns
+        what `unlearn` needs to undo it (JSON). Only methods with an empty `teach_refusal` implement it."""
+        raise NotImplementedError(f"{self.name} cannot learn without a refit: {self.teach_refusal()}")
+
+    def unlearn(self, record: Mapping[str, Any]) -> None:
+        """Undo the last `learn_good`, whose return value was `record`, exactly (tensors equal to before)."""
+        raise NotImplementedError(f"{self.name} cannot learn without a refit: {self.teach_refusal()}")
+
     def _backbone_record(self) -> BackboneRecord | None:
         """The backbone and weights the model was fitted with, for feature methods."""
         return None
@@ -197,6 +219,9 @@ class AnomalyModel(CommonParams, ABC):
                     "calibration": None if calibration is None else
                     [calibration.image_threshold, calibration.pixel_threshold, repr(calibration.image_scale),
                      repr(calibration.pixel_scale), calibration.colour_max]}
+        taught = self.info.extra.get(TEACHING_KEY, {}).get("decisions")
+        if taught:  # a taught model is another model: the decisions in force name its version
+            identity["taught"] = [decision.get("id") for decision in taught]
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     #: Which engine scores: the model itself in torch (exported copies: "onnx", "openvino"; `inspection.runtime`).
@@ -217,6 +242,7 @@ class AnomalyModel(CommonParams, ABC):
         progress = progress or no_progress
         self.attached = {}  # what was attached to the features of an earlier fit would not fit these
         self.info.extra.pop(ATTACHED_INFO_KEY, None)
+        self.info.extra.pop(TEACHING_KEY, None)  # what was taught to an earlier fit is not in this one
         started = time.perf_counter()
         torch.manual_seed(self.seed)
         self._ensure_setup()
@@ -226,9 +252,11 @@ class AnomalyModel(CommonParams, ABC):
         if not fit_images:
             raise ValueError("no images left to fit on after holding out the calibration images")
         device = self.torch_device
+        sizes: set[tuple[int, int]] = set()
 
         def batches() -> Iterator[torch.Tensor]:
-            for tensor, _, _ in iter_batches(fit_images, self.preprocessing, self.batch_size):
+            for tensor, geometries, _ in iter_batches(fit_images, self.preprocessing, self.batch_size):
+                sizes.update((geometry.original_height, geometry.original_width) for geometry in geometries)
                 if self.preprocessing.mode == "tiles":  # the method learns from every tile of the good images
                     yield from modes.tiles(tensor.to(device), self.preprocessing.crop, self.preprocessing.tile_overlap,
                                            self.batch_size)
@@ -238,6 +266,7 @@ class AnomalyModel(CommonParams, ABC):
         with torch.enable_grad() if self.capabilities.trains_by_gradient else torch.no_grad():
             self._fit_batches(batches, len(fit_images), progress)
         self._fit_familiarity_bank(fit_images)
+        self.info.extra[IMAGE_KINDS_KEY] = image_kinds(fit_images, sizes)
         calibration_images = [images[i] for i in holdout_index] if len(holdout_index) else fit_images
         progress(Progress("calibrate", 0, len(calibration_images)))
         prediction = self.predict(calibration_images)
@@ -426,3 +455,15 @@ class AnomalyModel(CommonParams, ABC):
     def _require_fitted(self) -> None:
         if not self.fitted:
             raise RuntimeError(f"the {self.name} model is not fitted yet: call fit(good_images) first")
+
+
+def image_kinds(images: Sequence[Any], sizes: set[tuple[int, int]]) -> dict[str, Any]:
+    """What the training images were: their distinct sizes (height, width; None when there were more than
+    MAX_RECORDED_SIZES) and channel counts as stored (files only), for checks on images taught later."""
+    channels = set()
+    for item in images:
+        path = getattr(item, "path", item)  # a placed image is its file moved
+        if isinstance(path, (str, os.PathLike)):
+            channels.add(image_channels(path))
+    return {"sizes": None if len(sizes) > MAX_RECORDED_SIZES else sorted([list(size) for size in sizes]),
+            "channels": sorted(channels)}

@@ -25,6 +25,10 @@ class Capabilities:
     variant_param: str = ""
     #: Why the method's scoring cannot be exported as one graph (`inspection export`); empty when it can.
     export_refused: str = "its export is not written yet"
+    #: Why the method cannot learn a good image without a refit (`inspection teach`); empty when it can
+    #: (`AnomalyModel.learn_good`).
+    teach_refused: str = ("it learns by training a network on all the good images at once: a taught image is kept in "
+                          "the model's good set for the next refit")
     #: Human-readable names of the progress stages the method's fitting reports, by stage.
     stages: Mapping[str, str] = field(default_factory=dict)
 

@@ -101,3 +101,41 @@ def chunked_coreset(parts: Iterable[torch.Tensor], ratio: float, chunk_patches: 
             pending, gathered = [], 0
     if pending:
         yield select()
+
+
+def extend_coreset(points: torch.Tensor, distances: torch.Tensor, radius: float) -> torch.Tensor:
+    """Indices of the `points` [N, C] that one incremental step of the greedy k-center adds to a coreset whose
+    covering radius is `radius`: the farthest point while it lies farther than `radius` from every centre — the
+    coreset's and those added so far. `distances` [N] are the points' distances to the coreset (the same space).
+
+    The greedy stops where the coreset covers the points as it covered its own: a point within `radius` of a centre
+    adds nothing, so teaching the same picture twice adds nothing the second time."""
+    distances = distances.clone()
+    chosen: list[int] = []
+    while distances.numel():
+        index = int(torch.argmax(distances))
+        if not float(distances[index]) > radius:
+            break
+        chosen.append(index)
+        # One new centre: every point's distance to the nearest centre is updated with one vector operation.
+        torch.minimum(distances, (points - points[index]).norm(dim=1), out=distances)
+    return torch.tensor(chosen, dtype=torch.long, device=points.device)
+
+
+def covering_radius(centres: torch.Tensor, block: int = 4096) -> float:
+    """A greedy k-center coreset's covering radius, read off the coreset itself: the smallest distance between two of
+    its centres. Each centre was the farthest point from those chosen before it, so the distances at which the
+    centres were chosen never grow and the last one is the smallest pairwise distance; the radius after the last
+    choice is at most that (the coreset of one chunk; across chunks the estimate only gets smaller, i.e. stricter).
+    Blocks of `block` rows bound the distance matrix."""
+    if centres.shape[0] < 2:
+        return 0.0
+    sq_norms = centres.pow(2).sum(1)
+    smallest = math.inf
+    for start in range(0, centres.shape[0], block):
+        rows = slice(start, start + block)
+        squared = torch.addmm(sq_norms[rows, None] + sq_norms[None, :], centres[rows], centres.T, alpha=-2.0)
+        own = torch.arange(start, min(start + block, centres.shape[0]), device=centres.device)
+        squared[own - start, own] = math.inf
+        smallest = min(smallest, float(squared.amin()))
+    return math.sqrt(max(smallest, 0.0))
