@@ -10,7 +10,7 @@ import streamlit as st
 
 from inspection.results.image import VERDICT_HELP, image_result, unfamiliar_notes
 from inspection.results.numbers import round_score, score_text
-from inspection_app import caches, page, sidebar, training
+from inspection_app import caches, page, sidebar, teach_view, training
 from inspection_app.browse import sample_label
 from inspection_app.jobs import MANAGER
 from inspection_app.uploads import UPLOAD_TYPES, content_digest, decode_upload, max_upload_mb, upload_label
@@ -23,6 +23,8 @@ st.sidebar.header("Model")
 entries = sidebar.model_entries()
 entry = sidebar.model_picker(entries, dataset=dataset)
 running = training.training_running()
+if entry is not None:
+    teach_view.panel(entry)
 
 if not entries:
     target = "the built-in demo data" if dataset is None or training.is_demo(dataset) else f"{dataset.category!r}"
@@ -35,7 +37,7 @@ training.training_monitor(entry, tied=True)  # a finished training's summary onl
 
 origin = page.kept_radio(st, "Images", ["upload", "dataset"], "home_origin", horizontal=True,
                          format_func={"upload": "Upload", "dataset": "Pick from the dataset"}.get)
-images: list[tuple[str, str, object]] = []  # (label, cache key, RGB array)
+images: list[tuple[str, str, object, teach_view.Teachable]] = []  # (label, cache key, RGB array, what to teach)
 if origin == "upload":
     uploads = st.file_uploader(f"Images to inspect ({', '.join(UPLOAD_TYPES)}; up to {max_upload_mb()} MB each)",
                                type=list(UPLOAD_TYPES), max_upload_size=max_upload_mb(), accept_multiple_files=True,
@@ -44,7 +46,7 @@ if origin == "upload":
         data = upload.getvalue()
         with page.user_errors():
             images.append((upload_label(number, upload.name), content_digest(data),
-                           decode_upload(upload.name, data)))
+                           decode_upload(upload.name, data), teach_view.Teachable(upload.name, data=data)))
 elif dataset is None:
     st.info("Choose a dataset in the sidebar to pick images from it.")
 elif not dataset.test:
@@ -54,7 +56,8 @@ else:
     chosen = page.kept_selectbox(st, "Test image", list(by_label), "home_sample")
     sample = by_label[chosen]
     with page.user_errors():
-        images.append((chosen, caches.file_key(sample.path), caches.load_path_image(sample.path)))
+        images.append((chosen, caches.file_key(sample.path), caches.load_path_image(sample.path),
+                       teach_view.Teachable(sample.path.name, path=sample.path)))
 
 if images and not entries:
     own_job = st.session_state.get("job_id")
@@ -80,7 +83,9 @@ if images and entry is not None:
     model = None
     with page.user_errors():
         model = caches.model_of(entry)
-    for index, (name, key, image) in enumerate(images):
+    version = teach_view.model_version(model) if model is not None else ""
+    decisions = teach_view.decisions_for(entry)
+    for index, (name, key, image, teachable) in enumerate(images):
         with st.container(border=True, key=f"result-{index}"):
             with page.user_errors():
                 prediction = caches.predict_image(entry, image, key)
@@ -95,7 +100,9 @@ if images and entry is not None:
                 score_column.metric("Anomaly score", score_text(result.score),
                                     help="On the model's scale, where its saved image threshold is 0.5.")
                 verdict_column.metric("Verdict", result.verdict, help=VERDICT_HELP)
-                facts.caption(f"Threshold 0.5 (saved) · raw score {result.raw_score:.4g} · model {entry.name}")
+                facts.caption(f"Threshold 0.5 (saved) · raw score {result.raw_score:.4g} · model {entry.name}"
+                              + (f", {version}" if version else ""))
+                teach_view.teach_buttons(entry, teachable, f"home-{index}-{key}", decisions, container=facts)
                 for note in unfamiliar_notes(result, prediction.calibration, model.info if model else {},
                                              dataset.category if dataset is not None else None):
                     facts.warning(note, icon=":material/help:")

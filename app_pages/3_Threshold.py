@@ -9,7 +9,7 @@ import streamlit as st
 from inspection.model.modelfile import read_model_header, save_thresholds
 from inspection.model.operating import promise_check
 from inspection.workflows.recalibrate import good_images_in, recalibrate, undo_recalibration
-from inspection_app import caches, page, sidebar
+from inspection_app import caches, page, sidebar, teach_view
 from inspection_app.charts import roc_figure, score_histogram
 from inspection_app.threshold_view import (
     FIELD_RATE_RANGE,
@@ -26,6 +26,8 @@ page.page_setup("Threshold", "Where to draw the line between good and defect. Th
                 "always 0.5.")
 dataset = sidebar.data_source_picker()
 entry = sidebar.require_model(dataset)
+teach_view.panel(entry)
+decisions = teach_view.decisions_for(entry)
 
 level_name = page.kept_radio(st, "Level", list(LEVELS), "threshold_level", horizontal=True,
                              format_func={"image": "Image level (verdict)", "pixel": "Pixel level (defect mask)"}.get)
@@ -120,6 +122,9 @@ if image_level:
         interval_low, interval_high = point.fpr_interval
         st.caption(f"Measured on the {point.n_good} {view.unseen_good_words}: {format_rate(point.fpr)} flagged "
                    f"(95 % interval {format_rate(interval_low)} to {format_rate(interval_high)}).")
+    backing = teach_view.promise_backing(decisions, view.calibration)
+    if backing:
+        st.caption(backing)
     check = promise_check(point.promised_fpr, point)
     if check is not None:
         (st.warning if check[0] == "warning" else st.info)(check[1])
@@ -197,6 +202,10 @@ with st.expander("Recalibrate on new good parts (no retraining)", expanded=shift
 if image_level and view.table.scores.size:
     false_alarms, misses = view.errors_at(raw_threshold)
     st.subheader(f"At this threshold: {len(false_alarms)} false alarm(s), {len(misses)} miss(es)")
+    if decisions:
+        st.caption(f"Test scores as recorded when the model was evaluated, before the {len(decisions)} decision(s) "
+                   f"taught since (the model is now {teach_view.version_of(entry) or 'changed'}): the images taught "
+                   "are marked below; **Inspect** scores one with the model as it is now.")
     for title, records in (("False alarms (good parts flagged)", false_alarms), ("Misses (defects passed)", misses)):
         if not records:
             continue
@@ -210,5 +219,9 @@ if image_level and view.table.scores.size:
                 if st.button("Inspect", key=f"inspect-{record['file']}", icon=":material/zoom_in:",
                              on_click=sidebar.inspect_model_image, args=(entry, record["file"], record["type"])):
                     st.switch_page("app_pages/4_Inspect.py")
+                false_alarm = record["label"] == 0
+                teach_view.teach_buttons(entry, teach_view.Teachable(path.name, path=path), record["file"],
+                                         decisions, good=false_alarm, defect=not false_alarm,
+                                         defect_type=None if false_alarm else record["type"])
         if len(records) > 6:
             st.caption(f"…and {len(records) - 6} more.")

@@ -22,7 +22,7 @@ from inspection.results.image import (
 )
 from inspection.results.numbers import score_text
 from inspection.scores.metrics import compare_masks
-from inspection_app import caches, page, sidebar
+from inspection_app import caches, page, sidebar, teach_view
 from inspection_app.browse import SPLITS, filter_samples
 from inspection_app.inspect_view import (
     PANELS_PER_ROW,
@@ -45,11 +45,13 @@ page.page_setup("Inspect", "One image in detail: what the model saw, where it fi
                 "defects at a threshold you choose.")
 dataset = sidebar.data_source_picker()
 entry = sidebar.require_model(dataset)
+teach_view.panel(entry)
 
 origin = page.kept_radio(st, "Image", ["dataset", "upload"], "inspect_origin", horizontal=True,
                          format_func={"dataset": "From the dataset", "upload": "Upload"}.get)
 image = name = image_key = None
 sample = None
+teachable = None
 if origin == "upload":
     upload = st.file_uploader(f"Image ({', '.join(UPLOAD_TYPES)}; up to {max_upload_mb()} MB)",
                               type=list(UPLOAD_TYPES), max_upload_size=max_upload_mb(),
@@ -58,6 +60,7 @@ if origin == "upload":
         data = upload.getvalue()
         with page.user_errors():
             image, name, image_key = decode_upload(upload.name, data), upload.name, content_digest(data)
+            teachable = teach_view.Teachable(upload.name, data=data)
 elif dataset is None:
     st.info("Choose a dataset in the sidebar.")
 else:
@@ -75,6 +78,7 @@ else:
         with page.user_errors():
             image = caches.load_path_image(sample.path)
             name, image_key = f"{sample.split}/{chosen}", caches.file_key(sample.path)
+            teachable = teach_view.Teachable(sample.path.name, path=sample.path)
 
 if image is None:
     st.stop()
@@ -123,6 +127,11 @@ if overlap is not None:
     figures[4].metric("Mask vs ground truth", value, help=explanation)
 for note in unfamiliar_notes(result, calibration, model.info, dataset.category if dataset is not None else None):
     st.warning(note, icon=":material/help:")
+st.caption(f"Scored by {entry.name}, {teach_view.model_version(model)} · threshold 0.5 (saved)")
+if teachable is not None:
+    teach_view.teach_buttons(entry, teachable, f"inspect-{image_key}", teach_view.decisions_for(entry),
+                             suggested_type=sample.defect_type if sample is not None and sample.label == 1 else "",
+                             container=st.columns([2, 3])[0])
 
 # Two rows of two; a tall frame (taller than wide) in one row of four, so that the four fit on a screen or two.
 cells = [cell for per_row in picture_rows(image.shape) for cell in st.columns(per_row)]

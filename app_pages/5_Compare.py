@@ -11,7 +11,7 @@ from inspection.data.datasets import open_dataset
 from inspection.results.image import image_result
 from inspection.results.numbers import score_text
 from inspection.workflows.evaluate import evaluate
-from inspection_app import caches, page, sidebar
+from inspection_app import caches, page, sidebar, teach_view
 from inspection_app.browse import default_compare_samples, sample_label
 from inspection_app.compare_view import column_header, common_colour_max, default_compare_models, measure_progress
 from inspection_app.tables import EMPTY_CELL, MODEL_COLUMNS, evaluation_row, metric_rows
@@ -63,7 +63,8 @@ n_columns = max(len(chosen) + 1, 4)  # at least 4, so that one model does not gi
 header = st.columns(n_columns)
 header[0].markdown("**Image**")
 for column, entry in zip(header[1:], chosen):
-    column.markdown(column_header(entry))
+    model = loaded.get(str(entry.path))
+    column.markdown(column_header(entry, teach_view.model_version(model) if model is not None else ""))
 all_inspected = True
 for name, key, image in images:
     row = st.columns(n_columns)

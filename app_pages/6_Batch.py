@@ -8,13 +8,14 @@ import streamlit as st
 
 from inspection.workflows.batch import CSV_NAME
 from inspection.workflows.report import MAX_PICTURES, REPORT_NAME
-from inspection_app import batch_view, caches, page, sidebar
+from inspection_app import batch_view, caches, page, sidebar, teach_view
 
 page.page_setup("Batch", "Score a whole folder of images with a model: every image's score and verdict at the "
                 "model's threshold, the worst ones as heatmaps, and a CSV and a one-file HTML report to download. "
                 "Scoring the same folder again goes on where it stopped: images already scored are skipped.")
 dataset = sidebar.data_source_picker()
 entry = sidebar.require_model(dataset)
+teach_view.panel(entry)
 
 folder_column, worst_column = st.columns([3, 1])
 folder_text = page.kept_text_input(folder_column, "Folder of images", "batch_folder",
@@ -34,9 +35,13 @@ if st.button("Score the folder", type="primary", key="batch_start", icon=":mater
     bar.empty()
 
 run = st.session_state.get("batch_result")
-if run is None or not run.is_of(entry, folder_text):
+if run is None or not run.is_for(entry, folder_text):
     st.caption("Type a folder and press **Score the folder**. The model is the one chosen in the sidebar.")
     st.stop()
+if not run.is_of(entry, folder_text):  # the model file changed since (taught, say): these are the old scores
+    st.info(f"These scores are those of {run.version or 'an earlier version'} of the model; it has changed since "
+            f"(now {teach_view.version_of(entry) or 'another version'}). Press **Score the folder** to score the "
+            "folder with the model as it is now.", icon=":material/history:")
 
 summary = run.summary
 counts = st.columns(5)
@@ -46,7 +51,8 @@ counts[2].metric("Judged good", summary.scored - summary.flagged)
 counts[3].metric("Unreadable", summary.failed)
 counts[4].metric("From an earlier run", summary.skipped, help="Scored before with this model and unchanged since: "
                                                              "not scored again.")
-st.caption(f"Model **{entry.name}** · results in `{summary.out}` (scoring this folder again skips what is there).")
+st.caption(f"Model **{entry.name}**, {run.version} · results in `{summary.out}` (scoring this folder again skips "
+           "what is there, while the model stays the same).")
 with page.user_errors():
     downloads = st.columns(2)
     downloads[0].download_button("Download the CSV", summary.csv_path.read_bytes(), file_name=CSV_NAME,
@@ -57,8 +63,27 @@ with page.user_errors():
                                       "heatmaps and every image's row. Opens offline in any browser.")
 
 st.subheader("Every image")
-st.caption("Highest score first; click a column to sort by it.")
-st.dataframe(batch_view.table(summary), hide_index=True, width="stretch", placeholder=batch_view.EMPTY_CELL)
+st.caption("Highest score first; click a column to sort by it. Select rows (their left edge) to teach the model "
+           "about them below.")
+decisions = teach_view.decisions_for(entry)
+frame = batch_view.table(summary, teach_view.taught_words(decisions, {
+    name: run.file(name) for name in batch_view.readable_files(summary)}))
+
+
+def selection_to_teach() -> None:
+    """Rows selected in the table become the images to teach."""
+    rows = st.session_state["batch_table"]["selection"]["rows"]
+    st.session_state["batch_teach_files"] = batch_view.selected_files(frame, rows)
+
+
+st.dataframe(frame, hide_index=True, width="stretch", placeholder=batch_view.EMPTY_CELL, key="batch_table",
+             on_select=selection_to_teach, selection_mode="multi-row")
+options = batch_view.teachable_files(frame)
+st.session_state["batch_teach_files"] = batch_view.still_offered(st.session_state.get("batch_teach_files"), options)
+chosen_files = st.multiselect("Images to teach", options, key="batch_teach_files",
+                              help="Selected in the table above, or picked here.")
+teach_view.teach_selected(entry, [teach_view.Teachable(name, path=run.file(name)) for name in chosen_files],
+                          "batch")
 st.plotly_chart(batch_view.histogram(summary), key="batch_histogram")
 
 st.subheader(f"The {len(run.pictures)} highest scores")

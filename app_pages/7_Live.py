@@ -8,7 +8,7 @@ import streamlit as st
 
 from inspection.results.image import VERDICT_WORDS
 from inspection.results.numbers import score_text
-from inspection_app import caches, live_view, page, sidebar
+from inspection_app import caches, live_view, page, sidebar, teach_view
 from inspection_app.charts import control_chart
 
 page.page_setup("Live", "Score a camera, a stream, a video or a folder the camera software writes to, frame by "
@@ -55,7 +55,13 @@ def live_panel() -> None:
         return
     title_column, stop_column = st.columns([4, 1])
     state = "running" if status.running else "stopped"
-    title_column.markdown(f"**{state}** · reading `{status.source}`")
+    version = live_view.LIVE.version
+    title_column.markdown(f"**{state}** · reading `{status.source}`" + (f" · model {version}" if version else ""))
+    request = live_view.LIVE.request
+    now = teach_view.version_of(entry) if request is not None and request.model_path == str(entry.path) else ""
+    if status.running and version and now and now != version and not request.exported.strip():
+        st.caption(f"The model has changed since this pipeline started (now {now}): stop and start it again to "
+                   "score with the model as it is now.")
     if status.running and stop_column.button("Stop", key="live_stop", icon=":material/stop:"):
         live_view.LIVE.stop()
         st.rerun()

@@ -629,6 +629,8 @@ def _add_teach(commands: Commands) -> None:
     teach.add_argument("--who", default="", help="who decided (default: this machine's user name)")
     teach.add_argument("--undo", action="store_true", help="undo the latest decision (the model as it was before it)")
     teach.add_argument("--history", action="store_true", help="list the decisions in force, oldest first")
+    teach.add_argument("--refit", action="store_true", help="fit the model again with the taught good images it keeps "
+                                                           "for a refit (methods that cannot learn without one)")
     teach.set_defaults(handler=command_teach)
 
 
@@ -643,6 +645,16 @@ def command_teach(args: argparse.Namespace) -> int:
         for decision in decisions:
             print(f"{decision.id}  {decision.summary}")
         print(f"{len(decisions)} decisions in force" if decisions else "nothing was taught to this model")
+        return 0
+    if args.refit:
+        from .workflows.refit import refit_with_taught
+
+        bars = ProgressBars(args.quiet)
+        try:
+            result = refit_with_taught(args.model, progress=bars)
+        finally:
+            bars.close()
+        print(f"refitted {result.path} on {result.model.info.n_fit_images} good images, taught ones included")
         return 0
     if args.undo:
         decision = undo(args.model)
@@ -662,7 +674,8 @@ def command_teach(args: argparse.Namespace) -> int:
         print(outcome.decision.summary if outcome.decision else outcome.unchanged)
     kept = [outcome for outcome in outcomes if outcome.decision and outcome.decision.use == "kept for a refit"]
     if kept:
-        print(f"{len(kept)} images are kept in the model's good set: this method learns them only by a refit")
+        print(f"{len(kept)} images are kept in the model's good set: this method learns them only by a refit "
+              f"(inspection teach --model {args.model} --refit)")
     return 0
 
 

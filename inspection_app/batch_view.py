@@ -5,7 +5,7 @@ the table, histogram and pictures it shows. The scoring and the report are `insp
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from inspection.workflows.report import Picture, ranked, write_report
 from .charts import score_histogram
 from .library import ModelEntry, slugify
 from .tables import EMPTY_CELL  # noqa: F401 - the page shows it in the cells an unreadable file has no value for
+from .teach_view import model_version
 
 #: The app writes overlays of the images judged defects only; the report draws the worst good ones itself.
 APP_OVERLAYS = "defects"
@@ -41,11 +42,19 @@ class BatchRun:
     summary: BatchSummary
     report_path: Path
     pictures: tuple[Picture, ...]
+    version: str = ""  # the version of the model that scored it (`teach_view.model_version`)
 
     def is_of(self, entry: ModelEntry, folder: str) -> bool:
         """Whether this run is of this model file (version) and this folder (as typed)."""
-        return (self.model_path, self.model_modified, self.folder) == (str(entry.path), entry.modified,
-                                                                        folder.strip())
+        return self.is_for(entry, folder) and self.model_modified == entry.modified
+
+    def is_for(self, entry: ModelEntry, folder: str) -> bool:
+        """Whether this run is of this model file, in any version (taught since, say), and this folder."""
+        return (self.model_path, self.folder) == (str(entry.path), folder.strip())
+
+    def file(self, name: str) -> Path:
+        """The image file of a row (its name in the table is relative to the folder)."""
+        return Path(self.folder).expanduser() / name
 
 
 def check_folder(text: str) -> Path:
@@ -95,20 +104,49 @@ def run_batch(model: AnomalyModel, entry: ModelEntry, folder_text: str, worst: i
     report = write_report(model, summary, worst=worst, model_name=entry.name, inputs=[str(folder)],
                           batch_size=batch_size)
     return BatchRun(folder=folder_text.strip(), model_path=str(entry.path), model_modified=entry.modified,
-                    summary=summary, report_path=report.path, pictures=report.pictures[:worst])
+                    summary=summary, report_path=report.path, pictures=report.pictures[:worst],
+                    version=model_version(model))
 
 
-def table(summary: BatchSummary) -> pd.DataFrame:
+def table(summary: BatchSummary, taught: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per file, highest score first and unreadable files last, for a sortable table (numbers stay
-    numbers; missing values where a file could not be read: the page shows them as EMPTY_CELL)."""
+    numbers; missing values where a file could not be read: the page shows them as EMPTY_CELL). `taught`: what
+    was taught about some files ({file: words}), in a column of its own when given."""
     rows = [{"file": row["file"], "score": round_score(row["score"]),
              "verdict": VERDICT_WORDS.get(row["verdict"], row["verdict"]),
              "regions": row["regions"], "largest region (px)": row["largest_region_area"], "error": ""}
             for row in ranked(summary.rows)]
     rows += [{"file": row["file"], "score": None, "verdict": "unreadable", "regions": None,
               "largest region (px)": None, "error": row["error"]} for row in summary.rows if row.get("error")]
-    frame = pd.DataFrame(rows, columns=["file", "score", "verdict", "regions", "largest region (px)", "error"])
+    columns = ["file", "score", "verdict", "regions", "largest region (px)", "error"]
+    if taught is not None:
+        for row in rows:
+            row["taught"] = taught.get(row["file"], "")
+        columns.insert(3, "taught")
+    frame = pd.DataFrame(rows, columns=columns)
     return frame.astype({"score": "Float64", "regions": "Int64", "largest region (px)": "Int64"})
+
+
+def teachable_files(frame: pd.DataFrame) -> list[str]:
+    """The table's files that can be taught: those that were read (in the table's order)."""
+    return [str(name) for name, verdict in zip(frame["file"], frame["verdict"]) if verdict != "unreadable"]
+
+
+def readable_files(summary: BatchSummary) -> list[str]:
+    """The names of the files that were read (and scored), in the folder's order."""
+    return [row["file"] for row in summary.rows if not row.get("error")]
+
+
+def still_offered(chosen: Sequence[str] | None, options: Sequence[str]) -> list[str]:
+    """The chosen files that are still offered (a multiselect refuses a value outside its options)."""
+    return [name for name in chosen or () if name in options]
+
+
+def selected_files(frame: pd.DataFrame, rows: Sequence[int]) -> list[str]:
+    """The teachable files of the table's selected rows (positions in `frame`, as st.dataframe reports them)."""
+    allowed = set(teachable_files(frame))
+    return [str(frame["file"].iloc[row]) for row in rows if 0 <= row < len(frame) and
+            str(frame["file"].iloc[row]) in allowed]
 
 
 def histogram(summary: BatchSummary) -> go.Figure:

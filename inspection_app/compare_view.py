@@ -21,10 +21,12 @@ def default_compare_models(entries: Sequence[ModelEntry], dataset: Dataset | Non
     return [str(entry.path) for entry in (own or entries)[:count]]
 
 
-def column_header(entry: ModelEntry) -> str:
+def column_header(entry: ModelEntry, version: str = "") -> str:
     """A heatmap column's header (markdown): the model's name, then method/backbone and its resize mode and working
-    size — models that differ only there (e.g. 'aspect 256' and 'center_crop 256→224') are told apart."""
-    return f"**{entry.name}**  \n{entry.method}/{entry.backbone or '—'} · {entry.resize or '—'}"
+    size — models that differ only there (e.g. 'aspect 256' and 'center_crop 256→224') are told apart — and the
+    version that scores (`teach_view.model_version`) when given."""
+    header = f"**{entry.name}**  \n{entry.method}/{entry.backbone or '—'} · {entry.resize or '—'}"
+    return f"{header}  \n{version}" if version else header
 
 
 def common_colour_max(models: Iterable[AnomalyModel]) -> float:

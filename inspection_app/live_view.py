@@ -14,7 +14,10 @@ from inspection.errors import BusyError, ParameterError
 from inspection.export.scorers import load_scorer
 from inspection.live.pipeline import Pipeline, PipelineStatus
 from inspection.live.spec import PipelineSpec, SinkSpec, build_pipeline
+from inspection.model.base import AnomalyModel
 from inspection.model.scorer import Scorer
+
+from .teach_view import VERSION_CHARS, model_version
 
 
 class LiveBusyError(BusyError):
@@ -52,6 +55,7 @@ class LiveManager:
         self._lock = threading.Lock()
         self.pipeline: Pipeline | None = None
         self.request: LiveRequest | None = None
+        self.version = ""  # the version of the model the pipeline scores with (`scorer_version`)
 
     def start(self, request: LiveRequest, scorer: Scorer | None = None) -> Pipeline:
         """Build the pipeline, open its source (an unreachable one is refused here, in one line) and start it.
@@ -66,7 +70,7 @@ class LiveManager:
             pipeline = build_pipeline(spec, scorer=scorer)
             pipeline.open()
             pipeline.start()
-            self.pipeline, self.request = pipeline, request
+            self.pipeline, self.request, self.version = pipeline, request, scorer_version(scorer)
             return pipeline
 
     def stop(self) -> PipelineStatus | None:
@@ -76,6 +80,16 @@ class LiveManager:
     def status(self) -> PipelineStatus | None:
         pipeline = self.pipeline
         return None if pipeline is None else pipeline.status()
+
+
+def scorer_version(scorer: Scorer | None) -> str:
+    """Which version of the model a pipeline scores with: a model file's (`teach_view.model_version`), or an
+    exported folder's fingerprint (that of the file it was exported from) and its runtime."""
+    if scorer is None:
+        return ""
+    if isinstance(scorer, AnomalyModel):
+        return model_version(scorer)
+    return f"version {scorer.fingerprint[:VERSION_CHARS]} ({scorer.runtime})"
 
 
 #: Every browser session of this server sees the same pipeline.

@@ -130,7 +130,7 @@ ALLOWED: dict[str, set[str]] = {
     "registry": LOWER | {"model", "methods"},
     "results": LOWER | {"model"},
     "explain": LOWER | {"model", "results"},
-    "workflows": LOWER | {"model", "registry", "results", "explain"},
+    "workflows": LOWER | {"model", "registry", "results", "explain", "teach"},
     "bench": LOWER | {"model", "registry", "results", "explain", "workflows", "runtime", "export"},
     # The deployment wings: the torch-free runtime reads exported folders (and writes predict's CSV through the
     # torch-free `workflows.batch`); the export writes them; the service serves either kind.

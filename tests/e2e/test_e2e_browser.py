@@ -4,8 +4,10 @@ The test starts ``streamlit run app.py`` on a free localhost port with an empty 
 folder, trains the default model on the demo dataset through the Train page (and sees the model file appear),
 uploads a good and a defect image on the home page (the defect must score higher and get the DEFECT verdict),
 moves the threshold slider (FPR and TPR must change), and opens every page: no exception, no error box.
-The HTML report of `predict --report` is opened from its file, offline. Screenshots go to artifacts/screenshots/;
-with INSPECTION_UPDATE_SCREENSHOTS=1 also to assets/screenshots/ (one per page, for the README).
+A false alarm taught as good from the Threshold page scores below the threshold on Inspect, and its undo brings
+the old score back. The HTML report of `predict --report` is opened from its file, offline. Screenshots go to
+artifacts/screenshots/; with INSPECTION_UPDATE_SCREENSHOTS=1 also to assets/screenshots/ (one per page, for the
+README).
 """
 
 from __future__ import annotations
@@ -634,4 +636,100 @@ def test_the_live_page_runs_a_pipeline_from_a_video_and_stops_it(page, tmp_path:
         rows = verdicts.read_text().strip().splitlines()
         assert len(rows) == scored + 1  # the header, then one row per scored frame
         assert_no_errors(page, "Live after stopping")
+        assert "Traceback" not in fresh["log"].read_text()
+
+
+def test_a_false_alarm_taught_as_good_scores_below_the_threshold_and_undo_brings_it_back(page,
+                                                                                        tmp_path: Path) -> None:
+    """Teaching (issue 25), in the browser: on the Threshold page a false alarm's thumbnail says "This part is good";
+    the decision is recorded under the name typed in the sidebar and said in one line; on Inspect the image now
+    scores below the threshold (PatchCore learned it: with the model's seed the first image taught as good is
+    learned, not put in the calibration set), the version names the decision and the history lists it; its undo
+    brings the old score back."""
+    from playwright.sync_api import expect
+
+    from inspection.data.datasets import open_dataset
+    from inspection.model.modelfile import save_thresholds
+    from inspection.registry import create_model
+    from inspection.teach.decisions import CALIBRATION, LEARNED
+    from inspection.teach.teaching import _goes_to_calibration, history
+    from inspection.workflows.train import fit_on_dataset
+    from inspection_app.teach_view import default_who
+
+    work = tmp_path / "teach"
+    work.mkdir()
+    with running_app(work) as fresh:
+        demo_root = generate_demo_dataset(fresh["data"])
+        # PatchCore at its defaults: at its working size a false alarm's worst patches are new to the memory bank
+        # (at the tests' small size of 96 px the bank covers them already, and learning adds no row).
+        model = create_model("patchcore")
+        fit_on_dataset(model, open_dataset(demo_root))
+        model.info["display_name"] = "taught patchcore"
+        model_file = model.save(fresh["models"] / "taught.safetensors")
+        header = read_model_header(model_file)
+        goods = sorted((record for record in header.info.test_scores if record["label"] == 0),
+                       key=lambda record: -record["score"])
+        if goods[0]["score"] <= header.calibration.image_threshold:  # no false alarm at the saved threshold
+            save_thresholds(model_file, image_threshold=(goods[0]["score"] + goods[1]["score"]) / 2)
+        stem = goods[0]["file"].rsplit("/", 2)[-2] + "/" + Path(goods[0]["file"]).stem  # e.g. good/018
+        name = Path(goods[0]["file"]).name
+        expected = CALIBRATION if _goes_to_calibration(0, header.params["seed"]) else LEARNED
+        assert expected == LEARNED  # the model's seed (0) sends the fourth image taught as good to calibration
+
+        open_page(page, fresh, "Threshold")
+        assert_no_errors(page, "Threshold before teaching")
+        who = page.locator('[data-testid="stSidebar"] [data-testid="stTextInput"]').filter(
+            has_text="Your name").locator("input")
+        assert who.input_value() == default_who()  # the computer's user name first
+        who.fill("E2E Inspector")
+        who.press("Enter")
+        wait_idle(page)
+        caption = page.locator('[data-testid="stImageCaption"]', has_text=f"{stem} · score")
+        shown_before = float(caption.inner_text().rsplit(" ", 1)[-1])
+        assert shown_before > 0.5  # a false alarm
+        key = "test-" + stem.replace("/", "-") + "-png"  # the thumbnail's buttons, by their keys (CSS-safe)
+        # A button with help is drawn twice (the second, hidden, measures it): the one a user sees, by its role.
+        page.locator(f".st-key-teach-good-{key}").get_by_role("button", name="This part is good").click()
+        wait_idle(page)
+        assert_no_errors(page, "Threshold after teaching")
+        decisions = history(model_file)
+        assert len(decisions) == 1
+        decision = decisions[0]
+        assert (decision.who, decision.action, decision.use) == ("E2E Inspector", "good", expected)
+        assert decision.score_before == pytest.approx(shown_before, abs=1e-3)
+        outcome = page.locator('[data-testid="stAlertContentSuccess"]', has_text=f"{name}: ").inner_text()
+        assert f"learned, {decision.learned['rows_added']} bank rows; score {shown_before:.3f} → " in outcome
+        assert decision.learned["rows_added"] > 0 and decision.score_after < 0.5
+        assert "now below the threshold (0.5)" in outcome
+        # A decision reruns the page twice (the decision, then the page that shows it): wait for the second.
+        expect(page.locator(f".st-key-teach-good-{key}")).to_have_count(0)
+        expect(page.get_by_text("Taught good by E2E Inspector: learned", exact=False)).to_have_count(1)
+        expect(page.get_by_text("Taught images backing the promise: 0 of the", exact=False)).to_have_count(1)
+
+        # The thumbnail's Inspect link: the image scored by the model as it is now.
+        page.locator(f".st-key-inspect-{key}").get_by_role("button", name="Inspect").click()
+        wait_idle(page)
+        page.locator('[data-testid="stMetric"]').filter(has_text="Anomaly score").first.wait_for()
+        assert_no_errors(page, "Inspect after teaching")
+        score = float(metric(page, "Anomaly score"))
+        assert score < 0.5 and score == pytest.approx(decision.score_after, abs=1e-3)
+        assert metric(page, "Verdict") == "GOOD"
+        assert page.get_by_text(" · taught 1 · threshold 0.5", exact=False).count() == 1
+        assert page.get_by_text("Taught good by E2E Inspector", exact=False).count() == 1
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.locator('[data-testid="stExpander"] summary', has_text="Taught decisions (1)").click()
+        listed = sidebar.locator('[data-testid="stExpander"]', has_text="Taught decisions (1)")
+        listed.get_by_text(f"{name} is good — learned", exact=False).wait_for()
+        assert "E2E Inspector" in listed.inner_text()
+        screenshot(page, "teach")
+
+        listed.get_by_role("button", name="Undo").click()
+        wait_idle(page)
+        assert_no_errors(page, "Inspect after the undo")
+        page.locator('[data-testid="stAlertContentInfo"]', has_text=f"Undone: {name} taught as good").wait_for()
+        assert history(model_file) == []
+        expect(page.get_by_text("taught 1", exact=False)).to_have_count(0)
+        expect(page.get_by_role("button", name="This part is good")).to_have_count(1)  # it can be taught again
+        assert float(metric(page, "Anomaly score")) == pytest.approx(shown_before, abs=1e-3)
+        assert metric(page, "Verdict") == "DEFECT"
         assert "Traceback" not in fresh["log"].read_text()
