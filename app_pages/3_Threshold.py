@@ -125,6 +125,9 @@ if image_level:
     backing = teach_view.promise_backing(decisions, view.calibration)
     if backing:
         st.caption(backing)
+    library = teach_view.library_line(teach_view.library_scores(str(entry.path), entry.modified), raw_threshold)
+    if library:
+        st.caption(library)
     check = promise_check(point.promised_fpr, point)
     if check is not None:
         (st.warning if check[0] == "warning" else st.info)(check[1])

@@ -323,6 +323,7 @@ def _add_evaluate(commands: Commands) -> None:
 
 def command_evaluate(args: argparse.Namespace) -> int:
     """Score a model on a test split and print (and optionally write) its metrics."""
+    from .teach.teaching import library_recall
     from .workflows.evaluate import evaluate
 
     if args.json:
@@ -336,6 +337,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
         evaluation = evaluate(model, dataset, progress=bars)
     finally:
         bars.close()
+    library = library_recall(model)  # the defects taught from the floor, per type, at the saved threshold
+    if library:
+        evaluation.metrics["library_recall"] = library
     result = {"model": str(args.model), "method": model.name, "category": dataset.category,
               **evaluation.metrics, "scores": evaluation.records}
     if args.json:
@@ -552,7 +556,8 @@ def _add_classifier(commands: Commands) -> None:
                                                         "and the Inspect page's CAM)")
     classifier.add_argument("--model", required=True, help="model file, with or without its suffix")
     classifier.add_argument("--good", nargs="+", required=True, help="folders and/or files of good images")
-    classifier.add_argument("--defect", nargs="+", required=True, help="folders and/or files of defect images")
+    classifier.add_argument("--defect", nargs="+", default=[], help="folders and/or files of defect images (the "
+                                                                    "model's defect library joins them: teach)")
     classifier.add_argument("--layer", default=None, help="backbone layer, one of the model's (default: its deepest)")
     _add_device_option(classifier)
     classifier.set_defaults(handler=command_classifier)
@@ -562,11 +567,13 @@ def command_classifier(args: argparse.Namespace) -> int:
     """Fit a good/defect classifier head on a model's backbone and keep it in the model file."""
     from .data.uris import is_uri, read_uri
     from .explain.classifier import attach_defect_classifier, fit_defect_classifier
+    from .teach.teaching import history, library_images
     from .workflows.batch import collect_inputs
 
     # A URI's bytes are read here (decoding takes paths, bytes and arrays); a path is read when its turn comes.
     good = [read_uri(source) if is_uri(source) else source for source, _ in collect_inputs(args.good)]
     defect = [read_uri(source) if is_uri(source) else source for source, _ in collect_inputs(args.defect)]
+    defect += [image for image, _ in library_images(history(args.model))]  # defects taught from the floor
     model = load_model(args.model, device=_device(args))
     fitted = fit_defect_classifier(model, good, defect, layer=args.layer, seed=model.seed)
     attach_defect_classifier(args.model, fitted)

@@ -56,6 +56,8 @@ class TrainingRequest:
     display_name: str
     evaluate: bool = True
     protocol: str = "aligned"  # the evaluation protocol the images are under (data/protocol.py), seed 0
+    extra_good: tuple[str, ...] = ()  # a refit's images taught as good, beside the dataset's (workflows/refit.py)
+    record: dict[str, Any] = field(default_factory=dict)  # what the new model's info records of how it was made
 
 
 @dataclass
@@ -127,7 +129,8 @@ def run_training(request: TrainingRequest, progress: Callable[[Progress], None])
     """Fit the requested model on the dataset, evaluate on its test split when there is one, save it."""
     result = train(request.method, request.params, request.data_root, request.category, request.out_path,
                    evaluate_test=request.evaluate, display_name=request.display_name, progress=progress,
-                   protocol=AlignmentProtocol(request.protocol), timing_repeats=APP_TIMING_REPEATS)
+                   protocol=AlignmentProtocol(request.protocol), timing_repeats=APP_TIMING_REPEATS,
+                   extra_good=request.extra_good, record=request.record)
     return result.path, result.metrics
 
 
@@ -136,7 +139,8 @@ def run_training_in_process(request: TrainingRequest,
     """`run_training` in a process of its own, of lower priority (the app's default runner)."""
     return train_in_process(request.method, request.params, request.data_root, request.category, request.out_path,
                             evaluate_test=request.evaluate, display_name=request.display_name, progress=progress,
-                            protocol=AlignmentProtocol(request.protocol), timing_repeats=APP_TIMING_REPEATS)
+                            protocol=AlignmentProtocol(request.protocol), timing_repeats=APP_TIMING_REPEATS,
+                            extra_good=request.extra_good, record=request.record)
 
 
 class FolderLock:

@@ -25,10 +25,13 @@ from inspection.model.base import TEACHING_KEY, AnomalyModel
 from inspection.model.calibration import Calibration
 from inspection.results.numbers import score_text
 from inspection.teach.decisions import CALIBRATION, DEFECT, GOOD, KEPT_FOR_REFIT, LEARNED, LIBRARY, Decision
-from inspection.teach.teaching import Taught, history, teach, undo
+from inspection.teach.teaching import Taught, history, library_images, teach, undo
+from inspection.workflows.refit import refit_arguments
 
+from .jobs import TrainingRequest
 from .library import ModelEntry, slugify
 from .page import kept_text_input, user_errors
+from .training import start_training, training_running
 
 #: The name field's session key: one name for every page of a browser session.
 WHO_KEY = "teach_who"
@@ -190,6 +193,32 @@ def undo_line(undone: Sequence[Decision]) -> str:
             "model is as it was before them.")
 
 
+def library_line(scores: Sequence[tuple[str, float]], raw_threshold: float) -> str | None:
+    """Per type, how many of the model's taught defects (type, raw score) a threshold catches (None: no library)."""
+    if not scores:
+        return None
+    counts: dict[str, list[int]] = {}
+    for defect_type, score in scores:
+        caught_total = counts.setdefault(defect_type, [0, 0])
+        caught_total[0] += int(score > raw_threshold)  # the verdict's rule: a defect iff above the threshold
+        caught_total[1] += 1
+    said = ", ".join(f"{defect_type} {caught}/{total}" for defect_type, (caught, total) in sorted(counts.items()))
+    return f"Taught defects caught at this threshold (the model's defect library): {said}."
+
+
+@st.cache_data(show_spinner="Scoring the taught defects…", max_entries=8)
+def library_scores(path: str, modified: float) -> list[tuple[str, float]]:
+    """(type, raw score) of each defect in a model's library still on disk, scored by that version of the model."""
+    from . import caches
+
+    model = caches.cached_model(path, modified)
+    images = library_images(decisions_of(model))
+    if not images:
+        return []
+    scores = model.predict([image for image, _ in images]).raw_scores
+    return [(defect_type, float(score)) for (_, defect_type), score in zip(images, scores)]
+
+
 def promise_backing(decisions: Sequence[Decision], calibration: Calibration) -> str | None:
     """How many taught images back the image threshold's promise now (None while nothing is taught)."""
     if not decisions:
@@ -297,6 +326,29 @@ def panel(entry: ModelEntry) -> None:
                              f" and the {later} after it" if later else "") + ": tensors and thresholds exactly."):
                 with user_errors():
                     _finish(entry, [undo_line(undo_back_to(entry.path, decision.id))], "info")
+    waiting = sum(decision.use == KEPT_FOR_REFIT for decision in decisions)
+    if waiting:
+        refit_offer(entry, waiting, sidebar)
+
+
+def refit_offer(entry: ModelEntry, waiting: int, container: Any) -> None:
+    """A method that learns only by fitting says so, and offers the refit as a background training (the Train
+    page's, one at a time) that replaces the model file with one fitted on its images and the taught ones."""
+    container.info(f"{waiting} image{'s' if waiting != 1 else ''} taught as good wait{'s' if waiting == 1 else ''} "
+                   f"for a refit: {entry.method} learns a good image only when it is fitted again.",
+                   icon=":material/model_training:")
+    if container.button("Refit in the background", key="teach-refit", icon=":material/refresh:",
+                        disabled=training_running(), help="The same method and settings, fitted on the dataset's "
+                        "training images and the taught ones; evaluated, then saved over this model. Follow it on "
+                        "the Train page."):
+        with user_errors():
+            arguments = refit_arguments(entry.path)
+            request = TrainingRequest(arguments["method"], arguments["params"], arguments["data"], None,
+                                      arguments["out"], arguments["display_name"] or entry.name,
+                                      extra_good=tuple(arguments["extra_good"]), record=arguments["record"])
+            if start_training(request) is not None:
+                _finish(entry, [f"Refit started with {waiting} taught image{'s' if waiting != 1 else ''}: follow it "
+                                "on the Train page; the model keeps scoring as it is until the refit saves."], "info")
 
 
 def _teach(entry: ModelEntry, images: Sequence[Teachable], action: str, defect_type: str = "") -> None:

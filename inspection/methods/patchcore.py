@@ -19,7 +19,7 @@ from ..errors import ModelFileError
 from ..model.backbone_model import BackboneModel
 from ..model.common_params import map_blur
 from ..model.fields import require_tensor
-from ..ops.coreset import chunked_coreset, covering_radius, extend_coreset, random_projection
+from ..ops.coreset import chunked_coreset, covering_radius, extend_coreset
 from ..ops.knn import nearest_neighbors
 from ..ops.smoothing import gaussian_blur, upsample
 from ..params import setting
@@ -142,15 +142,18 @@ class PatchCore(BackboneModel):
 
     def learn_good(self, images: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
         """The images' patches the bank does not cover join it: one incremental step of the greedy k-center that
-        selected the bank, on the same random projection, up to the bank's own covering radius (kept in `state`, the
-        model's teaching state, from the first time it is taught). Returns the rows added, for `unlearn`."""
-        bank = random_projection(self.memory_bank, self.projection_dim, self.seed)
+        selected the bank — the farthest patch first — while a patch lies farther than the bank's own covering
+        radius from every centre. Returns the rows added, for `unlearn`.
+
+        Distances and radius are those of the scores (the full features), not of the random projection the fit's
+        selection ran on: a radius read on the projection (larger there, by the projection's error at its
+        extremes) left taught tiles flagged and moved no unseen tile (bench/teach/). The radius is kept in `state`,
+        the model's teaching state, from the first time it is taught."""
         if "covering_radius" not in state:
-            state["covering_radius"] = covering_radius(bank)
+            state["covering_radius"] = covering_radius(self.memory_bank)
         patches = self.embed(self.features(images))[0]
-        projected = random_projection(patches, self.projection_dim, self.seed)
-        distances = nearest_neighbors(projected, bank, k=1)[0][:, 0]
-        added = extend_coreset(projected, distances, float(state["covering_radius"]))
+        distances = nearest_neighbors(patches, self.memory_bank, k=1)[0][:, 0]
+        added = extend_coreset(patches, distances, float(state["covering_radius"]))
         self.memory_bank = torch.cat([self.memory_bank, patches[added]]).contiguous()
         return {"rows_added": int(added.numel())}
 

@@ -116,6 +116,29 @@ def defect_library(path: str | os.PathLike) -> list[dict[str, str]]:
             for decision in history(path) if decision.action == DEFECT]
 
 
+def library_images(decisions: Sequence[Decision]) -> list[tuple[str, str]]:
+    """(file, type) of each defect in the library whose file is still on disk (an upload is kept by the app)."""
+    return [(decision.image_path, decision.defect_type) for decision in decisions
+            if decision.action == DEFECT and decision.image_path and Path(decision.image_path).is_file()]
+
+
+def library_recall(model: AnomalyModel, threshold: float | None = None) -> dict[str, dict[str, int]]:
+    """Per defect type of the model's library: how many of its images (still on disk) the model calls defects at
+    `threshold` (raw; default the saved one) — {type: {"caught", "total"}}, {} without a library."""
+    entry = model.info.extra.get(TEACHING_KEY) or {}
+    images = library_images([Decision.from_dict(values) for values in entry.get("decisions", [])])
+    if not images:
+        return {}
+    flagged = model.calibration.is_defect(model.predict([image for image, _ in images]).raw_scores,
+                                          threshold=threshold)
+    recall: dict[str, dict[str, int]] = {}
+    for (_, defect_type), caught in zip(images, flagged):
+        counts = recall.setdefault(defect_type, {"caught": 0, "total": 0})
+        counts["caught"] += int(caught)
+        counts["total"] += 1
+    return recall
+
+
 def taught_good_images(path: str | os.PathLike) -> list[str]:
     """The files taught as good that the method keeps for its next refit (those it could not learn)."""
     return [decision.image_path for decision in history(path)

@@ -10,11 +10,12 @@ import queue
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..data.datasets import Dataset, open_dataset
+from ..data.datasets import Dataset, Sample, open_dataset
 from ..data.protocol import AlignmentProtocol
 from ..device import configure_threads
 from ..errors import friendly_error
@@ -111,20 +112,25 @@ class TrainingResult:
 def train(method: str, params: dict[str, Any], data: str | os.PathLike, category: str | None = None,
           out: str | os.PathLike | None = None, *, evaluate_test: bool = True, display_name: str = "",
           progress: ProgressCallback | None = None, protocol: AlignmentProtocol | None = None,
-          timing_repeats: int = DEFAULT_TIMING_REPEATS) -> TrainingResult:
-    """Fit `method` with `params` on a dataset's good images, evaluate it, and save it to `out` (when given);
-    under `protocol` (default: aligned) the train and test images are moved by it."""
+          timing_repeats: int = DEFAULT_TIMING_REPEATS, extra_good: Sequence[str] = (),
+          record: dict[str, Any] | None = None) -> TrainingResult:
+    """Fit `method` with `params` on a dataset's good images (and the files `extra_good`: a refit's images taught as
+    good), evaluate it, and save it to `out` (when given), with `record` in its info; under `protocol` (default:
+    aligned) the train and test images are moved by it."""
     progress = progress or no_progress
     model = create_model(method, **params)  # settings and the destination are checked before any data is read
     if out is not None:
         check_output_file(model_path(out))
     dataset = open_dataset(data, category)
+    if extra_good:
+        dataset.train = [*dataset.train, *(Sample(Path(image), 0, "good", None, "train") for image in extra_good)]
     if protocol is not None:
         dataset = dataset.with_protocol(protocol)
     evaluation = fit_on_dataset(model, dataset, progress=progress, evaluate_test=evaluate_test,
                                 timing_repeats=timing_repeats)
     if display_name:
         model.info.display_name = display_name
+    model.info.extra.update(record or {})
     path = None
     if out is not None:
         progress(Progress("save", 0, 1))
@@ -261,7 +267,8 @@ def train_in_process(method: str, params: dict[str, Any], data: str | os.PathLik
                      out: str | os.PathLike | None = None, *, evaluate_test: bool = True, display_name: str = "",
                      progress: ProgressCallback | None = None, protocol: AlignmentProtocol | None = None,
                      niceness: int = TRAINING_NICENESS,
-                     timing_repeats: int = DEFAULT_TIMING_REPEATS) -> tuple[Path | None, dict[str, Any]]:
+                     timing_repeats: int = DEFAULT_TIMING_REPEATS, extra_good: Sequence[str] = (),
+                     record: dict[str, Any] | None = None) -> tuple[Path | None, dict[str, Any]]:
     """`train` in a new process of lower priority; returns (file written, test metrics).
 
     `progress` is called here with the process's reports. When it raises (e.g. a user stopped the training),
@@ -271,7 +278,8 @@ def train_in_process(method: str, params: dict[str, Any], data: str | os.PathLik
     progress = progress or no_progress
     arguments = {"method": method, "params": dict(params), "data": str(data), "category": category,
                  "out": None if out is None else str(out), "evaluate_test": evaluate_test,
-                 "display_name": display_name, "protocol": protocol, "timing_repeats": timing_repeats}
+                 "display_name": display_name, "protocol": protocol, "timing_repeats": timing_repeats,
+                 "extra_good": [str(image) for image in extra_good], "record": dict(record or {})}
     worker = _start_training_process(arguments, niceness)
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_read_messages, args=(worker.stdout, inbox), name="training-messages",

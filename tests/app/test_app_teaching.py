@@ -18,9 +18,12 @@ from inspection.model.modelfile import read_model_header, save_thresholds
 from inspection.registry import load_model
 from inspection.teach.decisions import CALIBRATION, KEPT_FOR_REFIT, LEARNED, LIBRARY, Decision
 from inspection.teach.teaching import _goes_to_calibration, history, teach
+from inspection.workflows.refit import REFITTED_KEY
+from inspection.workflows.train import train
 from inspection_app import teach_view
 from inspection_app.batch_view import readable_files, selected_files, still_offered, table
 from inspection_app.compare_view import column_header
+from inspection_app.jobs import MANAGER
 from inspection_app.library import list_models
 from inspection_app.live_view import scorer_version
 
@@ -361,3 +364,34 @@ def test_live_names_the_version_it_scores_with_and_says_when_the_model_changed(m
                    and "taught 1" in caption.value for caption in at.caption)
     finally:
         live_view.LIVE.stop()
+
+
+def test_a_method_that_learns_only_by_fitting_offers_a_refit_in_the_background(models: Path, demo_root: Path) -> None:
+    path = train("dfr", {"crop": 64, "resize": 64, "epochs": 1, "batch_positions": 512}, demo_root,
+                 out=models / "dfr.safetensors", evaluate_test=False).path
+    goods = sorted((demo_root / "test" / "good").glob("*.png"))[:2]  # other tests leave files beside them
+    kept = [outcome.decision for outcome in teach(path, goods) if outcome.decision.use == KEPT_FOR_REFIT]
+    assert kept
+    at = run_page("app.py")
+    assert_clean(at)
+    offer = next(box.value for box in at.sidebar.info if "wait" in box.value)
+    assert offer.startswith(f"{len(kept)} image") and "dfr learns a good image only when it is fitted again" in offer
+    at.sidebar.button(key="teach-refit").click().run()
+    assert_clean(at)
+    latest = MANAGER.latest()
+    assert latest is not None and MANAGER.wait(latest.job_id, timeout=300).status == "done"
+    refitted = read_model_header(path)
+    assert history(path) == [] and len(refitted.info.extra[REFITTED_KEY]) == len(kept)
+    assert refitted.info.n_fit_images + refitted.info.n_heldout_images == \
+        len(list((demo_root / "train" / "good").glob("*.png"))) + len(kept)
+    at.run()
+    assert_clean(at)
+    assert not [box for box in at.sidebar.info if "wait" in box.value]
+
+
+def test_the_threshold_page_counts_the_taught_defects_per_type_at_its_threshold() -> None:
+    scores = [("crack", 3.0), ("crack", 1.0), ("scratch", 2.5)]
+    assert teach_view.library_line([], 2.0) is None
+    assert teach_view.library_line(scores, 2.0) == ("Taught defects caught at this threshold (the model's defect "
+                                                    "library): crack 1/2, scratch 1/1.")
+    assert teach_view.library_line(scores, 3.0).endswith("crack 0/2, scratch 0/1.")  # a defect iff above

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -17,7 +18,8 @@ from inspection.model.modelfile import read_model_file
 from inspection.registry import create_model, load_model
 from inspection.scores.thresholds import conformal_threshold
 from inspection.teach.decisions import CALIBRATION, DEFECT, KEPT_FOR_REFIT, LEARNED
-from inspection.teach.teaching import defect_library, history, taught_good_images, teach, undo
+from inspection.teach.teaching import defect_library, history, library_recall, taught_good_images, teach, undo
+from inspection.workflows.refit import REFITTED_KEY
 from inspection.workflows.train import fit_on_dataset
 
 SETTINGS = {"patchcore": {}, "padim": {"n_features": 30}}
@@ -173,7 +175,7 @@ def test_a_method_that_cannot_learn_keeps_the_image_for_a_refit(demo_dataset, tm
     assert refit.returncode == 0, refit.stderr
     refitted = load_model(path)
     assert refitted.info.n_fit_images + refitted.info.n_heldout_images == len(demo_dataset.train) + len(kept)
-    assert history(path) == [] and len(refitted.info.extra["refitted_with_taught"]) == len(kept)
+    assert history(path) == [] and len(refitted.info.extra[REFITTED_KEY]) == len(kept)
 
 
 def test_the_command_line_teaches_lists_and_undoes(model_file, demo_dataset):
@@ -187,3 +189,23 @@ def test_the_command_line_teaches_lists_and_undoes(model_file, demo_dataset):
     assert undone.returncode == 0 and "undone:" in undone.stdout
     nothing = run_cli("teach", "--model", str(model_file), "--undo")
     assert nothing.returncode == 2 and "nothing to undo" in nothing.stderr and "Traceback" not in nothing.stderr
+
+
+def test_the_defect_library_is_counted_per_type_by_evaluate(model_file, demo_dataset, tmp_path):
+    defects = [sample for sample in demo_dataset.test if sample.label == 1][:4]
+    for sample in defects:
+        teach(model_file, [sample.path], DEFECT, defect_type=sample.defect_type)
+    model = load_model(model_file)
+    scores = model.predict([sample.path for sample in defects]).raw_scores
+    expected: dict[str, dict[str, int]] = {}
+    for sample, score in zip(defects, scores):
+        counts = expected.setdefault(sample.defect_type, {"caught": 0, "total": 0})
+        counts["caught"] += int(score > model.calibration.image_threshold)
+        counts["total"] += 1
+    assert library_recall(model) == expected
+    lowest = float(scores.min()) - 1.0  # a threshold below every score catches them all
+    assert all(counts["caught"] == counts["total"] for counts in library_recall(model, lowest).values())
+    out = tmp_path / "evaluation.json"
+    evaluated = run_cli("evaluate", "--model", str(model_file), "--data", str(demo_dataset.root), "--json", str(out))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(out.read_text())["library_recall"] == expected
