@@ -25,7 +25,7 @@ from inspection.model.base import TEACHING_KEY, AnomalyModel
 from inspection.model.calibration import Calibration
 from inspection.results.numbers import score_text
 from inspection.teach.decisions import CALIBRATION, DEFECT, GOOD, KEPT_FOR_REFIT, LEARNED, LIBRARY, Decision
-from inspection.teach.teaching import Taught, history, library_images, teach, undo
+from inspection.teach.teaching import Taught, caught_by_type, history, library_images, teach, undo
 from inspection.workflows.refit import refit_arguments
 
 from .jobs import TrainingRequest
@@ -197,12 +197,10 @@ def library_line(scores: Sequence[tuple[str, float]], raw_threshold: float) -> s
     """Per type, how many of the model's taught defects (type, raw score) a threshold catches (None: no library)."""
     if not scores:
         return None
-    counts: dict[str, list[int]] = {}
-    for defect_type, score in scores:
-        caught_total = counts.setdefault(defect_type, [0, 0])
-        caught_total[0] += int(score > raw_threshold)  # the verdict's rule: a defect iff above the threshold
-        caught_total[1] += 1
-    said = ", ".join(f"{defect_type} {caught}/{total}" for defect_type, (caught, total) in sorted(counts.items()))
+    counts = caught_by_type([defect_type for defect_type, _ in scores],
+                            [score > raw_threshold for _, score in scores])  # the verdict's rule: above it
+    said = ", ".join(f"{defect_type} {count['caught']}/{count['total']}"
+                     for defect_type, count in sorted(counts.items()))
     return f"Taught defects caught at this threshold (the model's defect library): {said}."
 
 

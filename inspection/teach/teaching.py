@@ -131,8 +131,13 @@ def library_recall(model: AnomalyModel, threshold: float | None = None) -> dict[
         return {}
     flagged = model.calibration.is_defect(model.predict([image for image, _ in images]).raw_scores,
                                           threshold=threshold)
+    return caught_by_type([defect_type for _, defect_type in images], flagged)
+
+
+def caught_by_type(types: Sequence[str], flagged: Sequence[bool]) -> dict[str, dict[str, int]]:
+    """{type: {"caught", "total"}} of defects of `types`, `flagged` by a threshold (one per defect)."""
     recall: dict[str, dict[str, int]] = {}
-    for (_, defect_type), caught in zip(images, flagged):
+    for defect_type, caught in zip(types, flagged):
         counts = recall.setdefault(defect_type, {"caught": 0, "total": 0})
         counts["caught"] += int(caught)
         counts["total"] += 1

@@ -34,7 +34,8 @@ def refit_arguments(path: str | os.PathLike, out: str | os.PathLike | None = Non
     if not header.info.data_path:
         raise DatasetError(f"{path.name} does not record the dataset it was fitted on: fit it again with the taught "
                            "images in its training folder")
-    records = [decision.to_dict() for decision in history(path) if decision.image_path in set(kept)]
+    kept_set = set(kept)
+    records = [decision.to_dict() for decision in history(path) if decision.image_path in kept_set]
     return {"method": header.method, "params": dict(header.params), "data": header.info.data_path,
             "out": str(resolve_model_path(out) if out is not None else path),
             "display_name": header.info.display_name, "extra_good": kept, "record": {REFITTED_KEY: records}}
