@@ -123,8 +123,8 @@ figures[1].metric("Verdict", result.verdict, help=VERDICT_HELP)
 figures[2].metric("Defect regions", len(result.regions))
 figures[3].metric("Defect area", f"{mask.mean():.2%}", help="Share of the image's pixels in the mask.")
 if overlap is not None:
-    value, explanation = overlap_summary(overlap, float(mask.mean()))
-    figures[4].metric("Mask vs ground truth", value, help=explanation)
+    label, value, explanation = overlap_summary(overlap, float(mask.mean()))
+    figures[4].metric(label, value, help=explanation)
 for note in unfamiliar_notes(result, calibration, model.info, dataset.category if dataset is not None else None):
     st.warning(note, icon=":material/help:")
 st.caption(f"Scored by {entry.name}, {teach_view.model_version(model)} · threshold 0.5 (saved)")

@@ -35,18 +35,25 @@ def lowest_score(heatmap: np.ndarray) -> float | None:
     return float(finite.min()) if finite.size else None
 
 
-def overlap_summary(overlap: dict[str, Any], marked_share: float) -> tuple[str, str]:
-    """(the metric's value, its help) for a mask compared with its ground truth; `marked_share` is the share of the
-    image's pixels in the mask. Against an empty ground truth (a good image) an IoU is 0 whatever the mask marks
-    (or undefined when it marks nothing): the value is then the share of the image wrongly marked."""
+#: The metric's label against a ground truth with defects, and against an empty one (a good image).
+OVERLAP_LABEL = "Mask vs ground truth"
+GOOD_OVERLAP_LABEL = "Wrongly marked (good)"
+
+
+def overlap_summary(overlap: dict[str, Any], marked_share: float) -> tuple[str, str, str]:
+    """(the metric's label, value and help) for a mask compared with its ground truth; `marked_share` is the share
+    of the image's pixels in the mask. Against an empty ground truth (a good image) an IoU is 0 whatever the mask
+    marks (or undefined when it marks nothing): the value is then the share of the image wrongly marked, a short
+    value under its own label (a long one is cut to "false-pos…" in a fifth of the page)."""
     if not overlap["truth_regions"]:
-        return f"false-positive area {marked_share:.2%}", (
+        return GOOD_OVERLAP_LABEL, f"{marked_share:.2%}", (
             "The ground truth has no defect (a good image): every pixel in the mask is a false positive. Share of "
             f"the image wrongly marked: {marked_share:.2%}, in {overlap['false_regions']} region(s).")
     found = sum(region["found"] for region in overlap["truth_regions"])
     value = "—" if math.isnan(overlap["iou"]) else f"IoU {overlap['iou']:.2f}"
-    return value, (f"Ground-truth regions found: {found} of {len(overlap['truth_regions'])} (at least half of their "
-                   f"pixels in the mask); predicted regions touching no true defect: {overlap['false_regions']}.")
+    return OVERLAP_LABEL, value, (
+        f"Ground-truth regions found: {found} of {len(overlap['truth_regions'])} (at least half of their pixels in "
+        f"the mask); predicted regions touching no true defect: {overlap['false_regions']}.")
 
 
 def truth_rows(overlap: dict[str, Any]) -> list[dict[str, Any]]:

@@ -2,8 +2,9 @@
 
 Each graph is the model's own scoring traced at one working size — backbone, the method's scoring after it (for
 PatchCore the nearest-neighbour distance to the memory bank as one matrix product), upsampling and blur, aspect
-mode's padding made NaN — and the familiarity vector beside it. The working size is fixed per graph (a backbone's
-padding is computed when it is traced); the batch size is free. Nothing is re-implemented for the export: the
+mode's padding made NaN, tiles mode's cutting and stitching — and the familiarity vector beside it. The working
+size is fixed per graph (a backbone's padding and the tile grid are computed when it is traced); the batch size is
+free. Nothing is re-implemented for the export: the
 graph runs the same torch code as `predict`, so the two can only differ by floating-point order.
 """
 
@@ -25,7 +26,7 @@ from ..data.preprocess import DISPLAY_MAX_SIDE, Geometry
 from ..errors import ParameterError
 from ..model.base import AnomalyModel
 from ..model.familiarity import describe_images
-from ..model.modes import without_padding
+from ..model.modes import score_tiled, without_padding
 from ..runtime.exported import (
     BANK_FILE,
     ENGINES,
@@ -56,9 +57,15 @@ class _ScoringGraph(torch.nn.Module):
 
     def forward(self, images: torch.Tensor, content: torch.Tensor, squeeze_rows: torch.Tensor,
                 squeeze_columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.model.preprocessing.mode == "aspect":
+        preprocessing = self.model.preprocessing
+        if preprocessing.mode == "aspect":
             scored = self.model._score_detailed(images, False, content=content)
             maps = without_padding(scored.maps, content)
+        elif preprocessing.mode == "tiles":
+            # The tile grid is fixed by the graph's working size, so cutting and stitching trace as fixed slices.
+            scored = score_tiled(images, lambda tiles: self.model._score_detailed(tiles, False), preprocessing.crop,
+                                 preprocessing.tile_overlap, batch_size=None)
+            maps = scored.maps
         else:
             scored = self.model._score_detailed(images, False)
             maps = scored.maps
@@ -91,9 +98,6 @@ def refusal(model: AnomalyModel) -> str:
     reason = model.export_refusal()
     if reason:
         return f"{model.name} cannot be exported: {reason}"
-    if model.preprocessing.mode == "tiles":
-        return (f"{model.name} in tiles mode cannot be exported yet (its tiles are stitched outside the network); "
-                "fit it in aspect mode, which sees the whole part too")
     return ""
 
 

@@ -19,12 +19,15 @@ def tiles(images: torch.Tensor, side: int, overlap: int, batch_size: int) -> Ite
     yield from cut_tiles(images, side, overlap).split(batch_size)
 
 
-def score_tiled(images: torch.Tensor, score: ScoreBatch, side: int, overlap: int, batch_size: int) -> ScoredBatch:
-    """Tiles mode: every tile scored, the maps stitched into one per image, the image score the highest tile's."""
-    parts = [score(chunk) for chunk in tiles(images, side, overlap, batch_size)]
+def score_tiled(images: torch.Tensor, score: ScoreBatch, side: int, overlap: int, batch_size: int | None
+                ) -> ScoredBatch:
+    """Tiles mode: every tile scored, the maps stitched into one per image, the image score the highest tile's.
+    `batch_size` None scores all the tiles at once (an exported graph: a traced split would fix the batch size)."""
+    chunks = tiles(images, side, overlap, batch_size) if batch_size else [cut_tiles(images, side, overlap)]
+    parts = [score(chunk) for chunk in chunks]
     tile_maps = torch.cat([part.maps for part in parts])
     tile_scores = torch.cat([part.scores for part in parts]).view(images.shape[0], -1)
-    maps = stitch(tile_maps, images.shape[-2], images.shape[-1], overlap)
+    maps = stitch(tile_maps, int(images.shape[-2]), int(images.shape[-1]), overlap)
     return ScoredBatch(maps, tile_scores.max(dim=1).values)
 
 

@@ -28,7 +28,8 @@ def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[in
 
 def cut_tiles(images: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
     """[B, C, H, W] → [B·T, C, tile, tile]: each image's T tiles, image by image."""
-    corners = tile_grid(images.shape[-2], images.shape[-1], tile, overlap)
+    # int(): under ONNX tracing a size is a tensor; the grid is fixed per working size, as the exported graph is.
+    corners = tile_grid(int(images.shape[-2]), int(images.shape[-1]), tile, overlap)
     tiles = torch.stack([images[:, :, top: top + tile, left: left + tile] for top, left in corners], dim=1)
     return tiles.reshape(-1, *tiles.shape[2:])
 
@@ -42,7 +43,7 @@ def blend_window(tile: int, overlap: int, device: torch.device | None = None) ->
 
 def stitch(tile_maps: torch.Tensor, height: int, width: int, overlap: int) -> torch.Tensor:
     """[B·T, tile, tile] maps of `cut_tiles`'s tiles → [B, height, width], blended in the overlaps."""
-    tile = tile_maps.shape[-1]
+    tile = int(tile_maps.shape[-1])
     corners = tile_grid(height, width, tile, overlap)
     maps = tile_maps.reshape(-1, len(corners), tile, tile)
     window = blend_window(tile, overlap, tile_maps.device).to(tile_maps.dtype)

@@ -9,17 +9,21 @@ requests are held at once — the next one is answered 503 at once, before its b
 from __future__ import annotations
 
 import hmac
+import importlib.resources
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -249,14 +253,42 @@ _IMAGE_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
+#: Where the service serves Swagger UI's files from, when the `fastapi-swagger` package (which holds them) is
+#: installed.
+DOCS_ASSETS = "/docs-assets"
+
+
+def _add_docs(app: FastAPI) -> None:
+    """The OpenAPI docs at /docs, Swagger UI's files served by the service itself: a line PC is often offline, and
+    FastAPI's own page loads them from a CDN, which leaves it blank there. The files are those `fastapi-swagger`
+    ships (it comes with the `serve` extra; Swagger UI 5, which reads FastAPI's OpenAPI 3.1); without it the page
+    falls back to the CDN's copy."""
+    try:
+        assets_folder = Path(str(importlib.resources.files("fastapi_swagger") / "resources"))
+    except ModuleNotFoundError:
+        assets_folder = None
+    assets = {}
+    if assets_folder is not None and (assets_folder / "swagger-ui-bundle.js").is_file():
+        app.mount(DOCS_ASSETS, StaticFiles(directory=assets_folder), name="docs-assets")
+        assets = {"swagger_js_url": f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                  "swagger_css_url": f"{DOCS_ASSETS}/swagger-ui.css",
+                  "swagger_favicon_url": f"{DOCS_ASSETS}/favicon-32x32.png"}
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} — docs",
+                                   **assets)
+
+
 def create_app(scorer: Scorer, model_id: str | None = None, token: str | None = None,
                limits: Limits | None = None) -> FastAPI:
     """The service for one loaded model: `token` (None: no authentication), `limits` (size, workers, queue)."""
     service = _Service(scorer, model_id or scorer.info.display_name or scorer.name, token, limits or Limits())
-    app = FastAPI(title="inspection", version=__version__,
+    app = FastAPI(title="inspection", version=__version__, docs_url=None, redoc_url=None,
                   description="Visual inspection by anomaly detection: send an image, get its score, verdict and "
                               f"defect regions. Model: {service.model_id} ({scorer.name}, {scorer.runtime}).")
     app.state.service = service
+    _add_docs(app)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -46,15 +46,16 @@ def test_against_an_empty_ground_truth_the_summary_is_the_false_positive_area() 
     mask[50:52, 50:52] = True  # another 4 pixels, a second region
     overlap = compare_masks(mask, truth)
     assert overlap["iou"] == 0.0  # compare_masks' numbers are unchanged
-    value, explanation = overlap_summary(overlap, float(mask.mean()))
-    assert value == "false-positive area 0.34%" and "IoU" not in value
+    label, value, explanation = overlap_summary(overlap, float(mask.mean()))
+    assert (label, value) == ("Wrongly marked (good)", "0.34%")
     assert "no defect" in explanation and "2 region(s)" in explanation
     nothing = compare_masks(np.zeros_like(mask), truth)  # no mask on a good image: no false positive, not "—"
-    assert overlap_summary(nothing, 0.0)[0] == "false-positive area 0.00%"
+    assert overlap_summary(nothing, 0.0)[1] == "0.00%"
     # A defect with a ground truth keeps its IoU.
     truth[:3, :20] = True
-    value, explanation = overlap_summary(compare_masks(mask, truth), float(mask.mean()))
-    assert value == "IoU 0.47" and "Ground-truth regions found: 1 of 1" in explanation
+    label, value, explanation = overlap_summary(compare_masks(mask, truth), float(mask.mean()))
+    assert (label, value) == ("Mask vs ground truth", "IoU 0.47")
+    assert "Ground-truth regions found: 1 of 1" in explanation
 
 
 def test_the_colour_bar_says_when_scores_go_below_0() -> None:
@@ -132,7 +133,7 @@ def test_inspect_a_good_image_shows_its_false_positive_area_and_a_square_frame_t
     assert at.selectbox(key="inspect_file").value == "good/000.png"
     at.slider[0].set_value(0.0).run()  # every pixel above 0 is marked: a good image has false positives
     metrics = _metrics(at)
-    assert metrics["Mask vs ground truth"] == f"false-positive area {metrics['Defect area']}"
+    assert metrics["Wrongly marked (good)"] == metrics["Defect area"]
     assert _picture_weights(at) == [0.5, 0.5, 0.5]  # square frames: two rows of two, as before
     assert "≤ 0 calm" in _tick_labels(at)  # 0 is the median good pixel: half a good surface scores below it
     assert any(caption.value.startswith("Heatmap colours: 0 and below") for caption in at.caption)

@@ -733,3 +733,26 @@ def test_a_false_alarm_taught_as_good_scores_below_the_threshold_and_undo_brings
         assert float(metric(page, "Anomaly score")) == pytest.approx(shown_before, abs=1e-3)
         assert metric(page, "Verdict") == "DEFECT"
         assert "Traceback" not in fresh["log"].read_text()
+
+
+def test_the_service_docs_page_renders_without_internet(browser, bottle_model_files, tmp_path: Path) -> None:
+    """`inspection serve`'s /docs in a real browser, on a machine without internet (as this one and many line PCs
+    are): Swagger UI comes from the service itself and lists the three endpoints."""
+    pytest.importorskip("fastapi")
+    environment = {key: value for key, value in os.environ.items() if key != "INSPECTION_API_TOKEN"}
+    process = subprocess.Popen([sys.executable, "-m", "inspection", "serve", "--model",
+                                str(bottle_model_files("patchcore")), "--port", "0"], cwd=REPO, env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    page = browser.new_page()
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving "), (line, process.poll() is not None and process.stderr.read())
+        page.goto(line.split(" at ", 1)[1].split(" ", 1)[0] + "/docs")
+        operations = page.locator(".opblock-summary-path")
+        operations.filter(has_text="/v1/inspect").wait_for(timeout=60_000)
+        assert sorted(operations.all_inner_texts()) == ["/v1/health", "/v1/inspect", "/v1/model"]
+        assert page.get_by_text("Unable to render this definition").count() == 0
+    finally:
+        page.close()
+        process.terminate()
+        process.wait(timeout=20)

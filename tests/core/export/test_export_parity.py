@@ -22,11 +22,13 @@ from inspection.runtime import load_export
 from inspection.scores.metrics import image_auroc
 
 EXPORTABLE = ("patchcore", "padim", "dfr")
-#: The learned methods' one-pass variants, fitted on bottle for a few epochs only: parity is about the export
-#: scoring as the torch model scores, whatever the model learned (their accuracy is the bench's, bench/learned/).
+#: The learned methods' one-pass variants, fitted on bottle's first `LEARNED_TRAIN` good images for a few epochs
+#: only: parity is about the export scoring as the torch model scores, whatever the model learned (their accuracy is
+#: the bench's, bench/learned/).
 LEARNED = {"vae-residual": ("vae", {"scoring": "residual", "epochs": 2}),
            "fanogan-encoder": ("anogan", {"scoring": "encoder", "epochs": 2, "encoder_epochs": 2}),
            "patch_svdd": ("patch_svdd", {"epochs": 1})}
+LEARNED_TRAIN = 60
 #: The start of a `python -c` program in which `import torch` fails, as on a line PC without it.
 _NO_TORCH = ("import runpy, sys\n"
              "class NoTorch:\n"
@@ -53,20 +55,35 @@ def exported(bottle_model_files, bottle, tmp_path_factory) -> dict[str, tuple[Pa
         folders[method] = (bottle_model_files(method), out)
     learned = tmp_path_factory.mktemp("learned")
     for name, (method, params) in LEARNED.items():
-        model = create_model(method, **params).fit([sample.path for sample in bottle.train])
+        model = create_model(method, **params).fit([sample.path for sample in bottle.train[:LEARNED_TRAIN]])
         model_file = model.save(learned / f"bottle-{name}.safetensors")
         export_model(load_model(model_file), learned / name, ("onnx", "openvino"))
         folders[name] = (model_file, learned / name)
     return folders
 
 
+@pytest.fixture(scope="module")
+def torch_predictions(exported, bottle):
+    """A function: method → the torch model's prediction on the whole bottle test split, made once for both
+    engines (Patch SVDD takes about half a minute for it)."""
+    made = {}
+
+    def prediction(method: str):
+        if method not in made:
+            made[method] = load_model(exported[method][0]).predict([sample.path for sample in bottle.test])
+        return made[method]
+
+    return prediction
+
+
 @pytest.mark.parametrize("engine", ["onnx", "openvino"])
 @pytest.mark.parametrize("method", [*EXPORTABLE, *LEARNED])
-def test_the_export_scores_the_whole_bottle_test_split_as_the_torch_model(exported, bottle, method, engine):
+def test_the_export_scores_the_whole_bottle_test_split_as_the_torch_model(exported, torch_predictions, bottle,
+                                                                          method, engine):
     model_file, folder = exported[method]
     files = [sample.path for sample in bottle.test]
     labels = np.array([sample.label for sample in bottle.test])
-    torch_prediction = load_model(model_file).predict(files)
+    torch_prediction = torch_predictions(method)
     runtime = load_export(folder, engine)
     assert runtime.fingerprint == load_model(model_file).fingerprint and runtime.runtime == engine
     exported_prediction = runtime.predict(files)
@@ -146,7 +163,19 @@ def test_what_cannot_be_exported_says_why(tmp_path, demo_dataset):
     with pytest.raises(ParameterError, match="projection optimises each image.*scoring=residual"):
         export_model(vae, tmp_path / "vae")
     assert not (tmp_path / "vae").exists()
+
+
+def test_a_tiles_model_exports_its_tiling_and_stitching(tmp_path, demo_dataset):
+    """Tiles mode: the graph cuts the working image into its tiles, scores them and blends the maps, as `predict`."""
     tiles = create_model("patchcore", resize_mode="tiles", resize=64, crop=32, tile_overlap=8)
     tiles.fit([sample.path for sample in demo_dataset.train[:8]])
-    with pytest.raises(ParameterError, match="tiles mode cannot be exported"):
-        export_model(tiles, tmp_path / "tiles", image_sizes=[(64, 64)])
+    test = [sample.path for sample in demo_dataset.test]
+    expected = tiles.predict(test)
+    height, width = expected.geometries[0].original_height, expected.geometries[0].original_width
+    export_model(tiles, tmp_path / "tiles", ("onnx", "openvino"), image_sizes=[(height, width)])
+    spread = float(np.ptp(expected.raw_maps))
+    for engine in ("onnx", "openvino"):
+        got = load_export(tmp_path / "tiles", engine).predict(test, batch_size=3)
+        assert np.array_equal(got.verdicts, expected.verdicts), engine
+        assert np.abs(got.raw_maps - expected.raw_maps).max() <= 1e-3 * spread, engine
+        assert np.abs(got.raw_scores - expected.raw_scores).max() <= 1e-3 * spread, engine

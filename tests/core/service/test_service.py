@@ -167,7 +167,12 @@ def test_the_model_and_health_answers(client, bottle_model: Path):
     assert model["limits"] == {"max_bytes": MAX_MB * 1024 * 1024, "workers": 1, "queue": 2}
     health = client.get("/v1/health").json()
     assert health["status"] == "ok" and health["runtime"] == "torch"
-    assert client.get("/docs").status_code == 200
+    # The docs page works offline: Swagger UI's script and style come from the service, not from a CDN.
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
+        assert asset in docs.text
+        assert client.get(asset).status_code == 200 and len(client.get(asset).content) > 10_000
     schema = client.get("/openapi.json").json()
     assert "multipart/form-data" in schema["paths"]["/v1/inspect"]["post"]["requestBody"]["content"]
 
