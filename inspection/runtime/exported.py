@@ -226,7 +226,8 @@ class ExportedModel:
         scores = np.zeros(count)
         geometries: list[Any] = [None] * count
         vectors: list[Any] = [None] * count
-        for array, batch_geometries, indices in iter_arrays(images, self.preprocessing, batch_size or self.batch_size):
+        for array, batch_geometries, indices in iter_arrays(images, self.preprocessing,
+                                                            self._prepared_at_once(batch_size or self.batch_size)):
             # Every other working size was refused with its reason (ExportedPreprocessing.check_inspectable).
             graph = self._graphs[tuple(array.shape[-2:])]
             outputs = _in_slices(graph, graph_inputs(array, batch_geometries))
@@ -240,6 +241,14 @@ class ExportedModel:
             distances = nearest_cosine_distance(np.stack(vectors).astype(np.float32), self.familiarity_bank)
         return Prediction(stack_maps(maps, self.preprocessing.size), scores, geometries, self.calibration,
                           familiarity_distances=distances, familiarity=self.familiarity)
+
+    def _prepared_at_once(self, batch_size: int) -> int:
+        """How many images are prepared (and read ahead) at once: the batch, but no more than one slice of the
+        smallest working size holds (`SLICE_PIXELS`). A graph takes no more in one call, so more would only hold
+        memory and keep decoding threads busy beside the graph's own; for frames larger than a slice (KolektorSDD's)
+        a batch of 16 is then scored exactly as 16 batches of 1."""
+        smallest = min(height * width for height, width in self._graphs)
+        return max(1, min(batch_size, SLICE_PIXELS // smallest))
 
     def __repr__(self) -> str:
         return f"ExportedModel({str(self.folder)!r}, engine={self.runtime!r}, method={self.name!r})"
