@@ -225,6 +225,6 @@ if image_level and view.table.scores.size:
                 false_alarm = record["label"] == 0
                 teach_view.teach_buttons(entry, teach_view.Teachable(path.name, path=path), record["file"],
                                          decisions, good=false_alarm, defect=not false_alarm,
-                                         defect_type=None if false_alarm else record["type"])
+                                         defect_type=None if false_alarm else record["type"], compact=True)
         if len(records) > 6:
             st.caption(f"…and {len(records) - 6} more.")

@@ -372,29 +372,33 @@ def taught_caption(decision: Decision) -> str:
 
 def teach_buttons(entry: ModelEntry, image: Teachable, key: str, decisions: Sequence[Decision] = (), *,
                   good: bool = True, defect: bool = True, defect_type: str | None = None, suggested_type: str = "",
-                  container: Any = None) -> None:
+                  container: Any = None, compact: bool = False) -> None:
     """"This part is good" and "This is a defect" for one image (`key`: unique on the page). `defect_type`: the
-    type a defect is taught as (no field asks for it), None for a field (first holding `suggested_type`). An image
-    already taught says so instead."""
+    type a defect is taught as (no field asks for it), None for a field (first holding `suggested_type`). `compact`:
+    "Good" and "Defect" (the rest in their help), for a thumbnail's narrow column, where the long labels were cut to
+    "This part is g…". An image already taught says so instead."""
     container = container or st.container()
     earlier = taught_as(decisions, image.file)
     if earlier is not None:
         container.caption(f":material/school: {taught_caption(earlier)} (undo it in the sidebar)")
         return
     columns = container.columns(2 if good and defect else 1)
-    if good and columns[0].button("This part is good", key=f"teach-good-{key}", icon=":material/thumb_up:",
-                                  help="Teach the model that this part is good: it learns it (its score drops), or "
-                                       "one in five times it joins the calibration set behind the threshold."):
+    if good and columns[0].button("Good" if compact else "This part is good", key=f"teach-good-{key}",
+                                  icon=":material/thumb_up:",
+                                  help="This part is good: teach the model so. It learns the part (its score drops), "
+                                       "or one in five times the part joins the calibration set behind the "
+                                       "threshold."):
         _teach(entry, [image], GOOD)
     if not defect:
         return
     target = columns[-1]
     if defect_type is not None:
-        if target.button(f"This is a defect ({defect_type})", key=f"teach-defect-{key}", icon=":material/flag:",
-                         help="Add the image to the model's defect library under this type."):
+        if target.button("Defect" if compact else f"This is a defect ({defect_type})", key=f"teach-defect-{key}",
+                         icon=":material/flag:", help=f"This is a defect ({defect_type}): add the image to the "
+                                                      "model's defect library under this type."):
             _teach(entry, [image], DEFECT, defect_type)
         return
-    with target.popover("This is a defect", icon=":material/flag:"):
+    with target.popover("Defect" if compact else "This is a defect", icon=":material/flag:"):
         typed = st.text_input("Defect type", value=suggested_type, key=f"teach-type-{key}", placeholder="e.g. crack",
                               help="The type the image is added to the model's defect library under.")
         if st.button("Add to the defect library", key=f"teach-defect-{key}", disabled=not typed.strip()):

@@ -641,7 +641,7 @@ def test_the_live_page_runs_a_pipeline_from_a_video_and_stops_it(page, tmp_path:
 
 def test_a_false_alarm_taught_as_good_scores_below_the_threshold_and_undo_brings_it_back(page,
                                                                                         tmp_path: Path) -> None:
-    """Teaching (issue 25), in the browser: on the Threshold page a false alarm's thumbnail says "This part is good";
+    """Teaching (issue 25), in the browser: on the Threshold page a false alarm's thumbnail says "Good";
     the decision is recorded under the name typed in the sidebar and said in one line; on Inspect the image now
     scores below the threshold (PatchCore learned it: with the model's seed the first image taught as good is
     learned, not put in the calibration set), the version names the decision and the history lists it; its undo
@@ -689,7 +689,7 @@ def test_a_false_alarm_taught_as_good_scores_below_the_threshold_and_undo_brings
         assert shown_before > 0.5  # a false alarm
         key = "test-" + stem.replace("/", "-") + "-png"  # the thumbnail's buttons, by their keys (CSS-safe)
         # A button with help is drawn twice (the second, hidden, measures it): the one a user sees, by its role.
-        page.locator(f".st-key-teach-good-{key}").get_by_role("button", name="This part is good").click()
+        page.locator(f".st-key-teach-good-{key}").get_by_role("button", name="Good").click()  # a thumbnail: short
         wait_idle(page)
         assert_no_errors(page, "Threshold after teaching")
         decisions = history(model_file)
