@@ -10,7 +10,7 @@ import streamlit as st
 from inspection.data.protocol import PROTOCOLS, AlignmentProtocol
 from inspection.features.mobilenet import RESOLUTIONS as COST_SIDES
 from inspection.registry import backbones, methods
-from inspection_app import caches, page, sidebar, training
+from inspection_app import caches, export_view, page, sidebar, training
 from inspection_app.forms import GROUP_TITLES, FieldSpec, form_fields, resolve_form
 from inspection_app.jobs import TrainingRequest
 from inspection_app.library import (
@@ -134,7 +134,7 @@ else:
                  placeholder=EMPTY_CELL)
     st.caption("Metrics measured on the test split at training time; ms / image: one preprocessed image, batch 1.")
     by_path = {str(entry.path): entry for entry in entries}
-    chosen = st.selectbox("Model to rename or delete", list(by_path), key="manage_model",
+    chosen = st.selectbox("Model to rename, delete or export", list(by_path), key="manage_model",
                           format_func=lambda path: by_path[path].label)
     rename_column, delete_column = st.columns(2)
     with rename_column:
@@ -148,6 +148,7 @@ else:
                 st.rerun()
     with delete_column:
         delete_control(chosen, by_path[chosen].name, "Yes, delete this model file", "Delete", "manage")
+    export_view.export_control(by_path[chosen])
 
 unusable = scan_models(models_dir())[1]
 if unusable:

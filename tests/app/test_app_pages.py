@@ -760,3 +760,33 @@ def test_pages_stay_usable_with_damaged_model_files(models: Path, small_model: P
     assert not (models / "pickle.safetensors").exists() and good.exists()
     compare = run_page("app_pages/5_Compare.py")
     assert not compare.exception and compare.multiselect(key="compare_models").value == [str(good)]
+
+
+def test_train_page_exports_a_model_for_the_line(models: Path, small_model: Path, demo_root: Path) -> None:
+    """"Export for the line": the chosen model exported beside it (checked against it), zipped for download; the
+    export scores as the model does; once the model file changes, the page asks for a new export."""
+    pytest.importorskip("onnxruntime")  # the export extra, which CI installs
+    import zipfile
+
+    from inspection.registry import load_model
+    from inspection.runtime import load_export
+
+    path = copy_model(small_model, models)
+    at = run_page("app_pages/2_Train.py")
+    assert not [button for button in at.get("download_button") if button.proto.label.startswith("Download the export")]
+    at.button(key="manage_export").click().run(timeout=300)
+    assert_clean(at)
+    assert any(message.value.startswith(f"Exported {path.stem}") for message in at.success)
+    folder = models / "exports" / path.stem
+    with zipfile.ZipFile(folder.with_suffix(".zip")) as archive:
+        assert f"{path.stem}/model.json" in archive.namelist()
+    assert [button.proto.label for button in at.get("download_button")] == ["Download the export (zip)"]
+    image = demo_image(demo_root, "hole")
+    expected, got = load_model(path).predict([image]), load_export(folder, "onnx").predict([image])
+    assert np.array_equal(got.verdicts, expected.verdicts)
+    assert abs(float(got.raw_scores[0]) - float(expected.raw_scores[0])) <= 1e-3 * abs(float(expected.raw_scores[0]))
+    update_header(path, lambda header: header)  # the file rewritten (as teaching does): the export is now stale
+    at = run_page("app_pages/2_Train.py")
+    assert_clean(at)
+    assert any("earlier version of this model" in message.value for message in at.info)
+    assert not at.get("download_button")

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_testing import train_small_model
+from app_testing import demo_image, train_small_model
 from conftest import REPO
 from inspection.data.demo import generate_demo_dataset
 from inspection.model.modelfile import read_model_header
@@ -756,3 +756,42 @@ def test_the_service_docs_page_renders_without_internet(browser, bottle_model_fi
         page.close()
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_a_model_exported_on_the_train_page_downloads_and_scores_on_the_runtime(browser, demo_root: Path,
+                                                                                tmp_path: Path) -> None:
+    """From the browser to the line: on the Train page "Export for the line", then the zip downloaded by the
+    browser, unpacked, scores a demo image on onnxruntime as the model file does."""
+    pytest.importorskip("onnxruntime")  # the export extra, which CI installs
+    import zipfile
+
+    from inspection.registry import load_model
+    from inspection.runtime import load_export
+
+    work = tmp_path / "export"
+    work.mkdir()
+    with running_app(work) as fresh:
+        model_file = train_small_model(demo_root, fresh["models"] / "line.safetensors", "line model")
+        page = browser.new_page()
+        try:
+            open_page(page, fresh, "Train")
+            page.get_by_role("button", name="Export for the line").click()
+            page.locator('[data-testid="stAlertContentSuccess"]', has_text="Exported line model").wait_for(
+                timeout=300_000)
+            wait_idle(page)
+            assert_no_errors(page, "Train page after the export")
+            with page.expect_download() as download:
+                page.get_by_role("button", name="Download the export (zip)").click()
+            archive = tmp_path / download.value.suggested_filename
+            download.value.save_as(archive)
+            screenshot(page, "export")
+        finally:
+            page.close()
+        assert "Traceback" not in fresh["log"].read_text()
+    with zipfile.ZipFile(archive) as unpacked:
+        unpacked.extractall(tmp_path / "line-pc")
+    image = demo_image(demo_root, "hole")
+    expected = load_model(model_file).predict([image])
+    got = load_export(tmp_path / "line-pc" / "line", "onnx").predict([image])
+    assert np.array_equal(got.verdicts, expected.verdicts)
+    assert abs(float(got.raw_scores[0]) - float(expected.raw_scores[0])) <= 1e-3 * abs(float(expected.raw_scores[0]))
