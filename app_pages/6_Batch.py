@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from inspection.export.bundle import current_export
+from inspection.runtime.exported import MANIFEST
 from inspection.workflows.batch import CSV_NAME
 from inspection.workflows.report import MAX_PICTURES, REPORT_NAME
 from inspection_app import batch_view, caches, page, sidebar, teach_view
@@ -25,12 +27,19 @@ folder_text = page.kept_text_input(folder_column, "Folder of images", "batch_fol
 worst = worst_column.number_input("Worst images shown", min_value=1, max_value=MAX_PICTURES, value=12, step=1,
                                   key="batch_worst", help="The highest scores are shown as heatmaps here; the "
                                                           "report pictures every image judged a defect as well.")
+exported = current_export(entry.path)
+use_export = exported is not None and st.toggle(
+    "Score with the export (torch-free runtime)", value=False, key="batch_export",
+    help="The model exported for the line on the Train page, as the line PC will score it (OpenVINO where it is "
+         "installed, onnxruntime otherwise): faster on a CPU than the model file, and scores within 1e-3 of it.")
 if st.button("Score the folder", type="primary", key="batch_start", icon=":material/play_arrow:",
              disabled=not folder_text.strip()):
     bar = st.progress(0.0, text="Listing the folder…")
     with page.user_errors():
+        scorer = caches.cached_export(str(exported), (exported / MANIFEST).stat().st_mtime) if use_export else None
         run = batch_view.run_batch(caches.model_of(entry), entry, folder_text, int(worst),
-                                   batch_view.progress_reporter(lambda fraction, text: bar.progress(fraction, text)))
+                                   batch_view.progress_reporter(lambda fraction, text: bar.progress(fraction, text)),
+                                   scorer=scorer)
         st.session_state["batch_result"] = run
     bar.empty()
 

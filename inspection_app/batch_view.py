@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from inspection.data.demo import default_demo_root
 from inspection.errors import FolderNotFoundError, ParameterError
 from inspection.model.base import AnomalyModel
+from inspection.model.scorer import Scorer
 from inspection.outputs import check_output_folder
 from inspection.results.image import VERDICT_WORDS
 from inspection.results.numbers import round_score, score_text
@@ -91,21 +92,23 @@ def progress_reporter(update: Callable[[float, str], Any]) -> Callable[[int, int
 
 
 def run_batch(model: AnomalyModel, entry: ModelEntry, folder_text: str, worst: int,
-              progress: Callable[[int, int], None] | None = None) -> BatchRun:
+              progress: Callable[[int, int], None] | None = None, scorer: Scorer | None = None) -> BatchRun:
     """Score a folder with a model into its results folder (skipping what an earlier run scored there) and write
-    the HTML report; errors a user can cause are InspectionErrors with one clear line."""
+    the HTML report; errors a user can cause are InspectionErrors with one clear line. `scorer`: what scores
+    instead of the model itself (its current export, on onnxruntime or OpenVINO)."""
+    scorer = scorer if scorer is not None else model
     folder = check_folder(folder_text)
     files = collect_inputs([folder])
     out = check_output_folder(results_folder(folder, entry))
     batch_size = model.batch_size
-    summary = score_files(model, files, out, batch_size, overlays=APP_OVERLAYS, progress=progress)
+    summary = score_files(scorer, files, out, batch_size, overlays=APP_OVERLAYS, progress=progress)
     if summary.scored == 0:
         raise ParameterError(f"none of the {summary.failed} file(s) in {folder} could be read as an image")
-    report = write_report(model, summary, worst=worst, model_name=entry.name, inputs=[str(folder)],
+    report = write_report(scorer, summary, worst=worst, model_name=entry.name, inputs=[str(folder)],
                           batch_size=batch_size)
     return BatchRun(folder=folder_text.strip(), model_path=str(entry.path), model_modified=entry.modified,
                     summary=summary, report_path=report.path, pictures=report.pictures[:worst],
-                    version=model_version(model))
+                    version=model_version(model) + ("" if scorer is model else f" · on {scorer.runtime}"))
 
 
 def table(summary: BatchSummary, taught: Mapping[str, str] | None = None) -> pd.DataFrame:

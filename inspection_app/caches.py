@@ -17,9 +17,11 @@ from inspection.data.images import load_image, read_image_info
 from inspection.device import resolve_device
 from inspection.explain.classifier import ClassifierCam, class_activation_map
 from inspection.explain.gradcam import Box, Explanation, explain_image
+from inspection.export.scorers import load_scorer
 from inspection.features.cost import backbone_cost
 from inspection.model.base import AnomalyModel
 from inspection.model.prediction import Prediction
+from inspection.model.scorer import Scorer
 from inspection.registry import backbones, get_method, load_model
 
 from .browse import thumbnail
@@ -116,6 +118,13 @@ def explain(entry: ModelEntry, image: np.ndarray, image_key: str, layer: str, bo
 def classifier_cam(entry: ModelEntry, image: np.ndarray, image_key: str) -> ClassifierCam:
     """The defect classifier's CAM of an image, computed once."""
     return cached_classifier_cam(str(entry.path), entry.modified, image_key, image)
+
+
+@st.cache_resource(show_spinner="Opening the export…", max_entries=2)
+def cached_export(folder: str, modified: float) -> Scorer:
+    """An exported folder opened on its fastest installed runtime (`modified`, its manifest's mtime, is part of
+    the key: a new export is opened afresh)."""
+    return load_scorer(folder)
 
 
 def model_of(entry: ModelEntry) -> AnomalyModel:

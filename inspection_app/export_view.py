@@ -8,7 +8,7 @@ from datetime import datetime
 
 import streamlit as st
 
-from inspection.export.bundle import export_beside, export_path, zip_export
+from inspection.export.bundle import current_export, export_beside, export_path, zip_export
 from inspection.runtime.exported import MANIFEST
 from inspection_app import page
 from inspection_app.library import ModelEntry
@@ -38,7 +38,7 @@ def export_control(entry: ModelEntry) -> None:
             st.session_state[EXPORTED_KEY] = {"model": str(entry.path), "line": line}
     if not (archive.is_file() and (folder / MANIFEST).is_file()):
         return
-    if archive.stat().st_mtime < entry.modified:
+    if current_export(entry.path) is None or archive.stat().st_mtime < entry.modified:
         st.info(f"The export in `{folder}` is of an earlier version of this model (taught, refitted or re-thresholded "
                 "since): export it again.", icon=":material/history:")
         return

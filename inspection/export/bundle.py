@@ -12,6 +12,7 @@ from ..errors import ParameterError
 from ..model.base import IMAGE_KINDS_KEY, AnomalyModel
 from ..model.modelfile import resolve_model_path
 from ..registry import load_model
+from ..runtime.exported import MANIFEST
 from .exporting import ExportSummary, export_model
 
 #: The folder beside the model files that holds their exports (one folder per model, named as its file).
@@ -39,6 +40,16 @@ def export_path(model_path: str | os.PathLike) -> Path:
     """Where `export_beside` writes the export of a model file."""
     path = Path(model_path)
     return path.parent / EXPORTS_FOLDER / path.stem
+
+
+def current_export(model_path: str | os.PathLike) -> Path | None:
+    """The export `export_beside` wrote of a model file, when it is of the file as it is now (written after the file
+    last changed: teaching, a refit or a new threshold rewrite it); None otherwise."""
+    folder = export_path(model_path)
+    manifest = folder / MANIFEST
+    if not manifest.is_file() or manifest.stat().st_mtime < Path(model_path).stat().st_mtime:
+        return None
+    return folder
 
 
 def export_beside(model_path: str | os.PathLike, model: AnomalyModel | None = None) -> ExportSummary:

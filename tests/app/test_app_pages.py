@@ -790,3 +790,39 @@ def test_train_page_exports_a_model_for_the_line(models: Path, small_model: Path
     assert_clean(at)
     assert any("earlier version of this model" in message.value for message in at.info)
     assert not at.get("download_button")
+
+
+def test_batch_page_scores_with_the_models_current_export(models: Path, small_model: Path, demo_root: Path,
+                                                          tmp_path: Path) -> None:
+    """With a current export beside the model, the Batch page offers the torch-free runtime; its scores are the
+    model's within 1e-3, and the caption names the runtime. A stale export is not offered."""
+    pytest.importorskip("onnxruntime")  # the export extra, which CI installs
+    import csv
+
+    from inspection.export.bundle import export_beside
+    from inspection.registry import load_model
+
+    path = copy_model(small_model, models)
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for kind in ("good", "hole", "stain"):
+        shutil.copyfile(demo_image(demo_root, kind), folder / f"{kind}.png")
+    at = run_page("app_pages/6_Batch.py")
+    assert not [toggle for toggle in at.toggle if toggle.key == "batch_export"]  # no export yet
+    export_beside(path)
+    at = run_page("app_pages/6_Batch.py")
+    at.text_input(key="batch_folder").set_value(str(folder)).run()
+    at.toggle(key="batch_export").set_value(True).run()
+    at.button(key="batch_start").click().run(timeout=120)
+    assert_clean(at)
+    scored_by = next(caption.value for caption in at.caption if caption.value.startswith("Model **small**"))
+    assert " · on openvino" in scored_by or " · on onnx" in scored_by
+    with open(at.session_state["batch_result"].summary.csv_path, newline="") as handle:
+        exported = {row["file"]: float(row["raw_score"]) for row in csv.DictReader(handle)}
+    files = sorted(folder.iterdir())
+    expected = dict(zip((file.name for file in files), load_model(path).predict(files).raw_scores))
+    assert exported.keys() == expected.keys()
+    assert all(abs(exported[name] - expected[name]) <= 1e-3 * max(1.0, abs(expected[name])) for name in expected)
+    update_header(path, lambda header: header)  # the model file rewritten (taught, say): its export is stale
+    at = run_page("app_pages/6_Batch.py")
+    assert not [toggle for toggle in at.toggle if toggle.key == "batch_export"]
