@@ -4,8 +4,8 @@ Each graph is the model's own scoring traced at one working size — backbone, t
 PatchCore the nearest-neighbour distance to the memory bank as one matrix product), upsampling and blur, aspect
 mode's padding made NaN, tiles mode's cutting and stitching — and the familiarity vector beside it. The working
 size is fixed per graph (a backbone's padding and the tile grid are computed when it is traced); the batch size is
-free. Nothing is re-implemented for the export: the
-graph runs the same torch code as `predict`, so the two can only differ by floating-point order.
+free. Nothing is re-implemented for the export: the graph runs the same torch code as `predict`, so the two can
+only differ by floating-point order.
 """
 
 from __future__ import annotations
