@@ -541,12 +541,18 @@ def test_what_the_app_cannot_judge_it_says_so(page, tmp_path: Path, bottle_model
     work = tmp_path / "judge"
     work.mkdir()
     with running_app(work) as fresh:
+        # The session's bottle PatchCore (the defaults, fitted once for every test), then a KolektorSDD model: the
+        # newer, which the sidebar picks first; the bottle model is chosen in the sidebar.
+        shutil.copyfile(bottle_model_files("patchcore"), fresh["models"] / "bottle.safetensors")
         fitted = run_cli("fit", "--method", "patchcore", "--data", str(shared / "ksdd"), "--category", "commutator",
                          "--resize", "128", "--out", str(fresh["models"] / "commutator.safetensors"))
         assert fitted.returncode == 0, fitted.stderr
-        # The session's bottle PatchCore (the defaults, fitted once for every test), copied last: the newest model.
-        shutil.copyfile(bottle_model_files("patchcore"), fresh["models"] / "bottle.safetensors")
         open_page(page, fresh, "")
+        assert "commutator" in sidebar_model(page)
+        page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text="Model").first.click()
+        page.keyboard.type("bottle")
+        page.get_by_role("option").filter(has_text="bottle").first.click()
+        wait_idle(page)
         assert "bottle" in sidebar_model(page)
         frame = Path(shutil.copyfile(ksdd / "test" / "crack" / "kos29_Part0.jpg", tmp_path / "frame.jpg"))
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(frame)])
