@@ -38,7 +38,7 @@ def export_control(entry: ModelEntry) -> None:
             st.session_state[EXPORTED_KEY] = {"model": str(entry.path), "line": line}
     if not (archive.is_file() and (folder / MANIFEST).is_file()):
         return
-    if current_export(entry.path) is None or archive.stat().st_mtime < entry.modified:
+    if current_export(entry.path) is None:
         st.info(f"The export in `{folder}` is of an earlier version of this model (taught, refitted or re-thresholded "
                 "since): export it again.", icon=":material/history:")
         return

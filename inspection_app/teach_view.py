@@ -21,11 +21,12 @@ import streamlit as st
 
 from inspection.data.demo import default_demo_root
 from inspection.errors import TeachingError
-from inspection.model.base import TEACHING_KEY, AnomalyModel
+from inspection.model.base import AnomalyModel
 from inspection.model.calibration import Calibration
 from inspection.results.numbers import score_text
 from inspection.teach.decisions import CALIBRATION, DEFECT, GOOD, KEPT_FOR_REFIT, LEARNED, LIBRARY, Decision
-from inspection.teach.teaching import Taught, caught_by_type, history, library_images, teach, undo
+from inspection.teach.teaching import Taught, caught_by_type, decisions_in, history, teach, undo
+from inspection.teach.teaching import library_scores as teaching_library_scores
 from inspection.workflows.refit import refit_arguments
 
 from .jobs import TrainingRequest
@@ -94,8 +95,7 @@ class Teachable:
 
 def decisions_of(model: AnomalyModel) -> list[Decision]:
     """The decisions in force in a loaded model, oldest first."""
-    entry = model.info.extra.get(TEACHING_KEY) or {}
-    return [Decision.from_dict(values) for values in entry.get("decisions", [])]
+    return decisions_in(model.info)
 
 
 def model_version(model: AnomalyModel) -> str:
@@ -209,12 +209,7 @@ def library_scores(path: str, modified: float) -> list[tuple[str, float]]:
     """(type, raw score) of each defect in a model's library still on disk, scored by that version of the model."""
     from . import caches
 
-    model = caches.cached_model(path, modified)
-    images = library_images(decisions_of(model))
-    if not images:
-        return []
-    scores = model.predict([image for image, _ in images]).raw_scores
-    return [(defect_type, float(score)) for (_, defect_type), score in zip(images, scores)]
+    return teaching_library_scores(caches.cached_model(path, modified))
 
 
 def promise_backing(decisions: Sequence[Decision], calibration: Calibration) -> str | None:

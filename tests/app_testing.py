@@ -45,6 +45,14 @@ def demo_image(demo_root: Path, kind: str = "good", index: int = 0) -> Path:
     return demo_root / "test" / kind / f"{index:03d}.png"
 
 
+def incoming_folder(demo_root: Path, folder: Path, kinds: tuple[str, ...] = ("good", "hole", "stain")) -> Path:
+    """A folder of demo test images as a line delivers them: one per kind, named after it (good.png, hole.png…)."""
+    folder.mkdir(parents=True)
+    for kind in kinds:
+        shutil.copyfile(demo_image(demo_root, kind), folder / f"{kind}.png")
+    return folder
+
+
 def png_bytes(value: int, size: int = 32) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(buffer, format="PNG")

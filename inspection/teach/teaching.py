@@ -36,6 +36,7 @@ from ..model import modes
 from ..model.base import IMAGE_KINDS_KEY, TEACHING_KEY, AnomalyModel
 from ..model.batching import decode, item_name, iter_batches
 from ..model.calibration import Calibration
+from ..model.header import ModelInfo
 from ..model.modelfile import read_model_header, resolve_model_path
 from ..registry import load_model
 from ..scores.thresholds import conformal_threshold
@@ -71,7 +72,7 @@ def teach(path: str | os.PathLike, images: Sequence[Any], action: str = GOOD, *,
     with _locked(path):
         model = load_model(path)
         entry = dict(model.info.extra.get(TEACHING_KEY) or {})
-        decisions = [Decision.from_dict(values) for values in entry.get("decisions", [])]
+        decisions = decisions_in(model.info)
         state = dict(entry.get("state", {}))
         outcomes = []
         for item in images:
@@ -91,7 +92,7 @@ def undo(path: str | os.PathLike) -> Decision:
     with _locked(path):
         model = load_model(path)
         entry = model.info.extra.get(TEACHING_KEY) or {}
-        decisions = [Decision.from_dict(values) for values in entry.get("decisions", [])]
+        decisions = decisions_in(model.info)
         if not decisions:
             raise TeachingError(f"{path.name}: nothing was taught to this model: there is nothing to undo")
         last = decisions.pop()
@@ -106,7 +107,12 @@ def undo(path: str | os.PathLike) -> Decision:
 
 def history(path: str | os.PathLike) -> list[Decision]:
     """The decisions in force, oldest first (from the file's header: the tensors are not read)."""
-    entry = read_model_header(path).info.extra.get(TEACHING_KEY) or {}
+    return decisions_in(read_model_header(path).info)
+
+
+def decisions_in(info: ModelInfo) -> list[Decision]:
+    """The decisions in force that a model's info records, oldest first."""
+    entry = info.extra.get(TEACHING_KEY) or {}
     return [Decision.from_dict(values) for values in entry.get("decisions", [])]
 
 
@@ -122,16 +128,23 @@ def library_images(decisions: Sequence[Decision]) -> list[tuple[str, str]]:
             if decision.action == DEFECT and decision.image_path and Path(decision.image_path).is_file()]
 
 
+def library_scores(model: AnomalyModel) -> list[tuple[str, float]]:
+    """(type, raw score) of each defect in the model's library still on disk, scored by the model."""
+    images = library_images(decisions_in(model.info))
+    if not images:
+        return []
+    scores = model.predict([image for image, _ in images]).raw_scores
+    return [(defect_type, float(score)) for (_, defect_type), score in zip(images, scores)]
+
+
 def library_recall(model: AnomalyModel, threshold: float | None = None) -> dict[str, dict[str, int]]:
     """Per defect type of the model's library: how many of its images (still on disk) the model calls defects at
     `threshold` (raw; default the saved one) — {type: {"caught", "total"}}, {} without a library."""
-    entry = model.info.extra.get(TEACHING_KEY) or {}
-    images = library_images([Decision.from_dict(values) for values in entry.get("decisions", [])])
-    if not images:
+    scores = library_scores(model)
+    if not scores:
         return {}
-    flagged = model.calibration.is_defect(model.predict([image for image, _ in images]).raw_scores,
-                                          threshold=threshold)
-    return caught_by_type([defect_type for _, defect_type in images], flagged)
+    flagged = model.calibration.is_defect(np.array([score for _, score in scores]), threshold=threshold)
+    return caught_by_type([defect_type for defect_type, _ in scores], flagged)
 
 
 def caught_by_type(types: Sequence[str], flagged: Sequence[bool]) -> dict[str, dict[str, int]]:

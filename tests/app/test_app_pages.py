@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app_testing import SMALL_PARAMS, assert_clean, copy_model, demo_image, run_page, train_small_model
+from app_testing import SMALL_PARAMS, assert_clean, copy_model, demo_image, incoming_folder, run_page, train_small_model
 from inspection.model.modelfile import read_model_info, update_header
 from inspection.progress import Progress
 from inspection.registry import backbones, get_method
@@ -803,10 +803,7 @@ def test_batch_page_scores_with_the_models_current_export(models: Path, small_mo
     from inspection.registry import load_model
 
     path = copy_model(small_model, models)
-    folder = tmp_path / "incoming"
-    folder.mkdir()
-    for kind in ("good", "hole", "stain"):
-        shutil.copyfile(demo_image(demo_root, kind), folder / f"{kind}.png")
+    folder = incoming_folder(demo_root, tmp_path / "incoming")
     at = run_page("app_pages/6_Batch.py")
     assert not [toggle for toggle in at.toggle if toggle.key == "batch_export"]  # no export yet
     export_beside(path)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app_testing import assert_clean, copy_model, demo_image, run_page, train_small_model
+from app_testing import assert_clean, copy_model, demo_image, incoming_folder, run_page, train_small_model
 from inspection.model.modelfile import read_model_header, save_thresholds
 from inspection.registry import load_model
 from inspection.teach.decisions import CALIBRATION, KEPT_FOR_REFIT, LEARNED, LIBRARY, Decision
@@ -319,10 +319,7 @@ def test_threshold_misses_are_taught_as_defects_of_their_type(models: Path, smal
 def test_batch_rows_taught_as_good_keep_the_table_with_a_note(models: Path, small_model: Path, demo_root: Path,
                                                               tmp_path: Path) -> None:
     path = copy_model(small_model, models)
-    folder = tmp_path / "incoming"
-    folder.mkdir()
-    for kind in ("good", "hole", "stain"):
-        shutil.copyfile(demo_image(demo_root, kind), folder / f"{kind}.png")
+    folder = incoming_folder(demo_root, tmp_path / "incoming")
     at = run_page("app_pages/6_Batch.py")
     at.text_input(key="batch_folder").set_value(str(folder)).run()
     at.button(key="batch_start").click().run()
