@@ -35,6 +35,7 @@ from ..device import resolve_device
 from ..errors import InspectionError, ModelFileError, ParameterError, WeightsNotFoundError
 from ..params import ParamSet
 from ..progress import Progress, ProgressCallback, no_progress
+from ..scores.thresholds import holdout_for_target
 from . import modes
 from .batching import item_name, iter_batches, split_holdout
 from .calibration import Calibration
@@ -247,7 +248,8 @@ class AnomalyModel(CommonParams, ABC):
         torch.manual_seed(self.seed)
         self._ensure_setup()
         self.preprocessing = replace(self.preprocessing, normalization=self.input_normalization())
-        fit_index, holdout_index = split_holdout(len(images), self.holdout_fraction, self.min_holdout, self.seed)
+        fit_index, holdout_index = split_holdout(len(images), self.holdout_fraction,
+                                                 self.min_holdout or holdout_for_target(self.image_fpr), self.seed)
         fit_images = [images[i] for i in fit_index]
         if not fit_images:
             raise ValueError("no images left to fit on after holding out the calibration images")

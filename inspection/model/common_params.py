@@ -57,8 +57,10 @@ class CommonParams(Estimator):
         group="preprocessing")
     holdout_fraction: float = setting(0.1, "Share of the good training images held out from fitting to calibrate "
                                       "the thresholds.", minimum=0.0, maximum=0.5, group="calibration")
-    min_holdout: int = setting(10, "At least this many good images are held out (when there are enough).",
-                               minimum=0, group="calibration")
+    min_holdout: int = setting(0, "At least this many good images are held out (when there are enough; never more "
+                               "than a third). 0: enough for the image target, so that its threshold is not the "
+                               "single highest held-out score (39 at 5 %).", minimum=0, group="calibration",
+                               note="0 = from the image target")
     image_fpr: float = setting(0.05, "Target false-positive rate of the image verdict on good images.",
                                minimum=1e-6, maximum=0.999999, group="calibration")
     pixel_rule: str = setting(

@@ -10,7 +10,9 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from inspection.scores.thresholds import (
     ScoreScale,
+    conformal_threshold,
     f1_optimal_threshold,
+    holdout_for_target,
     pixel_threshold_at_fpr,
     rates_at_threshold,
     roc_curve_points,
@@ -19,6 +21,14 @@ from inspection.scores.thresholds import (
 )
 
 TARGETS = [0.001, 0.01, 0.05, 0.1, 0.29, 0.5, 0.9, 0.999]
+
+
+@pytest.mark.parametrize("target", [0.01, 0.05, 0.1, 0.2, 0.29])
+def test_holdout_for_target_is_the_fewest_whose_threshold_is_not_the_highest(target):
+    needed = holdout_for_target(target)
+    assert conformal_threshold(np.arange(needed), target).rank < needed
+    assert conformal_threshold(np.arange(needed - 1), target).rank == needed - 1  # one fewer: the highest decides
+    assert holdout_for_target(0.05) == 39
 
 
 def test_threshold_at_fpr_hand_cases():
