@@ -134,9 +134,9 @@ def holdout_for_target(target_fpr: float) -> int:
     """The fewest held-out good images whose split-conformal threshold at `target_fpr` is not the highest of them:
     n + 1 >= 2/α (39 at 5 %).
 
-    Below that the threshold is the single highest held-out score, and one unusual good part decides it: on
-    KolektorSDD the share of cracked frames above the 5 % threshold swung from 0 to 0.9 between draws of 23 held-out
-    frames, and settled near 0.7 with 40 (`bench/ksdd-holdout/`)."""
+    Below that the threshold is the single highest held-out score, and one unusual good part decides how many
+    defects pass it (on KolektorSDD it swung over most of [0, 0.9] between draws of 23 held-out frames:
+    `bench/holdout-draws/`)."""
     return math.ceil(2 / validate_fpr(target_fpr) - 1e-9) - 1
 
 
