@@ -3,13 +3,12 @@ checked against it, and offered as one zip to download for the line PC."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 import streamlit as st
 
 from inspection.export.bundle import current_export, export_beside, export_path, zip_export
-from inspection.runtime.exported import MANIFEST
+from inspection.runtime.exported import MANIFEST, read_manifest
 from inspection_app import page
 from inspection_app.library import ModelEntry
 
@@ -46,8 +45,9 @@ def export_control(entry: ModelEntry) -> None:
     if outcome and outcome["model"] == str(entry.path):
         st.success(outcome["line"], icon=":material/check_circle:")
     else:
-        formats = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("formats", [])
-        st.caption(f"Exported {datetime.fromtimestamp(archive.stat().st_mtime):%Y-%m-%d %H:%M} to `{folder}` "
-                   f"({' and '.join(formats)}).")
+        with page.user_errors():
+            formats = read_manifest(folder).get("formats", [])
+            st.caption(f"Exported {datetime.fromtimestamp(archive.stat().st_mtime):%Y-%m-%d %H:%M} to `{folder}` "
+                       f"({' and '.join(formats)}).")
     st.download_button("Download the export (zip)", archive.read_bytes(), file_name=archive.name,
                        mime="application/zip", key="manage_export_download", icon=":material/download:")
