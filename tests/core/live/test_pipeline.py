@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -234,9 +235,11 @@ def test_ctrl_c_stops_inspection_run_cleanly(model_file, images, tmp_path):
     jpegs = [cv2.imencode(".jpg", np.ascontiguousarray(load_image_with_size(path)[0][:, :, ::-1]))[1].tobytes()
              for path in images[:4]]
     with MjpegServer(jpegs, fps=10.0, loop=True) as stream:
+        # PYTHONFAULTHANDLER: should the process not end, SIGABRT makes it print every thread's stack.
         process = subprocess.Popen([sys.executable, "-m", "inspection", "run", "--model", str(model_file), "--source",
                                     stream.url, "--sink", f"csv:{tmp_path / 'v.csv'}", "--status-every", "0.5"],
-                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "PYTHONFAULTHANDLER": "1"})
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:  # until a status line says frames were scored
@@ -244,7 +247,12 @@ def test_ctrl_c_stops_inspection_run_cleanly(model_file, images, tmp_path):
                 if " scored" in line and not line.startswith("0 received") and ", 0 scored" not in line:
                     break
             process.send_signal(signal.SIGINT)
-            out, err = process.communicate(timeout=30)
+            try:
+                out, err = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGABRT)
+                out, err = process.communicate(timeout=30)
+                pytest.fail(f"still running 30 s after SIGINT; its stderr, with its threads' stacks:\n{err[-6000:]}")
         finally:
             if process.poll() is None:
                 process.kill()
