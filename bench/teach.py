@@ -13,7 +13,8 @@ threshold with its 95 % Clopper-Pearson interval; and on every defect test image
 (and at the threshold before teaching, in the JSON, to tell a moved threshold from a moved score), and the image
 AUROC against half B. Beside it, recalibration alone (`inspection recalibrate`) on the same k images (it needs 10
 or more) and on the whole of half A. Teaching time is each call's wall time (loading, scoring, learning and
-rewriting the file); the memory a decision costs is the learned tensors' growth.
+rewriting the file, and scoring the held-out images again from the features the file keeps); the memory a
+decision costs is the learned tensors' growth.
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ def run_method(method: str, data: Path, work: Path) -> dict[str, Any]:
             "teach_seconds_max": max(seconds) if seconds else None, "learned_shapes_before": base_shapes,
             "learned_shapes_after": load_model(path).learned_shapes,
             "model_file_mib_before": round(base_path.stat().st_size / 2**20, 2),
-            "model_file_mib_after": round(path.stat().st_size / 2**20, 2), "rows": rows}
+            "model_file_mib_after": round(path.stat().st_size / 2**20, 2),
+            "heldout_features": model.info.extra.get("heldout_features"), "rows": rows}
 
 
 def markdown(results: list[dict[str, Any]], environment: dict[str, Any]) -> str:
@@ -172,12 +174,13 @@ def markdown(results: list[dict[str, Any]], environment: dict[str, Any]) -> str:
                          f"{row['recall_at_first_threshold']:.3f} | {row['image_auroc']:.4f} | "
                          f"{row['n_calibration']} |")
     lines += ["", "| method | taught (false alarms) | teach s/image (median, max) | learned tensors before → after | "
-              "model file MiB before → after |", "|---|---|---|---|---|"]
+              "model file MiB before → after | of which held-out features MiB |", "|---|---|---|---|---|---|"]
     for result in results:
         lines.append(f"| {result['method']} | {result['taught']} ({result['false_alarms_taught']}) | "
                      f"{result['teach_seconds_median']:.2f}, {result['teach_seconds_max']:.2f} | "
                      f"{result['learned_shapes_before']} → {result['learned_shapes_after']} | "
-                     f"{result['model_file_mib_before']} → {result['model_file_mib_after']} |")
+                     f"{result['model_file_mib_before']} → {result['model_file_mib_after']} | "
+                     f"{(result.get('heldout_features') or {}).get('mib', '—')} |")
     lines += ["", f"Measured {environment['date']} with inspection {environment['inspection']}, torch "
               f"{environment['torch']}, {environment['threads']} CPU threads, load average "
               f"{environment['load_average_1min']:.2f} at the start. Magnetic-Tile `test/good` split in two seeded "

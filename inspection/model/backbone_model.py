@@ -3,7 +3,7 @@ weights it was fitted with (refused on load when other weights are found)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -13,9 +13,12 @@ from ..errors import ModelFileError
 from ..features.backbones import BACKBONES, DEFAULT_BACKBONE, get_backbone_spec
 from ..features.extractor import shared_feature_extractor
 from ..params import ParamSet, setting
+from . import modes
 from .base import AnomalyModel
+from .batching import iter_batches
 from .capabilities import Capabilities
 from .header import BackboneRecord, ModelHeader
+from .heldout import HeldoutChunk
 
 
 def _check_layers(values: Mapping[str, Any]) -> None:
@@ -129,6 +132,31 @@ class BackboneModel(AnomalyModel):
         if content is None:
             return self.score_features(self.features(images), size)
         return self.score_features(self.features(images), size, content=content)
+
+    def _heldout_chunks(self, images: Sequence[Any]) -> Iterator[HeldoutChunk]:
+        # The chosen layers' maps: what `score_features` takes, so scoring them again skips the backbone.
+        preprocessing = self.preprocessing
+        for tensor, geometries, indices in iter_batches(images, preprocessing, self.batch_size):
+            tensor = tensor.to(self.torch_device)
+            owners = torch.tensor(indices, dtype=torch.long)
+            size, content = (int(tensor.shape[-2]), int(tensor.shape[-1])), None
+            if preprocessing.mode == "tiles":  # each image's tiles, image by image (`modes.score_tiled`'s order)
+                parts = [self.features(tiles) for tiles in modes.tiles(tensor, preprocessing.crop,
+                                                                       preprocessing.tile_overlap, self.batch_size)]
+                features = [torch.cat(layer) for layer in zip(*parts)]
+                owners = owners.repeat_interleave(features[0].shape[0] // tensor.shape[0])
+                size = (preprocessing.crop, preprocessing.crop)
+            else:
+                features = self.features(tensor)
+                if preprocessing.mode == "aspect":
+                    content = modes.content_sizes(tensor, [geometry.seen for geometry in geometries]).cpu()
+            yield HeldoutChunk([feature.half().cpu() for feature in features], size, owners, content)
+
+    def _score_heldout(self, chunk: HeldoutChunk) -> torch.Tensor:
+        features = [feature.to(self.torch_device, torch.float32) for feature in chunk.features]
+        if chunk.content is None:
+            return self.score_features(features, chunk.size)[1]
+        return self.score_features(features, chunk.size, content=chunk.content.to(self.torch_device))[1]
 
     def _backbone_record(self) -> BackboneRecord:
         weights = self.resolved_weights

@@ -36,7 +36,7 @@ from ..errors import InspectionError, ModelFileError, ParameterError, WeightsNot
 from ..params import ParamSet
 from ..progress import Progress, ProgressCallback, no_progress
 from ..scores.thresholds import holdout_for_target
-from . import modes
+from . import heldout, modes
 from .batching import item_name, iter_batches, split_holdout
 from .calibration import Calibration
 from .capabilities import Capabilities
@@ -91,6 +91,9 @@ class AnomalyModel(CommonParams, ABC):
         #: None for files made before the check, or when the descriptor's weights were missing at fit.
         self.familiarity: Familiarity | None = None
         self.familiarity_bank: torch.Tensor | None = None
+        #: The held-out good images of fit as the method's scoring takes them (`heldout`): a model that learns
+        #: without a refit scores its calibration set again from them (`rescore_heldout`).
+        self.heldout: list[heldout.HeldoutChunk] = []
 
     def _preprocessing(self, normalization: str) -> Preprocessing:
         return Preprocessing(self.resize_mode, self.resize, self.crop, normalization, self.intensity,
@@ -179,6 +182,15 @@ class AnomalyModel(CommonParams, ABC):
         """Undo the last `learn_good`, whose return value was `record`, exactly (tensors equal to before)."""
         raise NotImplementedError(f"{self.name} cannot learn without a refit: {self.teach_refusal()}")
 
+    def _heldout_chunks(self, images: Sequence[Any]) -> Iterator[heldout.HeldoutChunk]:
+        """The held-out images as the method's scoring takes them, a batch at a time, for `rescore_heldout` (methods
+        that learn without a refit); none by default."""
+        return iter(())
+
+    def _score_heldout(self, chunk: heldout.HeldoutChunk) -> torch.Tensor:
+        """Raw scores [rows] of one chunk of `_heldout_chunks` by the model as it is now."""
+        raise NotImplementedError(f"{self.name} keeps no held-out images to score again")
+
     def _backbone_record(self) -> BackboneRecord | None:
         """The backbone and weights the model was fitted with, for feature methods."""
         return None
@@ -244,6 +256,8 @@ class AnomalyModel(CommonParams, ABC):
         self.attached = {}  # what was attached to the features of an earlier fit would not fit these
         self.info.extra.pop(ATTACHED_INFO_KEY, None)
         self.info.extra.pop(TEACHING_KEY, None)  # what was taught to an earlier fit is not in this one
+        self.heldout = []
+        self.info.extra.pop(heldout.INFO_KEY, None)
         started = time.perf_counter()
         torch.manual_seed(self.seed)
         self._ensure_setup()
@@ -282,6 +296,8 @@ class AnomalyModel(CommonParams, ABC):
                          nearest_distance(self.familiarity_bank, self.familiarity_bank, exclude_self=True))
             self.familiarity = Familiarity.from_heldout(distances)
             self.info.extra[INFO_KEY] = self.familiarity.to_dict()
+        if len(holdout_index) and not self.teach_refusal():
+            self._keep_heldout(calibration_images)
         progress(Progress("calibrate", len(calibration_images), len(calibration_images)))
         self.info.update(
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -291,6 +307,39 @@ class AnomalyModel(CommonParams, ABC):
                           "the fitting images (no held-out images: thresholds are optimistic)",
             fit_seconds=round(time.perf_counter() - started, 3))
         return self
+
+    @torch.no_grad()
+    def _keep_heldout(self, images: Sequence[Any]) -> None:
+        """Keep the held-out images' features for `rescore_heldout`, and say in the model's info what was kept (or
+        why nothing was: over `heldout.MAX_MIB`, found a batch at a time)."""
+        chunks, size = [], 0
+        for chunk in self._heldout_chunks(images):
+            size += chunk.nbytes
+            if size > heldout.MAX_MIB * 2**20:
+                self.info.extra[heldout.INFO_KEY] = {
+                    "reason": f"the {len(images)} held-out images' features take more than {heldout.MAX_MIB} MiB: a "
+                              "taught model keeps the held-out scores of fit"}
+                return
+            chunks.append(chunk)
+        if not chunks:
+            return
+        size_mib = size / 2**20
+        self.heldout = chunks
+        self.info.extra[heldout.INFO_KEY] = {"images": len(images),
+                                             "files": heldout.files_digest(self.calibration.heldout_files),
+                                             "mib": round(size_mib, 1)}
+
+    @torch.no_grad()
+    def rescore_heldout(self) -> np.ndarray | None:
+        """The fit's held-out good images scored by the model as it is now (raw), from the features kept at fit: the
+        first scores of a taught model's calibration set. None when none were kept, or when the calibration set is
+        no longer the fit's (a recalibration replaced it)."""
+        entry = self.info.extra.get(heldout.INFO_KEY) or {}
+        count = int(entry.get("images") or 0)
+        if (not self.heldout or not count or self.calibration is None
+                or heldout.files_digest(self.calibration.heldout_files[:count]) != entry.get("files")):
+            return None
+        return heldout.image_scores(self.heldout, self._score_heldout, count)
 
     @torch.no_grad()
     def _fit_familiarity_bank(self, fit_images: Sequence[Any]) -> None:
@@ -410,7 +459,8 @@ class AnomalyModel(CommonParams, ABC):
         """Write one file: learned tensors + settings, preprocessing, seed, calibration and metadata."""
         self._require_fitted()
         bank = {} if self.familiarity_bank is None else {BANK_TENSOR: self.familiarity_bank}
-        return write_model_file(path, {**self._state(), **self.attached, **bank}, self.header().to_dict())
+        return write_model_file(path, {**self._state(), **self.attached, **bank, **heldout.to_tensors(self.heldout)},
+                                self.header().to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None) -> AnomalyModel:
@@ -437,7 +487,9 @@ class AnomalyModel(CommonParams, ABC):
             device_now = model.torch_device
             model.attached = {name: tensor for name, tensor in tensors.items() if name.startswith(ATTACHED_PREFIX)}
             model._load_state({name: tensor.to(device_now) for name, tensor in tensors.items()
-                               if not name.startswith(ATTACHED_PREFIX) and name != BANK_TENSOR})
+                               if not name.startswith((ATTACHED_PREFIX, heldout.HELDOUT_PREFIX))
+                               and name != BANK_TENSOR})
+            model.heldout = heldout.from_tensors(tensors)
             model.familiarity, model.familiarity_bank = read_familiarity(header.info.extra, tensors)
         except InspectionError as error:  # missing weights, tensors that do not fit, …: say which file
             if path.name in str(error):

@@ -8,9 +8,14 @@ method that cannot learn without a refit, kept in the model's good set for the n
 rewritten once, atomically, under a lock on its folder: a page reading it meanwhile sees the old model or the new
 one, never half of one, and two teachers never lose each other's decisions.
 
-Held-out scores are those of fit. Taught rows only lower PatchCore's scores (a larger bank is never farther), so
-its stored held-out scores are upper bounds and the recomputed threshold errs on the side of fewer false alarms;
-`inspection recalibrate` on new good images scores the calibration set afresh.
+Once the method has learned an image, the fit's held-out good images are scored again by the taught model, from the
+features the model file keeps of them (`AnomalyModel.rescore_heldout`), and the threshold is set again on those
+scores: the promise rests on the scores the model gives now. Kept at the fit's scores, PatchCore's threshold stayed
+where it was while its scores fell, and a taught model lost defects it had caught (bench/teach/); PaDiM's scores of
+good images may rise as well as fall. The images taught into the calibration set keep the score they had then (a
+model that has learned less; for PatchCore, whose scores only fall, an upper bound). Without kept features (files
+made before, or over `heldout.MAX_MIB`), or once a recalibration replaced the calibration set, the scores stay as
+they are.
 """
 
 from __future__ import annotations
@@ -194,13 +199,19 @@ def _teach_one(model: AnomalyModel, item: Any, action: str, defect_type: str, wh
     elif _goes_to_calibration(n_good, model.seed):
         use = CALIBRATION
         calibration_before = calibration.to_dict()
-        model.calibration = _with_good_score(calibration, raw_before, name)
+        model.calibration = _with_scores(calibration, [*calibration.heldout_scores, raw_before],
+                                         [*calibration.heldout_files, name])
     elif model.teach_refusal():
         use = KEPT_FOR_REFIT
     else:
         use = LEARNED
         with torch.no_grad():
             learned = model.learn_good(_as_fitted(model, array), state)
+        rescored = model.rescore_heldout()
+        if rescored is not None:  # the calibration set as the taught model scores it
+            calibration_before = calibration.to_dict()
+            model.calibration = _with_scores(calibration, [*rescored, *calibration.heldout_scores[len(rescored):]],
+                                             calibration.heldout_files)
     raw_after = float(model.predict([array]).raw_scores[0]) if use == LEARNED else raw_before
     decision = Decision(
         id=f"{len(decisions) + 1}-{image_hash[:8]}", action=action, image_hash=image_hash, image_name=name,
@@ -252,11 +263,10 @@ def _goes_to_calibration(n_good_before: int, seed: int) -> bool:
         n_good_before * CALIBRATION_SHARE + offset)
 
 
-def _with_good_score(calibration: Calibration, raw_score: float, name: str) -> Calibration:
-    """The calibration with one more good image in its set, its image threshold set again by its own rule (a
+def _with_scores(calibration: Calibration, scores: Sequence[float], files: Sequence[str]) -> Calibration:
+    """The calibration with the set `files` scored `scores` (raw), its image threshold set again by its own rule (a
     threshold chosen by hand stays as it was)."""
-    scores = [*calibration.heldout_scores, raw_score]
-    files = [*calibration.heldout_files, name]
+    scores, files = [float(score) for score in scores], list(files)
     if calibration.image_set_by_hand:
         return replace(calibration, heldout_scores=scores, heldout_files=files)
     conformal = conformal_threshold(scores, calibration.image_fpr)

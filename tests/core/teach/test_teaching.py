@@ -14,11 +14,13 @@ from PIL import Image
 
 from conftest import run_cli
 from inspection.errors import TeachingError
+from inspection.model import heldout
 from inspection.model.modelfile import read_model_file
 from inspection.registry import create_model, load_model
 from inspection.scores.thresholds import conformal_threshold
 from inspection.teach.decisions import CALIBRATION, DEFECT, KEPT_FOR_REFIT, LEARNED
 from inspection.teach.teaching import defect_library, history, library_recall, taught_good_images, teach, undo
+from inspection.workflows.recalibrate import MIN_RECALIBRATION_IMAGES, recalibrate, undo_recalibration
 from inspection.workflows.refit import REFITTED_KEY
 from inspection.workflows.train import fit_on_dataset
 
@@ -90,6 +92,69 @@ def test_a_seeded_share_goes_to_the_calibration_set_and_the_threshold_is_set_aga
     for _ in range(10):
         undo(model_file)
     assert load_model(model_file).calibration == calibration
+
+
+def test_the_threshold_of_a_taught_model_stands_on_the_scores_it_gives_its_heldout_images_now(model_file,
+                                                                                                demo_dataset):
+    model = load_model(model_file)
+    fit_scores = np.array(model.calibration.heldout_scores)
+    count = len(fit_scores)
+    assert model.info.extra["heldout_features"]["images"] == count
+    # From the features kept at fit (half precision), the model as fitted gives its held-out images their scores.
+    np.testing.assert_allclose(model.rescore_heldout(), fit_scores, rtol=2e-3)
+    outcomes = teach(model_file, good_tests(demo_dataset, 4))
+    assert any(outcome.decision.use == LEARNED for outcome in outcomes)
+    taught = load_model(model_file)
+    now = taught.calibration
+    assert len(now.heldout_scores) == count + sum(outcome.decision.use == CALIBRATION for outcome in outcomes)
+    from_files = taught.predict(now.heldout_files[:count]).raw_scores
+    np.testing.assert_allclose(now.heldout_scores[:count], from_files, rtol=2e-3)
+    assert now.image_threshold == conformal_threshold(now.heldout_scores, now.image_fpr).threshold
+    if taught.name == "padim":  # its Gaussians moved: every held-out score with them (PatchCore's may stay)
+        assert not np.allclose(now.heldout_scores[:count], fit_scores, rtol=1e-3)
+    for _ in outcomes:
+        undo(model_file)
+    assert load_model(model_file).calibration == model.calibration
+
+
+@pytest.mark.parametrize("mode", ["aspect", "tiles"])
+def test_heldout_images_of_several_sizes_or_in_tiles_are_scored_again_as_predict_scores_them(mode, tmp_path):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (height, 96, 3), dtype=np.uint8) for height in [64, 160] * 10]
+    model = create_model("patchcore", resize_mode=mode, resize=64, crop=32, tile_overlap=8, min_holdout=8, batch_size=3)
+    model.fit(images)
+    chunks = model.heldout
+    if mode == "aspect":  # two working sizes: chunks of both
+        assert len({tuple(chunk.features[0].shape[-2:]) for chunk in chunks}) == 2
+    else:  # several tiles per image
+        assert sum(chunk.owners.numel() for chunk in chunks) > model.info.n_heldout_images
+    loaded = load_model(model.save(tmp_path / "model.safetensors"))
+    np.testing.assert_allclose(loaded.rescore_heldout(), model.calibration.heldout_scores, rtol=2e-3)
+
+
+def test_heldout_features_over_the_limit_are_not_kept_and_teaching_keeps_the_fits_scores(demo_dataset, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.setattr(heldout, "MAX_MIB", 0)
+    model = create_model("patchcore").fit([sample.path for sample in demo_dataset.train])
+    assert model.heldout == [] and "more than 0 MiB" in model.info.extra["heldout_features"]["reason"]
+    path = model.save(tmp_path / "patchcore.safetensors")
+    assert load_model(path).rescore_heldout() is None
+    outcomes = teach(path, good_tests(demo_dataset, 2))
+    assert any(outcome.decision.use == LEARNED for outcome in outcomes)
+    count = len(model.calibration.heldout_scores)
+    assert load_model(path).calibration.heldout_scores[:count] == model.calibration.heldout_scores
+
+
+def test_a_recalibrated_set_is_not_scored_from_the_fits_features(model_file, demo_dataset):
+    recalibrate(model_file, good_tests(demo_dataset, MIN_RECALIBRATION_IMAGES))
+    recalibrated = load_model(model_file).calibration
+    assert load_model(model_file).rescore_heldout() is None
+    teach(model_file, [next(sample.path for sample in demo_dataset.train)])
+    assert load_model(model_file).calibration.heldout_scores[:len(recalibrated.heldout_scores)] == \
+        recalibrated.heldout_scores
+    undo(model_file)
+    undo_recalibration(model_file)
+    assert load_model(model_file).rescore_heldout() is not None
 
 
 def test_the_same_image_twice_changes_nothing_the_second_time(model_file, demo_dataset):
