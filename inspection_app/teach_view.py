@@ -217,9 +217,12 @@ def promise_backing(decisions: Sequence[Decision], calibration: Calibration) -> 
     if not decisions:
         return None
     count, held_out = calibration_count(decisions), len(calibration.heldout_scores)
+    # A learned decision that changed the calibration scored the fit's held-out images again (`teach`).
+    rescored = any(decision.use == LEARNED and decision.calibration_before is not None for decision in decisions)
     return (f"Taught images backing the promise: {count} of the {held_out} held-out good images it stands on "
             f"({len(decisions)} decision{'s' if len(decisions) != 1 else ''} in force; one in five images taught "
-            "as good goes to the calibration set, the others are learned).")
+            "as good goes to the calibration set, the others are learned)."
+            + (" The held-out images are scored by the model as taught." if rescored else ""))
 
 
 @contextmanager

@@ -291,7 +291,9 @@ def test_threshold_false_alarm_thumbnails_teach_and_the_promise_counts_taught_im
     assert_clean(at)
     backing = uses.count(CALIBRATION)
     assert any(caption.value.startswith(f"Taught images backing the promise: {backing} of the "
-                                        f"{held_out + backing} held-out good") for caption in at.caption)
+                                        f"{held_out + backing} held-out good")
+               and caption.value.endswith("The held-out images are scored by the model as taught.")
+               for caption in at.caption)
     assert _version(at).endswith(" · taught 4")
     oldest = history(path)[0]
     at.button(key=f"teach-undo-{oldest.id}").click().run()  # "Undo back to here" on the oldest: all four
