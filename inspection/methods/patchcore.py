@@ -19,6 +19,7 @@ from ..errors import ModelFileError
 from ..model.backbone_model import BackboneModel
 from ..model.common_params import map_blur
 from ..model.fields import require_tensor
+from ..model.heldout import HeldoutChunk
 from ..ops.coreset import chunked_coreset, covering_radius, extend_coreset
 from ..ops.knn import nearest_neighbors
 from ..ops.smoothing import gaussian_blur, upsample
@@ -122,13 +123,39 @@ class PatchCore(BackboneModel):
         image_scores, argmax = patch_scores.flatten(1).max(dim=1)
         if source is not None:  # the content patch the maximum came from (for the re-weighting)
             argmax = source.flatten(1).gather(1, argmax[:, None])[:, 0]
-        maps = gaussian_blur(upsample(patch_scores, size), self.sigma)
-        if self.image_score == "map":
-            image_scores = maps.flatten(1).amax(dim=1)
+        maps, image_scores = self._map_and_score(patch_scores, image_scores, size)
         if self.reweight:  # weighed at the most anomalous patch, whichever score it scales
             image_scores = image_scores * self._reweighting(patches.view(batch, height * width, -1),
                                                             matches.view(batch, -1), argmax)
         return maps, image_scores
+
+    def _map_and_score(self, patch_scores: torch.Tensor, image_scores: torch.Tensor, size: tuple[int, int]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The map at the working size from the patch scores [B, h, w], and the image score by `image_score` (the
+        largest patch score `image_scores`, or the map's largest value)."""
+        maps = gaussian_blur(upsample(patch_scores, size), self.sigma)
+        return maps, maps.flatten(1).amax(dim=1) if self.image_score == "map" else image_scores
+
+    def _heldout_extras(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        # Taught rows are only appended to the bank: the held-out patches' distances to the bank of fit, kept, leave
+        # only the taught rows to search when they are scored again.
+        patches, grid = self.embed(features)
+        distances = nearest_neighbors(patches, self.memory_bank, k=1)[0][:, 0]
+        return {"distances": distances.view(features[0].shape[0], *grid).cpu(),
+                "bank_rows": torch.tensor([self.memory_bank.shape[0]])}
+
+    def _score_heldout(self, chunk: HeldoutChunk) -> torch.Tensor:
+        fit_rows = int(chunk.extras["bank_rows"][0]) if "bank_rows" in chunk.extras else -1
+        if self.reweight or not 0 < fit_rows <= self.memory_bank.shape[0]:
+            return super()._score_heldout(chunk)  # every patch searched against the whole bank
+        patch_scores = chunk.extras["distances"].to(self.torch_device)
+        if self.memory_bank.shape[0] > fit_rows:
+            features = [feature.to(self.torch_device, torch.float32) for feature in chunk.features]
+            taught = nearest_neighbors(self.embed(features)[0], self.memory_bank[fit_rows:], k=1)[0][:, 0]
+            patch_scores = torch.minimum(patch_scores, taught.view_as(patch_scores))
+        if chunk.content is not None:
+            patch_scores = _replicate_content(patch_scores, chunk.content.to(self.torch_device), chunk.size)[0]
+        return self._map_and_score(patch_scores, patch_scores.flatten(1).amax(dim=1), chunk.size)[1]
 
     def _reweighting(self, patches: torch.Tensor, matches: torch.Tensor, argmax: torch.Tensor) -> torch.Tensor:
         """1 − softmax weight of the match among its bank neighbours (the paper's Eq. 7), per image."""

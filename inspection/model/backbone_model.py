@@ -150,7 +150,12 @@ class BackboneModel(AnomalyModel):
                 features = self.features(tensor)
                 if preprocessing.mode == "aspect":
                     content = modes.content_sizes(tensor, [geometry.seen for geometry in geometries]).cpu()
-            yield HeldoutChunk([feature.half().cpu() for feature in features], size, owners, content)
+            yield HeldoutChunk([feature.half().cpu() for feature in features], size, owners, content,
+                               self._heldout_extras(features))
+
+    def _heldout_extras(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the method keeps beside a chunk's features (full precision here) to score them again faster."""
+        return {}
 
     def _score_heldout(self, chunk: HeldoutChunk) -> torch.Tensor:
         features = [feature.to(self.torch_device, torch.float32) for feature in chunk.features]

@@ -3,7 +3,9 @@ without a refit (`AnomalyModel.learn_good`) can score its calibration set again:
 on the scores the model gives now, not on those it gave before it was taught.
 
 The features are stored in half precision, one chunk per scoring batch (aspect mode batches images of one working
-size; tiles mode gives several rows per image, `owners` says whose), and only up to `MAX_MIB`.
+size; tiles mode gives several rows per image, `owners` says whose), and only up to `MAX_MIB`. A method may keep more
+beside them (`extras`): PatchCore keeps its held-out patches' distances to the bank of fit, so that scoring again
+searches only the rows taught since.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,10 +35,12 @@ class HeldoutChunk:
     size: tuple[int, int]  # the working size the features came from
     owners: torch.Tensor  # [rows] the held-out image (its index in the calibration set) each row belongs to
     content: torch.Tensor | None = None  # [rows, 2] aspect mode: each image's content height and width
+    #: What the method keeps beside the features to score them again faster (e.g. PatchCore's distances at fit).
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        return sum(feature.numel() * feature.element_size() for feature in self.features)
+        return sum(tensor.numel() * tensor.element_size() for tensor in [*self.features, *self.extras.values()])
 
 
 def to_tensors(chunks: Sequence[HeldoutChunk]) -> dict[str, torch.Tensor]:
@@ -49,6 +53,7 @@ def to_tensors(chunks: Sequence[HeldoutChunk]) -> dict[str, torch.Tensor]:
         tensors[f"{key}owners"] = chunk.owners
         if chunk.content is not None:
             tensors[f"{key}content"] = chunk.content
+        tensors.update({f"{key}extra.{name}": tensor for name, tensor in chunk.extras.items()})
     return tensors
 
 
@@ -63,8 +68,9 @@ def from_tensors(tensors: Mapping[str, torch.Tensor]) -> list[HeldoutChunk]:
     for index in sorted(parts):
         part = parts[index]
         layers = sorted((name for name in part if name.startswith("layer")), key=lambda name: int(name[5:]))
+        extras = {name[len("extra."):]: tensor for name, tensor in part.items() if name.startswith("extra.")}
         chunks.append(HeldoutChunk([part[name] for name in layers], tuple(int(v) for v in part["size"].tolist()),
-                                   part["owners"].long(), part.get("content")))
+                                   part["owners"].long(), part.get("content"), extras))
     return chunks
 
 

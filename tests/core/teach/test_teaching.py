@@ -102,6 +102,8 @@ def test_the_threshold_of_a_taught_model_stands_on_the_scores_it_gives_its_heldo
     assert model.info.extra["heldout_features"]["images"] == count
     # From the features kept at fit (half precision), the model as fitted gives its held-out images their scores.
     np.testing.assert_allclose(model.rescore_heldout(), fit_scores, rtol=2e-3)
+    if model.name == "patchcore":  # it keeps the distances of fit and searches only rows taught since
+        assert np.array_equal(model.rescore_heldout(), fit_scores)
     outcomes = teach(model_file, good_tests(demo_dataset, 4))
     assert any(outcome.decision.use == LEARNED for outcome in outcomes)
     taught = load_model(model_file)
