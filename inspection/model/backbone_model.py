@@ -128,10 +128,14 @@ class BackboneModel(AnomalyModel):
         return ""  # the explained score is the model's own
 
     def _score(self, images: torch.Tensor, content: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        size = (int(images.shape[-2]), int(images.shape[-1]))
+        return self._score_features(self.features(images), (int(images.shape[-2]), int(images.shape[-1])), content)
+
+    def _score_features(self, features: list[torch.Tensor], size: tuple[int, int], content: torch.Tensor | None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        # `content` only for aspect mode: the methods that do not offer it take no such keyword.
         if content is None:
-            return self.score_features(self.features(images), size)
-        return self.score_features(self.features(images), size, content=content)
+            return self.score_features(features, size)
+        return self.score_features(features, size, content=content)
 
     def _heldout_chunks(self, images: Sequence[Any]) -> Iterator[HeldoutChunk]:
         # The chosen layers' maps: what `score_features` takes, so scoring them again skips the backbone.
@@ -159,9 +163,8 @@ class BackboneModel(AnomalyModel):
 
     def _score_heldout(self, chunk: HeldoutChunk) -> torch.Tensor:
         features = [feature.to(self.torch_device, torch.float32) for feature in chunk.features]
-        if chunk.content is None:
-            return self.score_features(features, chunk.size)[1]
-        return self.score_features(features, chunk.size, content=chunk.content.to(self.torch_device))[1]
+        content = None if chunk.content is None else chunk.content.to(self.torch_device)
+        return self._score_features(features, chunk.size, content)[1]
 
     def _backbone_record(self) -> BackboneRecord:
         weights = self.resolved_weights

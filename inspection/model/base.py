@@ -323,11 +323,10 @@ class AnomalyModel(CommonParams, ABC):
             chunks.append(chunk)
         if not chunks:
             return
-        size_mib = size / 2**20
         self.heldout = chunks
         self.info.extra[heldout.INFO_KEY] = {"images": len(images),
                                              "files": heldout.files_digest(self.calibration.heldout_files),
-                                             "mib": round(size_mib, 1)}
+                                             "mib": round(size / 2**20, 1)}
 
     @torch.no_grad()
     def rescore_heldout(self) -> np.ndarray | None:
