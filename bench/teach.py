@@ -2,6 +2,7 @@
 `train/good`: a model fitted on `train/good` flags more of them than its 5 % target.
 
     python bench/teach.py [--out bench/teach] [--work /tmp/inspection-teach] [--methods patchcore padim]
+    python bench/teach.py --out bench/teach-seeds --seeds 0 1 2 3 4
 
 `test/good` is split in two seeded halves that share the model's false alarms evenly. Half A is the floor: its
 images come in a seeded order, as parts come down a line, and each one the model (as taught so far) calls a
@@ -14,7 +15,9 @@ threshold with its 95 % Clopper-Pearson interval; and on every defect test image
 AUROC against half B. Beside it, recalibration alone (`inspection recalibrate`) on the same k images (it needs 10
 or more) and on the whole of half A. Teaching time is each call's wall time (loading, scoring, learning and
 rewriting the file, and scoring the held-out images again from the features the file keeps); the memory a
-decision costs is the learned tensors' growth.
+decision costs is the learned tensors' growth. With several `--seeds`, each further seed fits, splits and teaches
+again (without recalibration), and `spread.md` gives one line per method and seed against issue 25's floors: one
+split is one draw, and the threshold's rank steps make a single draw's recall change noisy.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ SETTINGS = {
     "padim": {"resize_mode": "full", "intensity": "robust", "backbone": "efficientnet_lite2", "crop": 192},
 }
 CHECKPOINTS = (5, 10, 20)
-SEED = 0
+SEEDS = (0,)
 
 
 def measure(model, half_b: list[Path], defects: list[Path], base_threshold: float) -> dict[str, Any]:
@@ -70,11 +73,11 @@ def measure(model, half_b: list[Path], defects: list[Path], base_threshold: floa
             "n_calibration": len(model.calibration.heldout_scores)}
 
 
-def split_halves(images: list[Path], flagged: np.ndarray) -> tuple[list[Path], list[Path]]:
+def split_halves(images: list[Path], flagged: np.ndarray, seed: int) -> tuple[list[Path], list[Path]]:
     """Two seeded halves that share the model's false alarms evenly: the flagged images and the others are each
     shuffled (seeded) and dealt alternately. A plain shuffle of Magnetic-Tile's 190 good tiles (seed 0) put 2 of the
     15 false alarms in one half and 13 in the other, which would leave nothing to teach from one half."""
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
     halves: tuple[list[Path], list[Path]] = ([], [])
     for group in (np.flatnonzero(flagged), np.flatnonzero(~flagged)):
         for position, index in enumerate(rng.permutation(group)):
@@ -86,15 +89,17 @@ def learned_bytes(model) -> int:
     return sum(int(np.prod(shape)) * 4 for shape in model.learned_shapes.values())
 
 
-def run_method(method: str, data: Path, work: Path) -> dict[str, Any]:
+def run_method(method: str, data: Path, work: Path, seed: int, recalibration: bool = True) -> dict[str, Any]:
+    """One seed's run: the model fitted with `seed`, `test/good` split with it, half A taught in its order; and,
+    with `recalibration`, recalibration alone on the same images."""
     dataset = open_dataset(data, "magnetic_tile")
     train = [sample.path for sample in dataset.train]
     goods = sorted(sample.path for sample in dataset.test if sample.label == 0)
     defects = sorted(sample.path for sample in dataset.test if sample.label == 1)
     started = time.perf_counter()
-    model = create_model(method, seed=SEED, **SETTINGS[method]).fit(train)
+    model = create_model(method, seed=seed, **SETTINGS[method]).fit(train)
     fit_seconds = time.perf_counter() - started
-    half_a, half_b = split_halves(goods, model.calibration.is_defect(model.predict(goods).raw_scores))
+    half_a, half_b = split_halves(goods, model.calibration.is_defect(model.predict(goods).raw_scores), seed)
     path = model.save(work / f"{method}.safetensors")
     base_path = work / f"{method}-before.safetensors"
     shutil.copyfile(path, base_path)
@@ -140,7 +145,8 @@ def run_method(method: str, data: Path, work: Path) -> dict[str, Any]:
             teach_one(passes[index])
 
     reached = sorted({k for k in CHECKPOINTS if k <= len(taught)})
-    for images, how in [*((taught[:k], "recalibrated") for k in reached), (half_a, "recalibrated on all of half A")]:
+    recalibrations = [*((taught[:k], "recalibrated") for k in reached), (half_a, "recalibrated on all of half A")]
+    for images, how in recalibrations if recalibration else []:
         if len(images) < MIN_RECALIBRATION_IMAGES:
             rows.append({"k": len(images), "how": how,
                          "skipped": f"recalibration needs at least {MIN_RECALIBRATION_IMAGES} images"})
@@ -150,7 +156,7 @@ def run_method(method: str, data: Path, work: Path) -> dict[str, Any]:
         recalibrate(target, images)
         rows.append({"k": len(images), "how": how, **measure(load_model(target), half_b, defects, base_threshold)})
         print(method, rows[-1], flush=True)
-    return {"method": method, "settings": SETTINGS[method], "fit_seconds": round(fit_seconds, 1),
+    return {"method": method, "seed": seed, "settings": SETTINGS[method], "fit_seconds": round(fit_seconds, 1),
             "n_train": len(train), "half_a": len(half_a), "half_b": len(half_b), "defects": len(defects),
             "false_alarms_taught": false_alarms, "taught": len(taught),
             "teach_seconds_median": statistics.median(seconds) if seconds else None,
@@ -206,11 +212,50 @@ def summary(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def spread(results: list[dict[str, Any]], environment: dict[str, Any], target: float = 0.05) -> str:
+    """One line per method and seed: what teaching changed at each checkpoint against the model before teaching,
+    and how many seeds keep issue 25's floors (recall drop ≤ 0.03, AUROC drop ≤ 0.005, the target inside the
+    FPR interval at the last checkpoint)."""
+    lines = ["| method | seed | false alarms in half A | recall before | recall change at k = 5 / 10 / 20 | "
+             "AUROC change at k = 5 / 10 / 20 | unseen good flagged, before → k = 20 [95 % interval] | "
+             "images taught into calibration by k = 5 |", "|---|---|---|---|---|---|---|---|"]
+    kept: dict[str, list[bool]] = {}
+    for result in results:
+        before = result["rows"][0]
+        taught = {row["k"]: row for row in result["rows"] if row["how"].startswith("taught")}
+        last = taught.get(max(CHECKPOINTS))
+        recall = " / ".join(f"{taught[k]['recall'] - before['recall']:+.3f}" if k in taught else "—"
+                            for k in CHECKPOINTS)
+        auroc = " / ".join(f"{taught[k]['image_auroc'] - before['image_auroc']:+.4f}" if k in taught else "—"
+                           for k in CHECKPOINTS)
+        flagged = (f"{before['fpr']:.1%} → {last['fpr']:.1%} [{last['fpr_low']:.1%}, {last['fpr_high']:.1%}]"
+                   if last else "—")
+        first = taught.get(min(CHECKPOINTS), {}).get("uses", {}).get("calibration", 0)
+        lines.append(f"| {result['method']} | {result['seed']} | {result['false_alarms_taught']} | "
+                     f"{before['recall']:.3f} | {recall} | {auroc} | {flagged} | {first} |")
+        kept.setdefault(result["method"], []).append(
+            last is not None and all(before["recall"] - row["recall"] <= 0.03 + 1e-9
+                                     and before["image_auroc"] - row["image_auroc"] <= 0.005 + 1e-9
+                                     for row in taught.values())
+            and last["fpr_low"] <= target <= last["fpr_high"])
+    lines.append("")
+    lines += [f"- {method}: every floor kept in {sum(flags)} of {len(flags)} seeds." for method, flags in kept.items()]
+    lines += ["", f"Measured {environment['date']} with inspection {environment['inspection']}, torch "
+              f"{environment['torch']}, load average {environment['load_average_1min']:.2f} at the start. Each seed "
+              "fits the model again (its held-out images, and PatchCore's coreset or PaDiM's channels, are drawn "
+              "with it), splits `test/good` and orders half A with it; recall and AUROC changes are against that "
+              "seed's model before teaching."]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/teach")
     parser.add_argument("--work", default="/tmp/inspection-teach")
     parser.add_argument("--methods", nargs="+", default=list(SETTINGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS),
+                        help="the first seed gives the main tables (with recalibration); every seed a line of "
+                             "spread.md (model, split and order drawn again)")
     parser.add_argument("--tables-only", action="store_true", help="write the tables again from OUT/results.json")
     parser.add_argument("--data", default=os.path.join(os.environ.get("INSPECTION_SHARED", "../shared"), "data",
                                                       "magnetic_tile"))
@@ -220,6 +265,8 @@ def main() -> int:
         stored = json.loads((out / "results.json").read_text())
         (out / "results.md").write_text(markdown(stored["results"], stored["environment"]))
         (out / "summary.md").write_text(summary(stored["results"]))
+        if stored.get("other_seeds"):
+            (out / "spread.md").write_text(spread(stored["results"] + stored["other_seeds"], stored["environment"]))
         return 0
     configure_threads()
     settings = thread_settings()
@@ -229,10 +276,16 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    results = [run_method(method, Path(args.data), work) for method in args.methods]
-    (out / "results.json").write_text(json.dumps({"environment": environment, "results": results}, indent=2))
+    first, *others = args.seeds
+    results = [run_method(method, Path(args.data), work, first) for method in args.methods]
+    other_seeds = [run_method(method, Path(args.data), work, seed, recalibration=False)
+                   for seed in others for method in args.methods]
+    (out / "results.json").write_text(json.dumps({"environment": environment, "results": results,
+                                                  "other_seeds": other_seeds}, indent=2))
     (out / "results.md").write_text(markdown(results, environment))
     (out / "summary.md").write_text(summary(results))
+    if other_seeds:
+        (out / "spread.md").write_text(spread(results + other_seeds, environment))
     print(markdown(results, environment))
     return 0
 
