@@ -329,10 +329,40 @@ class AnomalyModel(CommonParams, ABC):
                                              "mib": round(size / 2**20, 1)}
 
     @torch.no_grad()
+    def keep_heldout_image(self, image: Any) -> dict[str, Any] | None:
+        """Keep the features of the image that has just joined the calibration set as its last file (a taught
+        image), beside the fit's held-out ones, so that `rescore_heldout` scores it too. Returns what undoing it
+        takes (`forget_heldout_image`); None, keeping nothing, when the kept features do not back the rest of the
+        calibration set or would pass `heldout.MAX_MIB`."""
+        entry = self.info.extra.get(heldout.INFO_KEY) or {}
+        count = int(entry.get("images") or 0)
+        files = self.calibration.heldout_files if self.calibration is not None else []
+        if (not self.heldout or not count or count != len(files) - 1
+                or heldout.files_digest(files[:count]) != entry.get("files")):
+            return None
+        chunks = list(self._heldout_chunks([image]))
+        for chunk in chunks:  # tiles mode: every tile belongs to the one image
+            chunk.owners = torch.full_like(chunk.owners, count)
+        size = sum(chunk.nbytes for chunk in [*self.heldout, *chunks])
+        if not chunks or size > heldout.MAX_MIB * 2**20:
+            return None
+        self.heldout.extend(chunks)
+        self.info.extra[heldout.INFO_KEY] = {**entry, "images": count + 1, "files": heldout.files_digest(files),
+                                             "mib": round(size / 2**20, 1)}
+        return {"chunks": len(chunks), "entry_before": entry}
+
+    def forget_heldout_image(self, record: Mapping[str, Any]) -> None:
+        """Undo `keep_heldout_image`, whose return value was `record`: the kept features and their entry in the
+        model's info are those before it."""
+        del self.heldout[len(self.heldout) - int(record["chunks"]):]
+        self.info.extra[heldout.INFO_KEY] = dict(record["entry_before"])
+
+    @torch.no_grad()
     def rescore_heldout(self) -> np.ndarray | None:
-        """The fit's held-out good images scored by the model as it is now (raw), from the features kept at fit: the
-        first scores of a taught model's calibration set. None when none were kept, or when the calibration set is
-        no longer the fit's (a recalibration replaced it)."""
+        """The calibration set's images scored by the model as it is now (raw), from the features kept of them (the
+        fit's held-out images, then the taught images that joined it): the first scores of a taught model's
+        calibration set. None when none were kept, or when the calibration set is no longer the one they were kept
+        for (a recalibration replaced it)."""
         entry = self.info.extra.get(heldout.INFO_KEY) or {}
         count = int(entry.get("images") or 0)
         if (not self.heldout or not count or self.calibration is None

@@ -33,6 +33,9 @@ class Decision:
     learned: dict[str, Any] = field(default_factory=dict)
     #: The calibration before the decision (its file form), when the decision changed it.
     calibration_before: dict[str, Any] | None = None
+    #: What undoing the features kept of an image taught into the calibration set takes
+    #: (`AnomalyModel.forget_heldout_image`), when they were kept.
+    heldout_kept: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,14 +8,14 @@ method that cannot learn without a refit, kept in the model's good set for the n
 rewritten once, atomically, under a lock on its folder: a page reading it meanwhile sees the old model or the new
 one, never half of one, and two teachers never lose each other's decisions.
 
-Once the method has learned an image, the fit's held-out good images are scored again by the taught model, from the
-features the model file keeps of them (`AnomalyModel.rescore_heldout`), and the threshold is set again on those
-scores: the promise rests on the scores the model gives now. Kept at the fit's scores, PatchCore's threshold stayed
-where it was while its scores fell, and a taught model lost defects it had caught (bench/teach/); PaDiM's scores of
-good images may rise as well as fall. The images taught into the calibration set keep the score they had then (a
-model that has learned less; for PatchCore, whose scores only fall, an upper bound). Without kept features (files
-made before, or over `heldout.MAX_MIB`), or once a recalibration replaced the calibration set, the scores stay as
-they are.
+Once the method has learned an image, the whole calibration set is scored again by the taught model, from the
+features the model file keeps of it (`AnomalyModel.rescore_heldout`): the fit's held-out good images, and the images
+taught into the calibration set, whose features are kept when they join it (`AnomalyModel.keep_heldout_image`). The
+threshold is set again on those scores: the promise rests on the scores the model gives now, one score function for
+every image behind it. Kept at the fit's scores, PatchCore's threshold stayed where it was while its scores fell,
+and a taught model lost defects it had caught (bench/teach/); PaDiM's scores of good images may rise as well as
+fall. Without kept features (files made before, or over `heldout.MAX_MIB`), or once a recalibration replaced the
+calibration set, the scores stay as they are.
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ def undo(path: str | os.PathLike) -> Decision:
             model.unlearn(last.learned)
         if last.calibration_before is not None:
             model.calibration = Calibration.from_dict(last.calibration_before)
+        if last.heldout_kept:
+            model.forget_heldout_image(last.heldout_kept)
         _store(model, decisions, dict(entry.get("state", {})))
         model.save(path)
     return last
@@ -193,7 +195,7 @@ def _teach_one(model: AnomalyModel, item: Any, action: str, defect_type: str, wh
     before = float(calibration.image_scale.normalize(raw_before))
     n_good = sum(decision.action == GOOD for decision in decisions)
     learned: dict[str, Any] = {}
-    calibration_before = None
+    calibration_before = heldout_kept = None
     if action == DEFECT:
         use = LIBRARY
     elif _goes_to_calibration(n_good, model.seed):
@@ -201,6 +203,8 @@ def _teach_one(model: AnomalyModel, item: Any, action: str, defect_type: str, wh
         calibration_before = calibration.to_dict()
         model.calibration = _with_scores(calibration, [*calibration.heldout_scores, raw_before],
                                          [*calibration.heldout_files, name])
+        with torch.no_grad():  # so that learning later scores it again, with the fit's held-out images
+            heldout_kept = model.keep_heldout_image(array)
     elif model.teach_refusal():
         use = KEPT_FOR_REFIT
     else:
@@ -219,7 +223,7 @@ def _teach_one(model: AnomalyModel, item: Any, action: str, defect_type: str, wh
         score_after=round(float(model.calibration.image_scale.normalize(raw_after)), 6), use=use,
         defect_type=defect_type if action == DEFECT else "",
         image_path=str(Path(item).resolve()) if isinstance(item, (str, os.PathLike)) else "",
-        learned=learned, calibration_before=calibration_before)
+        learned=learned, calibration_before=calibration_before, heldout_kept=heldout_kept)
     return Taught(name, decision)
 
 

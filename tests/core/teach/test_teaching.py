@@ -82,6 +82,7 @@ def test_a_learned_image_scores_lower_and_the_decision_says_by_how_much(model_fi
 
 def test_a_seeded_share_goes_to_the_calibration_set_and_the_threshold_is_set_again(model_file, demo_dataset):
     calibration = load_model(model_file).calibration
+    tensors, header = read_model_file(model_file)
     outcomes = teach(model_file, good_tests(demo_dataset, 10))
     to_calibration = [outcome for outcome in outcomes if outcome.decision.use == CALIBRATION]
     assert len(to_calibration) == 2  # one in five, exactly, over any ten
@@ -89,9 +90,14 @@ def test_a_seeded_share_goes_to_the_calibration_set_and_the_threshold_is_set_aga
     assert len(now.heldout_scores) == len(calibration.heldout_scores) + 2
     assert now.heldout_files[-2:] == [outcome.name for outcome in to_calibration]
     assert now.image_threshold == conformal_threshold(now.heldout_scores, calibration.image_fpr).threshold
+    # Their features are kept beside the held-out images' (and go again with the decisions).
+    assert load_model(model_file).info.extra["heldout_features"]["images"] == len(now.heldout_scores)
     for _ in range(10):
         undo(model_file)
     assert load_model(model_file).calibration == calibration
+    after_tensors, after_header = read_model_file(model_file)
+    assert after_tensors.keys() == tensors.keys() and after_header == header
+    assert all(torch.equal(after_tensors[name], tensors[name]) for name in tensors)
 
 
 def test_the_threshold_of_a_taught_model_stands_on_the_scores_it_gives_its_heldout_images_now(model_file,
@@ -104,13 +110,18 @@ def test_the_threshold_of_a_taught_model_stands_on_the_scores_it_gives_its_heldo
     np.testing.assert_allclose(model.rescore_heldout(), fit_scores, rtol=2e-3)
     if model.name == "patchcore":  # it keeps the distances of fit and searches only rows taught since
         assert np.array_equal(model.rescore_heldout(), fit_scores)
-    outcomes = teach(model_file, good_tests(demo_dataset, 4))
-    assert any(outcome.decision.use == LEARNED for outcome in outcomes)
+    images = good_tests(demo_dataset, 6)
+    outcomes = teach(model_file, images)
+    uses = [outcome.decision.use for outcome in outcomes]
+    # An image taught into the calibration set, then images learned after it: it is scored again with the others.
+    assert CALIBRATION in uses and LEARNED in uses[uses.index(CALIBRATION):]
     taught = load_model(model_file)
     now = taught.calibration
-    assert len(now.heldout_scores) == count + sum(outcome.decision.use == CALIBRATION for outcome in outcomes)
-    from_files = taught.predict(now.heldout_files[:count]).raw_scores
-    np.testing.assert_allclose(now.heldout_scores[:count], from_files, rtol=2e-3)
+    in_calibration = [image for image, use in zip(images, uses) if use == CALIBRATION]
+    assert len(now.heldout_scores) == count + len(in_calibration)
+    from_files = taught.predict([*now.heldout_files[:count], *in_calibration]).raw_scores
+    np.testing.assert_allclose(now.heldout_scores, from_files, rtol=2e-3)
+    assert np.array_equal(now.heldout_scores, taught.rescore_heldout())  # every one as the model scores it now
     assert now.image_threshold == conformal_threshold(now.heldout_scores, now.image_fpr).threshold
     if taught.name == "padim":  # its Gaussians moved: every held-out score with them (PatchCore's may stay)
         assert not np.allclose(now.heldout_scores[:count], fit_scores, rtol=1e-3)
