@@ -203,8 +203,7 @@ def _teach_one(model: AnomalyModel, item: Any, action: str, defect_type: str, wh
         calibration_before = calibration.to_dict()
         model.calibration = _with_scores(calibration, [*calibration.heldout_scores, raw_before],
                                          [*calibration.heldout_files, name])
-        with torch.no_grad():  # so that learning later scores it again, with the fit's held-out images
-            heldout_kept = model.keep_heldout_image(array)
+        heldout_kept = model.keep_heldout_image(array)  # learning later scores it again, with the held-out images
     elif model.teach_refusal():
         use = KEPT_FOR_REFIT
     else:
