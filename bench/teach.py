@@ -190,8 +190,8 @@ def markdown(results: list[dict[str, Any]], environment: dict[str, Any]) -> str:
     lines += ["", f"Measured {environment['date']} with inspection {environment['inspection']}, torch "
               f"{environment['torch']}, {environment['threads']} CPU threads, load average "
               f"{environment['load_average_1min']:.2f} at the start. Magnetic-Tile `test/good` split in two seeded "
-              "halves (seed 0, the model's false alarms dealt evenly); half A's false alarms taught in a seeded order, "
-              "then its highest-scoring passes; half B never taught. Recall and "
+              f"halves (seed {results[0].get('seed', 0)}, the model's false alarms dealt evenly); half A's false "
+              "alarms taught in a seeded order, then its highest-scoring passes; half B never taught. Recall and "
               "AUROC: every defect test image (AUROC against half B). *Recall at the threshold before*: at the "
               "threshold the model had before teaching, which tells a moved score from a moved threshold."]
     return "\n".join(lines) + "\n"
@@ -216,7 +216,7 @@ def spread(results: list[dict[str, Any]], environment: dict[str, Any], target: f
     """One line per method and seed: what teaching changed at each checkpoint against the model before teaching,
     and how many seeds keep issue 25's floors (recall drop ≤ 0.03, AUROC drop ≤ 0.005, the target inside the
     FPR interval at the last checkpoint)."""
-    lines = ["| method | seed | false alarms in half A | recall before | recall change at k = 5 / 10 / 20 | "
+    lines = ["| method | seed | false alarms taught | recall before | recall change at k = 5 / 10 / 20 | "
              "AUROC change at k = 5 / 10 / 20 | unseen good flagged, before → k = 20 [95 % interval] | "
              "images taught into calibration by k = 5 |", "|---|---|---|---|---|---|---|---|"]
     kept: dict[str, list[bool]] = {}
