@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -874,21 +877,47 @@ def command_run(args: argparse.Namespace) -> int:
 
     # An unreachable camera or URL: one line and exit code 2 within the source's timeout, before the model loads.
     pipeline = build_pipeline(spec, log=say, device=_device(args), open_source=True)
-    pipeline.start()
-    try:
-        last = time.monotonic()
-        while pipeline.running:
-            time.sleep(0.2)
-            if args.status_every and time.monotonic() - last >= args.status_every:
-                last = time.monotonic()
-                say(pipeline.status().summary())
-    except KeyboardInterrupt:
-        say("stopping (Ctrl-C): finishing the frame being scored and flushing the sinks")
-    status = pipeline.stop()
+    with _stop_on_signals() as received:
+        pipeline.start()
+        try:
+            last = time.monotonic()
+            while pipeline.running:
+                time.sleep(0.2)
+                if args.status_every and time.monotonic() - last >= args.status_every:
+                    last = time.monotonic()
+                    say(pipeline.status().summary())
+        except KeyboardInterrupt:
+            say(f"stopping ({received.get('signal', 'Ctrl-C')}): finishing the frame being scored and flushing the "
+                "sinks")
+        status = pipeline.stop()
     if args.report:
         Path(args.report).write_text(json.dumps(status.as_dict(), indent=2, default=str))
     print(status.summary())
     return 0 if status.error is None else 2
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[dict[str, str]]:
+    """While inside, SIGINT and SIGTERM raise KeyboardInterrupt, so that they stop a running pipeline as Ctrl-C does;
+    the dict yielded names the one received ("signal"). The handlers before are set again on leaving.
+
+    A shell starts a background job (`inspection run … &`) with SIGINT ignored, which Python then leaves ignored, and
+    a supervisor (systemd, `docker stop`) stops a service with SIGTERM, which would end it without flushing the sinks.
+    """
+    received: dict[str, str] = {}
+
+    def stop(signum: int, frame: object) -> None:
+        received["signal"] = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    before: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        before = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 # --- the parser and the one place errors become one line ---------------------------------------------------------

@@ -227,9 +227,11 @@ def test_stop_ends_a_running_pipeline_cleanly(model_file, images):
     assert any("ended" in event for event in status.events)
 
 
-def test_ctrl_c_stops_inspection_run_cleanly(model_file, images, tmp_path):
-    """SIGINT (Ctrl-C) while a stream is scored: the frame being scored is finished, the sinks are flushed, the
-    counts are printed, exit code 0."""
+@pytest.mark.parametrize("signal_name,said", [("SIGINT", "Ctrl-C"), ("SIGTERM", "SIGTERM")])
+def test_ctrl_c_stops_inspection_run_cleanly(signal_name, said, model_file, images, tmp_path):
+    """SIGINT (Ctrl-C) or SIGTERM (a supervisor) while a stream is scored: the frame being scored is finished, the
+    sinks are flushed, the counts are printed, exit code 0. The process starts with SIGINT ignored, as a shell starts
+    a background job (`inspection run … &`): Python would leave it ignored."""
     import signal
 
     jpegs = [cv2.imencode(".jpg", np.ascontiguousarray(load_image_with_size(path)[0][:, :, ::-1]))[1].tobytes()
@@ -239,25 +241,27 @@ def test_ctrl_c_stops_inspection_run_cleanly(model_file, images, tmp_path):
         process = subprocess.Popen([sys.executable, "-m", "inspection", "run", "--model", str(model_file), "--source",
                                     stream.url, "--sink", f"csv:{tmp_path / 'v.csv'}", "--status-every", "0.5"],
                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+                                   env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:  # until a status line says frames were scored
                 line = process.stderr.readline()
                 if " scored" in line and not line.startswith("0 received") and ", 0 scored" not in line:
                     break
-            process.send_signal(signal.SIGINT)
+            process.send_signal(getattr(signal, signal_name))
             try:
                 out, err = process.communicate(timeout=30)
             except subprocess.TimeoutExpired:
                 process.send_signal(signal.SIGABRT)
                 out, err = process.communicate(timeout=30)
-                pytest.fail(f"still running 30 s after SIGINT; its stderr, with its threads' stacks:\n{err[-6000:]}")
+                pytest.fail(f"still running 30 s after {signal_name}; its stderr, with its threads' stacks:\n"
+                            f"{err[-6000:]}")
         finally:
             if process.poll() is None:
                 process.kill()
     assert process.returncode == 0, err
-    assert "stopping (Ctrl-C)" in err and "Traceback" not in err
+    assert f"stopping ({said})" in err and "Traceback" not in err
     scored = int(out.split(" received, ")[1].split(" scored")[0])
     with open(tmp_path / "v.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == scored >= 1
