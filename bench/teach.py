@@ -190,7 +190,7 @@ def markdown(results: list[dict[str, Any]], environment: dict[str, Any]) -> str:
     lines += ["", f"Measured {environment['date']} with inspection {environment['inspection']}, torch "
               f"{environment['torch']}, {environment['threads']} CPU threads, load average "
               f"{environment['load_average_1min']:.2f} at the start. Magnetic-Tile `test/good` split in two seeded "
-              f"halves (seed {results[0].get('seed', 0)}, the model's false alarms dealt evenly); half A's false "
+              f"halves (seed {results[0]['seed']}, the model's false alarms dealt evenly); half A's false "
               "alarms taught in a seeded order, then its highest-scoring passes; half B never taught. Recall and "
               "AUROC: every defect test image (AUROC against half B). *Recall at the threshold before*: at the "
               "threshold the model had before teaching, which tells a moved score from a moved threshold."]

@@ -315,7 +315,7 @@ class AnomalyModel(CommonParams, ABC):
         chunks, size = [], 0
         for chunk in self._heldout_chunks(images):
             size += chunk.nbytes
-            if size > heldout.MAX_MIB * 2**20:
+            if not heldout.within_limit(size):
                 self.info.extra[heldout.INFO_KEY] = {
                     "reason": f"the {len(images)} held-out images' features take more than {heldout.MAX_MIB} MiB: a "
                               "taught model keeps the held-out scores of fit"}
@@ -324,9 +324,7 @@ class AnomalyModel(CommonParams, ABC):
         if not chunks:
             return
         self.heldout = chunks
-        self.info.extra[heldout.INFO_KEY] = {"images": len(images),
-                                             "files": heldout.files_digest(self.calibration.heldout_files),
-                                             "mib": round(size / 2**20, 1)}
+        self.info.extra[heldout.INFO_KEY] = heldout.info_entry(self.calibration.heldout_files, size)
 
     @torch.no_grad()
     def keep_heldout_image(self, image: Any) -> dict[str, Any] | None:
@@ -334,21 +332,18 @@ class AnomalyModel(CommonParams, ABC):
         image), beside the fit's held-out ones, so that `rescore_heldout` scores it too. Returns what undoing it
         takes (`forget_heldout_image`); None, keeping nothing, when the kept features do not back the rest of the
         calibration set or would pass `heldout.MAX_MIB`."""
-        entry = self.info.extra.get(heldout.INFO_KEY) or {}
-        count = int(entry.get("images") or 0)
-        files = self.calibration.heldout_files if self.calibration is not None else []
-        if (not self.heldout or not count or count != len(files) - 1
-                or heldout.files_digest(files[:count]) != entry.get("files")):
+        count = self._kept_heldout_count()
+        if not count or count != len(self.calibration.heldout_files) - 1:
             return None
         chunks = list(self._heldout_chunks([image]))
         for chunk in chunks:  # tiles mode: every tile belongs to the one image
             chunk.owners = torch.full_like(chunk.owners, count)
         size = sum(chunk.nbytes for chunk in [*self.heldout, *chunks])
-        if not chunks or size > heldout.MAX_MIB * 2**20:
+        if not chunks or not heldout.within_limit(size):
             return None
+        entry = self.info.extra[heldout.INFO_KEY]
         self.heldout.extend(chunks)
-        self.info.extra[heldout.INFO_KEY] = {**entry, "images": count + 1, "files": heldout.files_digest(files),
-                                             "mib": round(size / 2**20, 1)}
+        self.info.extra[heldout.INFO_KEY] = heldout.info_entry(self.calibration.heldout_files, size)
         return {"chunks": len(chunks), "entry_before": entry}
 
     def forget_heldout_image(self, record: Mapping[str, Any]) -> None:
@@ -363,12 +358,18 @@ class AnomalyModel(CommonParams, ABC):
         fit's held-out images, then the taught images that joined it): the first scores of a taught model's
         calibration set. None when none were kept, or when the calibration set is no longer the one they were kept
         for (a recalibration replaced it)."""
+        count = self._kept_heldout_count()
+        return heldout.image_scores(self.heldout, self._score_heldout, count) if count else None
+
+    def _kept_heldout_count(self) -> int:
+        """How many of the calibration set's first images the kept features are of; 0 when none were kept or the
+        calibration set no longer starts with the images they were kept for."""
         entry = self.info.extra.get(heldout.INFO_KEY) or {}
         count = int(entry.get("images") or 0)
         if (not self.heldout or not count or self.calibration is None
                 or heldout.files_digest(self.calibration.heldout_files[:count]) != entry.get("files")):
-            return None
-        return heldout.image_scores(self.heldout, self._score_heldout, count)
+            return 0
+        return count
 
     @torch.no_grad()
     def _fit_familiarity_bank(self, fit_images: Sequence[Any]) -> None:

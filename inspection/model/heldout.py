@@ -79,6 +79,16 @@ def files_digest(files: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(files)).encode()).hexdigest()[:16]
 
 
+def info_entry(files: Sequence[str], nbytes: int) -> dict[str, object]:
+    """The model info entry (`INFO_KEY`) of features kept for the calibration set `files`, taking `nbytes`."""
+    return {"images": len(files), "files": files_digest(files), "mib": round(nbytes / 2**20, 1)}
+
+
+def within_limit(nbytes: int) -> bool:
+    """Whether kept features of `nbytes` stay within `MAX_MIB`."""
+    return nbytes <= MAX_MIB * 2**20
+
+
 def image_scores(chunks: Sequence[HeldoutChunk], score: Callable[[HeldoutChunk], torch.Tensor],
                  count: int) -> np.ndarray:
     """Raw image scores [count] of the held-out images: each chunk's rows scored by `score`, an image's score the
